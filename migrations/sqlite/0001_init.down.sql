@@ -1,0 +1,6 @@
+DROP TABLE IF EXISTS revoked_tokens;
+DROP TABLE IF EXISTS refresh_tokens;
+DROP TABLE IF EXISTS sessions;
+DROP TABLE IF EXISTS signing_keys;
+DROP TABLE IF EXISTS clients;
+DROP TABLE IF EXISTS users;

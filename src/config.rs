@@ -1,0 +1,161 @@
+//! Typed configuration: built-in defaults, then an optional TOML file, then `ATOMS_AUTH_*`
+//! environment variables. Every default works out of the box; secrets are redacted.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use jsonwebtoken::Algorithm;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Storage URL; the scheme picks the backend (`sqlite`, `postgres`, `redis`).
+    pub database_url: String,
+    /// Maximum pooled storage connections.
+    pub database_pool_size: u32,
+    /// Prefix of every Redis key, so several deployments or tests can share one Redis.
+    pub redis_key_prefix: String,
+    /// Run pending migrations when the server starts.
+    pub auto_migrate: bool,
+    /// The `iss` of issued tokens and the base of the metadata URLs. Defaults to
+    /// `http://{listen}`.
+    pub issuer: Option<String>,
+    /// The `aud` of issued access tokens. Defaults to the issuer.
+    pub audience: Option<String>,
+    /// Access-token lifetime in seconds.
+    pub access_token_ttl_secs: u64,
+    /// How long the refresh token that was just rotated may be presented again.
+    pub refresh_grace_secs: u64,
+    /// A session ends after this many seconds without a refresh.
+    pub session_idle_timeout_secs: u64,
+    /// A session ends this many seconds after the login, whatever its use.
+    pub session_max_lifetime_secs: u64,
+    /// Algorithm of newly generated signing keys: `EdDSA`, `ES256` or `RS256`.
+    pub signing_algorithm: SigningAlgorithm,
+    /// Rotate the active signing key when it is older than this (0 disables).
+    pub key_rotation_interval_secs: u64,
+    /// Encrypts signing keys at rest when set.
+    #[serde(skip_serializing)]
+    pub master_key: Option<SecretString>,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://atoms-auth.db?mode=rwc".to_owned(),
+            database_pool_size: 16,
+            redis_key_prefix: "atoms-auth".to_owned(),
+            auto_migrate: true,
+            issuer: None,
+            audience: None,
+            access_token_ttl_secs: 15 * 60,
+            refresh_grace_secs: 300,
+            session_idle_timeout_secs: 7 * 24 * 3600,
+            session_max_lifetime_secs: 30 * 24 * 3600,
+            signing_algorithm: SigningAlgorithm::EdDSA,
+            key_rotation_interval_secs: 30 * 24 * 3600,
+            master_key: None,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Signing algorithms the server can generate keys for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SigningAlgorithm {
+    EdDSA,
+    ES256,
+    RS256,
+}
+
+impl SigningAlgorithm {
+    /// The JOSE algorithm.
+    pub fn jose(self) -> Algorithm {
+        match self {
+            Self::EdDSA => Algorithm::EdDSA,
+            Self::ES256 => Algorithm::ES256,
+            Self::RS256 => Algorithm::RS256,
+        }
+    }
+
+    /// The JOSE `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
+        }
+    }
+
+    /// Parses a JOSE `alg` name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "EdDSA" => Some(Self::EdDSA),
+            "ES256" => Some(Self::ES256),
+            "RS256" => Some(Self::RS256),
+            _ => None,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults < `file` (when given, or `ATOMS_AUTH_CONFIG`) < `ATOMS_AUTH_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let env_file = std::env::var_os("ATOMS_AUTH_CONFIG");
+        if let Some(path) = file.or(env_file.as_deref().map(Path::new)) {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(Env::prefixed("ATOMS_AUTH_").ignore(&["config"]))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The token issuer.
+    pub fn issuer(&self) -> String {
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// The access-token audience.
+    pub fn audience(&self) -> String {
+        self.audience.clone().unwrap_or_else(|| self.issuer())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_without_any_setting() {
+        let config = Config::default();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.issuer(), "http://127.0.0.1:8080");
+        assert_eq!(config.audience(), config.issuer());
+        assert_eq!(config.database_url, "sqlite://atoms-auth.db?mode=rwc");
+    }
+
+    #[test]
+    fn master_key_is_redacted_in_debug_output() {
+        let config = Config {
+            master_key: Some(SecretString::from("super-secret-value")),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("super-secret-value"));
+    }
+}

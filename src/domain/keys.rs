@@ -1,0 +1,399 @@
+//! Signing keys: generated here, kept in storage (the private part encrypted with the master
+//! key when one is set), parsed once into signers and verifiers, rotated on a schedule or on
+//! demand. A retired key stays in the JWKS until every token it signed has expired.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context, anyhow, bail};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
+};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::clock::{Clock, Millis};
+use crate::config::SigningAlgorithm;
+use crate::storage::{Storage, StoredKey};
+
+/// A parsed private key, ready to sign without re-parsing.
+enum KeyPair {
+    Ed(Ed25519KeyPair),
+    Ec(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+}
+
+/// The key new tokens are signed with.
+pub struct Signer {
+    pub kid: String,
+    pub alg: SigningAlgorithm,
+    pub created_at: Millis,
+    pair: KeyPair,
+    rng: SystemRandom,
+}
+
+impl Signer {
+    /// Signs `message` (the JWS signing input).
+    pub fn sign(&self, message: &[u8]) -> anyhow::Result<Vec<u8>> {
+        Ok(match &self.pair {
+            KeyPair::Ed(pair) => pair.sign(message).as_ref().to_vec(),
+            KeyPair::Ec(pair) => pair
+                .sign(&self.rng, message)
+                .map_err(|_| anyhow!("ES256 signing failed"))?
+                .as_ref()
+                .to_vec(),
+            KeyPair::Rsa(pair) => {
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign(&RSA_PKCS1_SHA256, &self.rng, message, &mut signature)
+                    .map_err(|_| anyhow!("RS256 signing failed"))?;
+                signature
+            }
+        })
+    }
+}
+
+/// A public key that verifies tokens of one `kid`.
+pub struct Verifier {
+    pub alg: Algorithm,
+    pub key: DecodingKey,
+}
+
+struct KeySet {
+    signer: Option<Arc<Signer>>,
+    verifiers: HashMap<String, Arc<Verifier>>,
+    jwks: serde_json::Value,
+}
+
+/// Holds the parsed keys and keeps them in step with storage.
+pub struct KeyManager {
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    alg: SigningAlgorithm,
+    master: Option<LessSafeKey>,
+    /// How long a retired key must stay published: the access-token lifetime.
+    publish_after_retire_ms: Millis,
+    rotation_interval_ms: Millis,
+    set: RwLock<Arc<KeySet>>,
+    last_reload: AtomicI64,
+}
+
+/// Derives the AES-256-GCM key that wraps private keys from the configured master key.
+fn master_cipher(master_key: &str) -> anyhow::Result<LessSafeKey> {
+    let digest = Sha256::new_with_prefix(b"atoms-auth signing-key wrap v1\0")
+        .chain_update(master_key.as_bytes())
+        .finalize();
+    let key = UnboundKey::new(&AES_256_GCM, &digest).map_err(|_| anyhow!("bad master key"))?;
+    Ok(LessSafeKey::new(key))
+}
+
+impl KeyManager {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+        alg: SigningAlgorithm,
+        master_key: Option<&str>,
+        publish_after_retire_ms: Millis,
+        rotation_interval_ms: Millis,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            storage,
+            clock,
+            alg,
+            master: master_key.map(master_cipher).transpose()?,
+            publish_after_retire_ms,
+            rotation_interval_ms,
+            set: RwLock::new(Arc::new(KeySet {
+                signer: None,
+                verifiers: HashMap::new(),
+                jwks: serde_json::json!({ "keys": [] }),
+            })),
+            last_reload: AtomicI64::new(0),
+        })
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        // A poisoned lock only means a writer panicked between two whole-Arc swaps; the Arc
+        // inside is still consistent.
+        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The key to sign with, when one is loaded.
+    pub fn signer(&self) -> Option<Arc<Signer>> {
+        self.current().signer.clone()
+    }
+
+    /// The published key set (RFC 7517).
+    pub fn jwks(&self) -> serde_json::Value {
+        self.current().jwks.clone()
+    }
+
+    /// The verifier of `kid`; an unknown kid reloads the keys from storage (at most once a
+    /// second), since another instance may have rotated.
+    pub async fn verifier(&self, kid: &str) -> Option<Arc<Verifier>> {
+        if let Some(v) = self.current().verifiers.get(kid) {
+            return Some(v.clone());
+        }
+        let now = self.clock.now_ms();
+        let last = self.last_reload.load(Ordering::Relaxed);
+        if now - last < 1000
+            || self
+                .last_reload
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %e, "reloading signing keys failed");
+        }
+        self.current().verifiers.get(kid).cloned()
+    }
+
+    /// Reads the keys from storage and replaces the parsed set.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let stored = self.storage.signing_keys(self.clock.now_ms()).await?;
+        let mut signer = None;
+        let mut verifiers = HashMap::new();
+        let mut jwks = Vec::new();
+        for key in &stored {
+            let der = self.unwrap_private(key)?;
+            let alg = SigningAlgorithm::parse(&key.alg)
+                .ok_or_else(|| anyhow!("key {} has unknown algorithm {}", key.kid, key.alg))?;
+            let mut jwk = public_jwk(alg, &der).with_context(|| format!("key {}", key.kid))?;
+            jwk.common.key_id = Some(key.kid.clone());
+            jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+            let decoding = DecodingKey::from_jwk(&jwk)?;
+            verifiers.insert(
+                key.kid.clone(),
+                Arc::new(Verifier {
+                    alg: alg.jose(),
+                    key: decoding,
+                }),
+            );
+            jwks.push(serde_json::to_value(&jwk)?);
+            if signer.is_none() && key.retired_at.is_none() {
+                signer = Some(Arc::new(Signer {
+                    kid: key.kid.clone(),
+                    alg,
+                    created_at: key.created_at,
+                    pair: parse_pair(alg, &der)?,
+                    rng: SystemRandom::new(),
+                }));
+            }
+        }
+        let set = Arc::new(KeySet {
+            signer,
+            verifiers,
+            jwks: serde_json::json!({ "keys": jwks }),
+        });
+        *self.set.write().unwrap_or_else(|e| e.into_inner()) = set;
+        self.last_reload
+            .store(self.clock.now_ms(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Loads the keys, generating the first one when storage has none.
+    pub async fn ensure_active(&self) -> anyhow::Result<()> {
+        self.reload().await?;
+        if self.signer().is_none() {
+            self.rotate().await?;
+        }
+        Ok(())
+    }
+
+    /// Generates a key and makes it the active one, retiring the others. When another
+    /// instance rotated at the same moment, its key wins and this one is dropped. Returns the
+    /// active kid.
+    pub async fn rotate(&self) -> anyhow::Result<String> {
+        self.reload().await?;
+        let expected = self.signer().map(|s| s.kid.clone());
+        let alg = self.alg;
+        let der = tokio::task::spawn_blocking(move || generate_pkcs8(alg)).await??;
+        let now = self.clock.now_ms();
+        let kid = uuid::Uuid::now_v7().simple().to_string();
+        let (private_key, encrypted) = match &self.master {
+            Some(cipher) => (seal(cipher, &kid, &der)?, true),
+            None => (der, false),
+        };
+        let key = StoredKey {
+            kid,
+            alg: alg.as_str().to_owned(),
+            private_key,
+            encrypted,
+            created_at: now,
+            retired_at: None,
+            expires_at: None,
+        };
+        let retire_until = now + self.publish_after_retire_ms;
+        let rotated = self
+            .storage
+            .rotate_signing_key(expected.as_deref(), &key, retire_until)
+            .await?;
+        self.reload().await?;
+        if rotated {
+            tracing::info!(kid = %key.kid, alg = alg.as_str(), "signing key rotated");
+        }
+        self.signer()
+            .map(|s| s.kid.clone())
+            .ok_or_else(|| anyhow!("no active signing key"))
+    }
+
+    /// Rotates when the active key is older than the rotation interval.
+    pub async fn rotate_if_due(&self) -> anyhow::Result<()> {
+        self.reload().await?;
+        let due = self.signer().is_none_or(|s| {
+            self.rotation_interval_ms > 0
+                && self.clock.now_ms() - s.created_at >= self.rotation_interval_ms
+        });
+        if due {
+            self.rotate().await?;
+        }
+        Ok(())
+    }
+
+    fn unwrap_private(&self, key: &StoredKey) -> anyhow::Result<Vec<u8>> {
+        if !key.encrypted {
+            return Ok(key.private_key.clone());
+        }
+        let cipher = self
+            .master
+            .as_ref()
+            .ok_or_else(|| anyhow!("key {} is encrypted but no master key is set", key.kid))?;
+        open(cipher, &key.kid, &key.private_key)
+            .with_context(|| format!("key {} does not decrypt with the master key", key.kid))
+    }
+}
+
+fn generate_pkcs8(alg: SigningAlgorithm) -> anyhow::Result<Vec<u8>> {
+    let rng = SystemRandom::new();
+    let failed = |_| anyhow!("{} key generation failed", alg.as_str());
+    Ok(match alg {
+        SigningAlgorithm::EdDSA => Ed25519KeyPair::generate_pkcs8v1(&rng)
+            .map_err(failed)?
+            .as_ref()
+            .to_vec(),
+        SigningAlgorithm::ES256 => {
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(failed)?
+                .as_ref()
+                .to_vec()
+        }
+        SigningAlgorithm::RS256 => {
+            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                .map_err(failed)?;
+            let der: Pkcs8V1Der<'static> = pair.as_der().map_err(failed)?;
+            der.as_ref().to_vec()
+        }
+    })
+}
+
+fn parse_pair(alg: SigningAlgorithm, der: &[u8]) -> anyhow::Result<KeyPair> {
+    let rejected = |e: aws_lc_rs::error::KeyRejected| anyhow!("invalid {} key: {e}", alg.as_str());
+    Ok(match alg {
+        SigningAlgorithm::EdDSA => KeyPair::Ed(Ed25519KeyPair::from_pkcs8(der).map_err(rejected)?),
+        SigningAlgorithm::ES256 => KeyPair::Ec(
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(rejected)?,
+        ),
+        SigningAlgorithm::RS256 => KeyPair::Rsa(RsaKeyPair::from_pkcs8(der).map_err(rejected)?),
+    })
+}
+
+fn public_jwk(alg: SigningAlgorithm, der: &[u8]) -> anyhow::Result<Jwk> {
+    let body = STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    );
+    let encoding = match alg {
+        SigningAlgorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes())?,
+        SigningAlgorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes())?,
+        SigningAlgorithm::RS256 => EncodingKey::from_rsa_pem(pem.as_bytes())?,
+    };
+    Ok(Jwk::from_encoding_key(&encoding, alg.jose())?)
+}
+
+fn seal(cipher: &LessSafeKey, kid: &str, plain: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut nonce);
+    let mut buf = plain.to_vec();
+    cipher
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(kid.as_bytes()),
+            &mut buf,
+        )
+        .map_err(|_| anyhow!("key encryption failed"))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&buf);
+    Ok(out)
+}
+
+fn open(cipher: &LessSafeKey, kid: &str, sealed: &[u8]) -> anyhow::Result<Vec<u8>> {
+    if sealed.len() < 12 {
+        bail!("sealed key too short");
+    }
+    let (nonce, rest) = sealed.split_at(12);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| anyhow!("bad nonce"))?;
+    let mut buf = rest.to_vec();
+    let plain = cipher
+        .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut buf)
+        .map_err(|_| anyhow!("decryption failed"))?;
+    Ok(plain.to_vec())
+}
+
+/// base64url without padding, as JOSE wants it.
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_algorithm_generates_a_key_that_signs_and_publishes() {
+        for alg in [
+            SigningAlgorithm::EdDSA,
+            SigningAlgorithm::ES256,
+            SigningAlgorithm::RS256,
+        ] {
+            let der = generate_pkcs8(alg).expect("generate");
+            let jwk = public_jwk(alg, &der).expect("jwk");
+            let pair = parse_pair(alg, &der).expect("parse");
+            let signer = Signer {
+                kid: "k".into(),
+                alg,
+                created_at: 0,
+                pair,
+                rng: SystemRandom::new(),
+            };
+            let sig = signer.sign(b"header.payload").expect("sign");
+            let key = DecodingKey::from_jwk(&jwk).expect("decoding key");
+            let ok = jsonwebtoken::crypto::verify(&b64(&sig), b"header.payload", &key, alg.jose());
+            assert!(ok.expect("verify"), "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn sealed_key_opens_only_with_its_master_key_and_kid() {
+        let cipher = master_cipher("master one").expect("cipher");
+        let sealed = seal(&cipher, "kid-1", b"private").expect("seal");
+        assert_eq!(open(&cipher, "kid-1", &sealed).expect("open"), b"private");
+        assert!(open(&cipher, "kid-2", &sealed).is_err());
+        let other = master_cipher("master two").expect("cipher");
+        assert!(open(&other, "kid-1", &sealed).is_err());
+    }
+}

@@ -1,0 +1,468 @@
+//! The token rules: client authentication, the three grants, refresh rotation, revocation
+//! (RFC 7009) and introspection (RFC 7662). Access tokens are RFC 9068 JWTs signed with the
+//! key the [`KeyManager`] holds parsed; refresh tokens are opaque and stored as SHA-256.
+
+use std::sync::Arc;
+
+use jsonwebtoken::Validation;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::keys::{KeyManager, b64};
+use super::secrets::{Secret, verify_password};
+use crate::clock::{Clock, Millis};
+use crate::error::OAuthError;
+use crate::storage::{Client, Rotation, RotationOutcome, Session, Storage, revoke_reason};
+
+/// The grant types the token endpoint knows.
+pub const GRANT_TYPES: [&str; 3] = ["password", "client_credentials", "refresh_token"];
+
+/// Claims of an access token (RFC 9068 §2.2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+}
+
+/// A successful token answer (RFC 6749 §5.1).
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    pub scope: String,
+}
+
+/// Where a login comes from.
+#[derive(Debug, Clone, Default)]
+pub struct LoginContext {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Lifetimes and names the token rules use.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl_secs: i64,
+    pub refresh_grace_ms: Millis,
+    pub session_idle_ms: Millis,
+    pub session_lifetime_ms: Millis,
+}
+
+/// The token rules over storage, keys and a clock.
+pub struct TokenService {
+    storage: Arc<dyn Storage>,
+    keys: Arc<KeyManager>,
+    clock: Arc<dyn Clock>,
+    policy: TokenPolicy,
+    validation: Validation,
+}
+
+impl TokenService {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        keys: Arc<KeyManager>,
+        clock: Arc<dyn Clock>,
+        policy: TokenPolicy,
+    ) -> Self {
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        // Expiry is checked against the injectable clock below, not the system time.
+        validation.validate_exp = false;
+        validation.leeway = 0;
+        validation.set_issuer(&[&policy.issuer]);
+        validation.set_audience(&[&policy.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Self {
+            storage,
+            keys,
+            clock,
+            policy,
+            validation,
+        }
+    }
+
+    pub fn policy(&self) -> &TokenPolicy {
+        &self.policy
+    }
+
+    /// Authenticates a client by id and, for a confidential client, its secret.
+    pub async fn authenticate_client(
+        &self,
+        client_id: &str,
+        secret: Option<Secret>,
+    ) -> Result<Client, OAuthError> {
+        let client = self
+            .storage
+            .client(client_id)
+            .await?
+            .ok_or(OAuthError::InvalidClient)?;
+        let ok = match (&client.secret_hash, secret) {
+            (Some(hash), Some(secret)) => secret.matches_hex(hash),
+            (None, None) => true,
+            _ => false,
+        };
+        if ok {
+            Ok(client)
+        } else {
+            Err(OAuthError::InvalidClient)
+        }
+    }
+
+    /// The `password` grant (RFC 6749 §4.3): verifies the user and opens a session.
+    pub async fn password_grant(
+        &self,
+        client: &Client,
+        username: &str,
+        password: String,
+        scope: Option<&str>,
+        context: LoginContext,
+    ) -> Result<TokenResponse, OAuthError> {
+        require_grant(client, "password")?;
+        let scope = resolve_scope(scope, client.scope_list())?;
+        let user = self.storage.user_by_username(username).await?;
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        if !verify_password(password, hash).await {
+            return Err(OAuthError::InvalidGrant("invalid username or password"));
+        }
+        let user = user.ok_or(OAuthError::InvalidGrant("invalid username or password"))?;
+        if user.disabled {
+            return Err(OAuthError::InvalidGrant("the account is disabled"));
+        }
+        let now = self.clock.now_ms();
+        let expires_at = now + self.policy.session_lifetime_ms;
+        let session = Session {
+            id: Uuid::now_v7().to_string(),
+            user_id: user.id.clone(),
+            client_id: client.client_id.clone(),
+            scope: scope.clone(),
+            created_at: now,
+            last_used_at: now,
+            idle_expires_at: (now + self.policy.session_idle_ms).min(expires_at),
+            expires_at,
+            ip: context.ip,
+            user_agent: context.user_agent,
+            revoked_at: None,
+            revoke_reason: None,
+        };
+        let refresh = Secret::generate();
+        self.storage
+            .create_session(&session, &refresh.sha256())
+            .await?;
+        let refresh = client.allows_grant("refresh_token").then_some(refresh);
+        self.respond(&user.id, client, scope, Some(&session.id), refresh)
+    }
+
+    /// The `client_credentials` grant (RFC 6749 §4.4): confidential clients only.
+    pub async fn client_credentials_grant(
+        &self,
+        client: &Client,
+        scope: Option<&str>,
+    ) -> Result<TokenResponse, OAuthError> {
+        if client.is_public() {
+            return Err(OAuthError::UnauthorizedClient(
+                "public clients may not use client_credentials",
+            ));
+        }
+        require_grant(client, "client_credentials")?;
+        let scope = resolve_scope(scope, client.scope_list())?;
+        self.respond(&client.client_id, client, scope, None, None)
+    }
+
+    /// The `refresh_token` grant (RFC 6749 §6) with rotation: one atomic storage operation and
+    /// one signature.
+    pub async fn refresh_grant(
+        &self,
+        client: &Client,
+        refresh_token: &Secret,
+        scope: Option<&str>,
+    ) -> Result<TokenResponse, OAuthError> {
+        require_grant(client, "refresh_token")?;
+        let presented = refresh_token.sha256();
+        let next = Secret::generate();
+        let next_hash = next.sha256();
+        let rotation = Rotation {
+            presented_hash: &presented,
+            new_hash: &next_hash,
+            client_id: &client.client_id,
+            now: self.clock.now_ms(),
+            grace_ms: self.policy.refresh_grace_ms,
+            idle_timeout_ms: self.policy.session_idle_ms,
+        };
+        let session = match self.storage.rotate_refresh(&rotation).await? {
+            RotationOutcome::Rotated(s) | RotationOutcome::Grace(s) => s,
+            RotationOutcome::Reused(s) => {
+                tracing::warn!(session_id = %s.id, user_id = %s.user_id, "refresh token reuse detected; session revoked");
+                return Err(OAuthError::InvalidGrant(
+                    "refresh token reuse detected; the session is revoked",
+                ));
+            }
+            RotationOutcome::Ended(_) => {
+                return Err(OAuthError::InvalidGrant("the session has ended"));
+            }
+            RotationOutcome::Invalid => {
+                return Err(OAuthError::InvalidGrant("invalid refresh token"));
+            }
+        };
+        let scope = resolve_scope(scope, session.scope.split_whitespace())?;
+        self.respond(
+            &session.user_id,
+            client,
+            scope,
+            Some(&session.id),
+            Some(next),
+        )
+    }
+
+    fn respond(
+        &self,
+        subject: &str,
+        client: &Client,
+        scope: String,
+        session_id: Option<&str>,
+        refresh: Option<Secret>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let access_token =
+            self.sign_access_token(subject, &client.client_id, &scope, session_id)?;
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: self.policy.access_ttl_secs,
+            refresh_token: refresh.map(|r| r.expose().to_owned()),
+            scope,
+        })
+    }
+
+    /// Signs an RFC 9068 access token with the active key (parsed once, never per token).
+    pub fn sign_access_token(
+        &self,
+        subject: &str,
+        client_id: &str,
+        scope: &str,
+        session_id: Option<&str>,
+    ) -> Result<String, OAuthError> {
+        let signer = self
+            .keys
+            .signer()
+            .ok_or_else(|| anyhow::anyhow!("no active signing key"))?;
+        let iat = self.clock.now_ms() / 1000;
+        let claims = AccessClaims {
+            iss: self.policy.issuer.clone(),
+            sub: subject.to_owned(),
+            aud: self.policy.audience.clone(),
+            exp: iat + self.policy.access_ttl_secs,
+            iat,
+            jti: Uuid::new_v4().to_string(),
+            client_id: client_id.to_owned(),
+            scope: scope.to_owned(),
+            sid: session_id.map(str::to_owned),
+        };
+        let header = json!({ "alg": signer.alg.as_str(), "typ": "at+jwt", "kid": signer.kid });
+        let mut token = b64(&serde_json::to_vec(&header).map_err(anyhow::Error::from)?);
+        token.push('.');
+        token.push_str(&b64(
+            &serde_json::to_vec(&claims).map_err(anyhow::Error::from)?
+        ));
+        let signature = signer.sign(token.as_bytes())?;
+        token.push('.');
+        token.push_str(&b64(&signature));
+        Ok(token)
+    }
+
+    /// Checks an access token's signature, type, issuer, audience and expiry (not its
+    /// revocation state).
+    pub async fn verify_access_token(&self, token: &str) -> Option<AccessClaims> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.typ.as_deref() != Some("at+jwt") {
+            return None;
+        }
+        let verifier = self.keys.verifier(header.kid.as_deref()?).await?;
+        if header.alg != verifier.alg {
+            return None;
+        }
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![verifier.alg];
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation)
+            .ok()?
+            .claims;
+        (claims.exp * 1000 > self.clock.now_ms()).then_some(claims)
+    }
+
+    /// Whether an access token is valid and neither revoked nor of an ended session: a
+    /// signature check and one storage read.
+    pub async fn active_access_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<AccessClaims>, OAuthError> {
+        let Some(claims) = self.verify_access_token(token).await else {
+            return Ok(None);
+        };
+        let state = self
+            .storage
+            .access_token_state(&claims.jti, claims.sid.as_deref())
+            .await?;
+        Ok(state
+            .is_active(claims.sid.is_some(), self.clock.now_ms())
+            .then_some(claims))
+    }
+
+    /// RFC 7662 introspection of an access or refresh token.
+    pub async fn introspect(&self, token: &str) -> Result<serde_json::Value, OAuthError> {
+        let inactive = json!({ "active": false });
+        if looks_like_jwt(token) {
+            let Some(c) = self.active_access_token(token).await? else {
+                return Ok(inactive);
+            };
+            let mut answer = json!({
+                "active": true, "token_type": "Bearer", "scope": c.scope, "client_id": c.client_id,
+                "sub": c.sub, "exp": c.exp, "iat": c.iat, "iss": c.iss, "aud": c.aud, "jti": c.jti,
+            });
+            if let Some(sid) = c.sid {
+                answer["sid"] = json!(sid);
+            }
+            return Ok(answer);
+        }
+        let hash = Secret::from_client(token.to_owned()).sha256();
+        match self.storage.session_by_refresh(&hash).await? {
+            Some((s, true)) if s.is_active(self.clock.now_ms()) => Ok(json!({
+                "active": true, "token_type": "refresh_token", "scope": s.scope,
+                "client_id": s.client_id, "sub": s.user_id, "exp": s.expires_at / 1000,
+                "iat": s.last_used_at / 1000, "iss": self.policy.issuer, "sid": s.id,
+            })),
+            _ => Ok(inactive),
+        }
+    }
+
+    /// RFC 7009 revocation. Unknown tokens succeed; a token of another client is refused.
+    /// Revoking a refresh token ends its session.
+    pub async fn revoke(&self, client: &Client, token: &str) -> Result<(), OAuthError> {
+        let not_yours = OAuthError::UnauthorizedClient("the token was not issued to this client");
+        if looks_like_jwt(token) {
+            if let Some(claims) = self.verify_access_token(token).await {
+                if claims.client_id != client.client_id {
+                    return Err(not_yours);
+                }
+                self.storage
+                    .revoke_access_token(&claims.jti, claims.exp * 1000)
+                    .await?;
+            }
+            return Ok(());
+        }
+        let hash = Secret::from_client(token.to_owned()).sha256();
+        if let Some((session, _)) = self.storage.session_by_refresh(&hash).await? {
+            if session.client_id != client.client_id {
+                return Err(not_yours);
+            }
+            self.storage
+                .revoke_session(
+                    &session.id,
+                    self.clock.now_ms(),
+                    revoke_reason::REVOKED_BY_CLIENT,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Refresh tokens are base64url, which has no dot; a JWT has two.
+fn looks_like_jwt(token: &str) -> bool {
+    token.split('.').count() == 3
+}
+
+fn require_grant(client: &Client, grant: &'static str) -> Result<(), OAuthError> {
+    if client.allows_grant(grant) {
+        Ok(())
+    } else {
+        Err(OAuthError::UnauthorizedClient(
+            "the client may not use this grant type",
+        ))
+    }
+}
+
+/// The scope to grant: the requested one when every token of it is allowed, else all allowed
+/// scopes when none was requested (RFC 6749 §3.3).
+pub fn resolve_scope<'a>(
+    requested: Option<&str>,
+    allowed: impl Iterator<Item = &'a str> + Clone,
+) -> Result<String, OAuthError> {
+    let requested = requested.map(str::trim).filter(|s| !s.is_empty());
+    let Some(requested) = requested else {
+        return Ok(allowed.collect::<Vec<_>>().join(" "));
+    };
+    let mut granted: Vec<&str> = Vec::new();
+    for token in requested.split(' ') {
+        let valid = !token.is_empty()
+            && token
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if !valid {
+            return Err(OAuthError::InvalidScope("the scope is malformed".into()));
+        }
+        if !allowed.clone().any(|a| a == token) {
+            return Err(OAuthError::InvalidScope(format!(
+                "scope {token} is not allowed"
+            )));
+        }
+        if !granted.contains(&token) {
+            granted.push(token);
+        }
+    }
+    Ok(granted.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_scope_grants_everything_allowed() {
+        assert_eq!(
+            resolve_scope(None, "a b".split(' ')).ok().as_deref(),
+            Some("a b")
+        );
+        assert_eq!(
+            resolve_scope(Some("  "), "a b".split(' ')).ok().as_deref(),
+            Some("a b")
+        );
+    }
+
+    #[test]
+    fn requested_scope_must_be_allowed() {
+        assert_eq!(
+            resolve_scope(Some("b b"), "a b".split(' ')).ok().as_deref(),
+            Some("b")
+        );
+        assert!(matches!(
+            resolve_scope(Some("a c"), "a b".split(' ')),
+            Err(OAuthError::InvalidScope(_))
+        ));
+        assert!(matches!(
+            resolve_scope(Some("a\"b"), "a b".split(' ')),
+            Err(OAuthError::InvalidScope(_))
+        ));
+        assert!(matches!(
+            resolve_scope(Some("a  b"), "a b".split(' ')),
+            Err(OAuthError::InvalidScope(_))
+        ));
+    }
+
+    #[test]
+    fn only_three_part_tokens_look_like_jwts() {
+        assert!(looks_like_jwt("a.b.c"));
+        assert!(!looks_like_jwt("abc_-"));
+        assert!(!looks_like_jwt("a.b"));
+    }
+}

@@ -1,0 +1,147 @@
+//! Extractors that answer malformed input in the endpoint's own error format instead of
+//! axum's plain-text rejections, and the client identity of a request.
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::de::DeserializeOwned;
+
+use crate::domain::secrets::Secret;
+use crate::error::OAuthError;
+
+/// A form body whose rejection is an OAuth `invalid_request` (413 when too large).
+pub struct OAuthForm<T>(pub T);
+
+impl<T, S> FromRequest<S> for OAuthForm<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = OAuthError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Form::<T>::from_request(req, state).await {
+            Ok(axum::Form(value)) => Ok(Self(value)),
+            Err(rejection) => Err(form_rejection(rejection)),
+        }
+    }
+}
+
+fn form_rejection(rejection: FormRejection) -> OAuthError {
+    match rejection {
+        r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => OAuthError::PayloadTooLarge,
+        FormRejection::InvalidFormContentType(_) => {
+            OAuthError::InvalidRequest("the body must be application/x-www-form-urlencoded".into())
+        }
+        FormRejection::FailedToDeserializeForm(e) => {
+            OAuthError::InvalidRequest(format!("malformed form: {}", e.body_text()))
+        }
+        other => OAuthError::InvalidRequest(other.body_text()),
+    }
+}
+
+/// The peer address, when the server was started with connect info.
+pub struct PeerIp(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        Ok(Self(peer))
+    }
+}
+
+/// The client id and secret of a request, from HTTP Basic (RFC 6749 §2.3.1) or the form
+/// body; using both is an error.
+pub fn client_credentials(
+    headers: &HeaderMap,
+    form_id: Option<String>,
+    form_secret: Option<String>,
+) -> Result<(String, Option<Secret>), OAuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        let id = form_id
+            .filter(|id| !id.is_empty())
+            .ok_or(OAuthError::InvalidClient)?;
+        return Ok((id, form_secret.map(Secret::from_client)));
+    };
+    let value = value.to_str().map_err(|_| OAuthError::InvalidClient)?;
+    let (scheme, encoded) = value.split_once(' ').ok_or(OAuthError::InvalidClient)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::InvalidClient);
+    }
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| OAuthError::InvalidClient)?;
+    let decoded = String::from_utf8(decoded).map_err(|_| OAuthError::InvalidClient)?;
+    let (id, secret) = decoded.split_once(':').ok_or(OAuthError::InvalidClient)?;
+    let (id, secret) = (form_decode(id)?, form_decode(secret)?);
+    if form_secret.is_some() {
+        return Err(OAuthError::InvalidRequest(
+            "use one client authentication method, not two".into(),
+        ));
+    }
+    if form_id.is_some_and(|form_id| form_id != id) {
+        return Err(OAuthError::InvalidRequest(
+            "client_id differs from the authenticated client".into(),
+        ));
+    }
+    Ok((id, Some(Secret::from_client(secret))))
+}
+
+/// RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64.
+fn form_decode(value: &str) -> Result<String, OAuthError> {
+    percent_encoding::percent_decode_str(&value.replace('+', " "))
+        .decode_utf8()
+        .map(|v| v.into_owned())
+        .map_err(|_| OAuthError::InvalidClient)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let encoded = format!("Basic {}", STANDARD.encode(value));
+        headers.insert(header::AUTHORIZATION, encoded.parse().expect("header"));
+        headers
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let (id, secret) =
+            client_credentials(&basic("my%20app:s%3Acret+x"), None, None).expect("ok");
+        assert_eq!(id, "my app");
+        assert_eq!(
+            secret.map(|s| s.expose().to_owned()).as_deref(),
+            Some("s:cret x")
+        );
+    }
+
+    #[test]
+    fn two_authentication_methods_are_refused() {
+        let err = client_credentials(&basic("a:b"), None, Some("b".into()));
+        assert!(matches!(err, Err(OAuthError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn missing_client_is_invalid_client() {
+        assert!(matches!(
+            client_credentials(&HeaderMap::new(), None, None),
+            Err(OAuthError::InvalidClient)
+        ));
+        assert!(matches!(
+            client_credentials(&basic("nocolon"), None, None),
+            Err(OAuthError::InvalidClient)
+        ));
+    }
+}

@@ -1,0 +1,165 @@
+//! atoms-auth: an OAuth 2.0 auth and session server.
+//!
+//! [`App::build`] wires configuration, storage and keys; [`router`] is the HTTP surface;
+//! [`run`] serves it on whatever listener it is given, so tests bind port 0.
+
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod domain;
+pub mod error;
+mod http;
+pub mod storage;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::domain::keys::KeyManager;
+use crate::domain::tokens::{TokenPolicy, TokenService};
+use crate::storage::{ConnectOptions, Storage};
+
+pub use http::router;
+
+/// Everything a request handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// The wired application.
+pub struct App {
+    pub config: Config,
+    pub storage: Arc<dyn Storage>,
+    pub keys: Arc<KeyManager>,
+    pub tokens: TokenService,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Opens the configured storage.
+pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+    let options = ConnectOptions {
+        pool_size: config.database_pool_size,
+        redis_key_prefix: config.redis_key_prefix.clone(),
+    };
+    Ok(storage::connect(&config.database_url, &options).await?)
+}
+
+/// The key manager of a configuration.
+pub fn key_manager(
+    config: &Config,
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<KeyManager> {
+    KeyManager::new(
+        storage,
+        clock,
+        config.signing_algorithm,
+        config.master_key.as_ref().map(|k| k.expose_secret()),
+        secs_to_ms(config.access_token_ttl_secs),
+        secs_to_ms(config.key_rotation_interval_secs),
+    )
+}
+
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000)
+}
+
+impl App {
+    /// Connects storage, migrates when configured to, and loads (or creates) the signing key.
+    pub async fn build(config: Config) -> anyhow::Result<AppState> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`App::build`] with an injected clock.
+    pub async fn build_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<AppState> {
+        let storage = open_storage(&config).await?;
+        if config.auto_migrate {
+            storage.migrate_up().await?;
+        }
+        let keys = Arc::new(key_manager(&config, storage.clone(), clock.clone())?);
+        keys.ensure_active().await?;
+        let policy = TokenPolicy {
+            issuer: config.issuer(),
+            audience: config.audience(),
+            access_ttl_secs: i64::try_from(config.access_token_ttl_secs).unwrap_or(900),
+            refresh_grace_ms: secs_to_ms(config.refresh_grace_secs),
+            session_idle_ms: secs_to_ms(config.session_idle_timeout_secs),
+            session_lifetime_ms: secs_to_ms(config.session_max_lifetime_secs),
+        };
+        let tokens = TokenService::new(storage.clone(), keys.clone(), clock.clone(), policy);
+        Ok(AppState(Arc::new(App {
+            config,
+            storage,
+            keys,
+            tokens,
+            clock,
+        })))
+    }
+}
+
+/// Serves the application on `listener` until `shutdown` completes, then drains in-flight
+/// requests. Background jobs (key reload and scheduled rotation) stop with it.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let keys = state.keys.clone();
+    let background = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = keys.rotate_if_due().await {
+                tracing::warn!(error = %e, "signing key maintenance failed");
+            }
+        }
+    });
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    background.abort();
+    served
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

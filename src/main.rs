@@ -1,0 +1,191 @@
+//! Command-line entry point: parses arguments and calls into the library.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use atoms_auth::commands::{self, MigrateAction, NewClient};
+use atoms_auth::config::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "atoms-auth",
+    version,
+    about = "OAuth 2.0 auth and session server"
+)]
+struct Cli {
+    /// TOML configuration file (ATOMS_AUTH_* variables override it).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply, revert or list schema migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: Migrate,
+    },
+    /// Manage users.
+    Users {
+        #[command(subcommand)]
+        action: Users,
+    },
+    /// Manage OAuth clients.
+    Clients {
+        #[command(subcommand)]
+        action: Clients,
+    },
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: Keys,
+    },
+}
+
+#[derive(Subcommand)]
+enum Migrate {
+    /// Apply every pending migration.
+    Up,
+    /// Revert the newest migrations.
+    Down {
+        #[arg(long, default_value_t = 1)]
+        steps: usize,
+    },
+    /// List migrations, whether applied, and checksum mismatches.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum Users {
+    /// Create a user. The password is read from standard input unless --password is given.
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long, env = "ATOMS_AUTH_NEW_USER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Clients {
+    /// Register a client and print its secret (shown only this once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Choose the client id (a random one otherwise).
+        #[arg(long)]
+        client_id: Option<String>,
+        /// A public client has no secret.
+        #[arg(long)]
+        public: bool,
+        /// Allowed grant types, space or comma separated.
+        #[arg(long, default_value = "password refresh_token")]
+        grant_types: String,
+        /// Allowed scopes, space or comma separated.
+        #[arg(long, default_value = "openid profile")]
+        scopes: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Keys {
+    /// Generate a new signing key and retire the current one.
+    Rotate,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ATOMS_AUTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("ATOMS_AUTH_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => commands::serve(config).await?,
+        Command::Migrate { action } => {
+            let action = match action {
+                Migrate::Up => MigrateAction::Up,
+                Migrate::Down { steps } => MigrateAction::Down { steps },
+                Migrate::Status => MigrateAction::Status,
+            };
+            for m in commands::migrate(&config, action).await? {
+                let state = if m.applied { "applied" } else { "pending" };
+                let mismatch = if m.checksum_ok {
+                    ""
+                } else {
+                    "  CHECKSUM MISMATCH"
+                };
+                println!(
+                    "{:>4}  {:<8} {}{}",
+                    m.version, state, m.description, mismatch
+                );
+            }
+        }
+        Command::Users {
+            action: Users::Create { username, password },
+        } => {
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let mut p = String::new();
+                    std::io::stdin().read_to_string(&mut p)?;
+                    p.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            let id = commands::create_user(&config, &username, password).await?;
+            println!("{}", serde_json::json!({ "id": id, "username": username }));
+        }
+        Command::Clients {
+            action:
+                Clients::Create {
+                    name,
+                    client_id,
+                    public,
+                    grant_types,
+                    scopes,
+                },
+        } => {
+            let new = NewClient {
+                client_id,
+                name,
+                public,
+                grant_types: list(&grant_types),
+                scopes: list(&scopes),
+            };
+            println!("{}", commands::create_client(&config, new).await?);
+        }
+        Command::Keys {
+            action: Keys::Rotate,
+        } => {
+            println!(
+                "{}",
+                serde_json::json!({ "active_kid": commands::rotate_keys(&config).await? })
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Storage behind traits. Each rule that must be atomic is one trait method, so each backend
+//! makes it atomic in its own way: a PostgreSQL function call, a Redis Lua script, a SQLite
+//! `BEGIN IMMEDIATE` transaction. Nothing outside this module knows which backend runs.
+
+mod models;
+pub mod postgres;
+pub mod redis;
+mod sql_common;
+mod sql_migrate;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::clock::Millis;
+pub use models::*;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A unique constraint was violated (a username or client id that exists).
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// The storage URL is not understood.
+    #[error("unsupported storage url: {0}")]
+    UnsupportedUrl(String),
+    /// A stored value could not be read back.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    #[error("migration error: {0}")]
+    Migration(String),
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Redis(#[from] ::redis::RedisError),
+    #[error("storage timed out: {0}")]
+    Timeout(&'static str),
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// Users and their password hashes.
+#[async_trait]
+pub trait UserStore {
+    async fn create_user(&self, user: &User) -> StorageResult<()>;
+    async fn user_by_username(&self, username: &str) -> StorageResult<Option<User>>;
+    async fn user_by_id(&self, id: &str) -> StorageResult<Option<User>>;
+}
+
+/// Registered OAuth clients.
+#[async_trait]
+pub trait ClientStore {
+    async fn create_client(&self, client: &Client) -> StorageResult<()>;
+    async fn client(&self, client_id: &str) -> StorageResult<Option<Client>>;
+}
+
+/// Signing keys. The active key is the newest one not retired.
+#[async_trait]
+pub trait KeyStore {
+    /// Every key whose tokens may still be alive at `now` (not retired, or retired with
+    /// `expires_at` in the future), newest first.
+    async fn signing_keys(&self, now: Millis) -> StorageResult<Vec<StoredKey>>;
+    /// Atomically: when the active key is `expected_active` (None: no key at all), inserts `key`
+    /// and retires every other key with `retired_at = key.created_at` and `expires_at =
+    /// retire_until`. Returns false, changing nothing, when another instance rotated first.
+    async fn rotate_signing_key(
+        &self,
+        expected_active: Option<&str>,
+        key: &StoredKey,
+        retire_until: Millis,
+    ) -> StorageResult<bool>;
+}
+
+/// Sessions and their refresh-token families.
+#[async_trait]
+pub trait SessionStore {
+    /// Stores a new session whose live refresh token has SHA-256 `refresh_hash`.
+    async fn create_session(&self, session: &Session, refresh_hash: &[u8]) -> StorageResult<()>;
+    async fn session(&self, id: &str) -> StorageResult<Option<Session>>;
+    /// The session a refresh token belongs to, and whether it is the family's live token.
+    async fn session_by_refresh(&self, hash: &[u8]) -> StorageResult<Option<(Session, bool)>>;
+    /// The refresh rule, atomically: see [`Rotation`] and [`RotationOutcome`].
+    async fn rotate_refresh(&self, rotation: &Rotation<'_>) -> StorageResult<RotationOutcome>;
+    /// Ends a session (no effect when it has ended already). Returns whether it was live.
+    async fn revoke_session(&self, id: &str, now: Millis, reason: &str) -> StorageResult<bool>;
+}
+
+/// Revoked access-token ids, kept until the token would have expired.
+#[async_trait]
+pub trait RevocationStore {
+    async fn revoke_access_token(&self, jti: &str, expires_at: Millis) -> StorageResult<()>;
+    /// What introspection of an access token needs, in one round trip where possible.
+    async fn access_token_state(
+        &self,
+        jti: &str,
+        session_id: Option<&str>,
+    ) -> StorageResult<AccessTokenState>;
+}
+
+/// Schema management.
+#[async_trait]
+pub trait Migrations {
+    /// Applies every pending migration.
+    async fn migrate_up(&self) -> StorageResult<()>;
+    /// Reverts the newest `steps` applied migrations.
+    async fn migrate_down(&self, steps: usize) -> StorageResult<()>;
+    /// Every known migration and whether (and how faithfully) it is applied.
+    async fn migration_status(&self) -> StorageResult<Vec<MigrationStatus>>;
+}
+
+/// The whole storage of the server.
+#[async_trait]
+pub trait Storage:
+    UserStore + ClientStore + KeyStore + SessionStore + RevocationStore + Migrations + Send + Sync
+{
+    /// Backend name for logs and metrics.
+    fn backend(&self) -> &'static str;
+    /// One real round trip.
+    async fn ping(&self) -> StorageResult<()>;
+}
+
+/// Connection options that are not part of the URL.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub pool_size: u32,
+    pub redis_key_prefix: String,
+}
+
+/// Opens the backend named by the URL scheme.
+pub async fn connect(url: &str, options: &ConnectOptions) -> StorageResult<Arc<dyn Storage>> {
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(Arc::new(
+            sqlite::SqliteStorage::connect(url, options).await?,
+        )),
+        "postgres" | "postgresql" => {
+            Ok(Arc::new(postgres::PgStorage::connect(url, options).await?))
+        }
+        "redis" | "rediss" => Ok(Arc::new(redis::RedisStorage::connect(url, options).await?)),
+        _ => Err(StorageError::UnsupportedUrl(scheme.to_owned())),
+    }
+}

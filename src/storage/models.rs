@@ -1,0 +1,367 @@
+//! The records the storage keeps, and the refresh-rotation rule every backend applies.
+
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+
+use crate::clock::Millis;
+
+/// An end user.
+#[derive(Clone, PartialEq, Eq, FromRow, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    /// PHC string of an argon2id hash.
+    pub password_hash: String,
+    pub created_at: Millis,
+    pub disabled: bool,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("password_hash", &"[redacted]")
+            .finish()
+    }
+}
+
+/// A registered OAuth client.
+#[derive(Clone, PartialEq, Eq, FromRow, Serialize, Deserialize)]
+pub struct Client {
+    pub client_id: String,
+    pub name: String,
+    /// Hex SHA-256 of the secret; `None` for a public client.
+    pub secret_hash: Option<String>,
+    /// Allowed grant types, space separated.
+    pub grant_types: String,
+    /// Allowed scopes, space separated.
+    pub scopes: String,
+    pub created_at: Millis,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.client_id)
+            .field("public", &self.secret_hash.is_none())
+            .field("grant_types", &self.grant_types)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Whether the client has no secret.
+    pub fn is_public(&self) -> bool {
+        self.secret_hash.is_none()
+    }
+
+    /// Whether the client may use `grant_type`.
+    pub fn allows_grant(&self, grant_type: &str) -> bool {
+        self.grant_types.split_whitespace().any(|g| g == grant_type)
+    }
+
+    /// The scopes the client may ask for.
+    pub fn scope_list(&self) -> std::str::SplitWhitespace<'_> {
+        self.scopes.split_whitespace()
+    }
+}
+
+/// A signing key as stored: PKCS#8 DER of the private key, encrypted when `encrypted`.
+#[derive(Clone, FromRow)]
+pub struct StoredKey {
+    pub kid: String,
+    pub alg: String,
+    pub private_key: Vec<u8>,
+    pub encrypted: bool,
+    pub created_at: Millis,
+    pub retired_at: Option<Millis>,
+    /// When a retired key leaves the JWKS: every token it signed has expired by then.
+    pub expires_at: Option<Millis>,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("encrypted", &self.encrypted)
+            .field("retired_at", &self.retired_at)
+            .finish()
+    }
+}
+
+/// A login session; it owns one refresh-token family.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub user_id: String,
+    pub client_id: String,
+    pub scope: String,
+    pub created_at: Millis,
+    pub last_used_at: Millis,
+    pub idle_expires_at: Millis,
+    pub expires_at: Millis,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub revoked_at: Option<Millis>,
+    pub revoke_reason: Option<String>,
+}
+
+impl Session {
+    /// Whether the session is neither revoked nor past either timeout at `now`.
+    pub fn is_active(&self, now: Millis) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now && self.idle_expires_at > now
+    }
+}
+
+/// Why a session ended, as stored in `revoke_reason`.
+pub mod revoke_reason {
+    pub const REFRESH_TOKEN_REUSE: &str = "refresh_token_reuse";
+    pub const REVOKED_BY_CLIENT: &str = "revoked_by_client";
+}
+
+/// One refresh request, as the storage sees it.
+#[derive(Debug, Clone)]
+pub struct Rotation<'a> {
+    /// SHA-256 of the presented refresh token.
+    pub presented_hash: &'a [u8],
+    /// SHA-256 of the refresh token to issue.
+    pub new_hash: &'a [u8],
+    /// The authenticated client: a token of another client changes nothing.
+    pub client_id: &'a str,
+    pub now: Millis,
+    pub grace_ms: Millis,
+    pub idle_timeout_ms: Millis,
+}
+
+/// What a refresh did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationOutcome {
+    /// The live token was used: it is now spent and `new_hash` is live.
+    Rotated(Session),
+    /// The token rotated last was presented again within the grace period: its successor is
+    /// revoked and `new_hash` is live.
+    Grace(Session),
+    /// Any other token of the family: the session is revoked.
+    Reused(Session),
+    /// The session had ended already (revoked or expired); nothing changed.
+    Ended(Session),
+    /// Unknown token, or a token of another client; nothing changed.
+    Invalid,
+}
+
+/// The decision of [`RotationOutcome`] before it is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationDecision {
+    Rotate,
+    Grace,
+    Reuse,
+    Ended,
+    WrongClient,
+}
+
+impl Rotation<'_> {
+    /// The refresh rule. The PostgreSQL function `atoms_rotate_refresh` and the Redis script
+    /// apply the same rule in the database; the contract suite proves they agree.
+    pub fn decide(
+        &self,
+        session: &Session,
+        current_hash: &[u8],
+        previous_hash: Option<&[u8]>,
+        rotated_at: Option<Millis>,
+    ) -> RotationDecision {
+        if session.client_id != self.client_id {
+            RotationDecision::WrongClient
+        } else if !session.is_active(self.now) {
+            RotationDecision::Ended
+        } else if current_hash == self.presented_hash {
+            RotationDecision::Rotate
+        } else if previous_hash == Some(self.presented_hash)
+            && rotated_at.is_some_and(|at| self.now - at <= self.grace_ms)
+        {
+            RotationDecision::Grace
+        } else {
+            RotationDecision::Reuse
+        }
+    }
+
+    /// The idle expiry a session gets when it is used now.
+    pub fn idle_expiry(&self, session: &Session) -> Millis {
+        (self.now + self.idle_timeout_ms).min(session.expires_at)
+    }
+}
+
+/// What introspection needs to know of an access token beyond its signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessTokenState {
+    /// The token id is on the revocation list.
+    pub revoked: bool,
+    /// The token's session, when it has one, is active: `None` when the token has no session
+    /// or the session is gone.
+    pub session: Option<SessionLiveness>,
+}
+
+/// The liveness fields of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLiveness {
+    pub revoked: bool,
+    pub expires_at: Millis,
+    pub idle_expires_at: Millis,
+}
+
+impl AccessTokenState {
+    /// Whether a token with this state is active at `now`.
+    pub fn is_active(&self, has_session: bool, now: Millis) -> bool {
+        if self.revoked {
+            return false;
+        }
+        match (has_session, self.session) {
+            (false, _) => true,
+            (true, None) => false,
+            (true, Some(s)) => !s.revoked && s.expires_at > now && s.idle_expires_at > now,
+        }
+    }
+}
+
+/// One migration and its state in the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigrationStatus {
+    pub version: i64,
+    pub description: String,
+    pub applied: bool,
+    /// False when the applied migration differs from the one this binary carries.
+    pub checksum_ok: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(now: Millis) -> Session {
+        Session {
+            id: "s".into(),
+            user_id: "u".into(),
+            client_id: "c".into(),
+            scope: "read".into(),
+            created_at: now,
+            last_used_at: now,
+            idle_expires_at: now + 1_000_000,
+            expires_at: now + 2_000_000,
+            ip: None,
+            user_agent: None,
+            revoked_at: None,
+            revoke_reason: None,
+        }
+    }
+
+    fn rotation<'a>(presented: &'a [u8], now: Millis) -> Rotation<'a> {
+        Rotation {
+            presented_hash: presented,
+            new_hash: b"new",
+            client_id: "c",
+            now,
+            grace_ms: 300_000,
+            idle_timeout_ms: 1_000_000,
+        }
+    }
+
+    #[test]
+    fn live_token_rotates() {
+        let s = session(0);
+        assert_eq!(
+            rotation(b"cur", 10).decide(&s, b"cur", Some(b"prev"), Some(0)),
+            RotationDecision::Rotate
+        );
+    }
+
+    #[test]
+    fn just_rotated_token_within_grace_is_grace() {
+        let s = session(0);
+        let r = rotation(b"prev", 300_000);
+        assert_eq!(
+            r.decide(&s, b"cur", Some(b"prev"), Some(0)),
+            RotationDecision::Grace
+        );
+    }
+
+    #[test]
+    fn just_rotated_token_after_grace_is_reuse() {
+        let s = session(0);
+        let r = rotation(b"prev", 300_001);
+        assert_eq!(
+            r.decide(&s, b"cur", Some(b"prev"), Some(0)),
+            RotationDecision::Reuse
+        );
+    }
+
+    #[test]
+    fn older_token_is_reuse_even_within_grace() {
+        let s = session(0);
+        let r = rotation(b"older", 1);
+        assert_eq!(
+            r.decide(&s, b"cur", Some(b"prev"), Some(0)),
+            RotationDecision::Reuse
+        );
+    }
+
+    #[test]
+    fn token_of_another_client_changes_nothing() {
+        let s = session(0);
+        let mut r = rotation(b"cur", 1);
+        r.client_id = "other";
+        assert_eq!(
+            r.decide(&s, b"cur", None, None),
+            RotationDecision::WrongClient
+        );
+    }
+
+    #[test]
+    fn ended_session_is_not_rotated() {
+        let mut s = session(0);
+        s.revoked_at = Some(1);
+        assert_eq!(
+            rotation(b"cur", 2).decide(&s, b"cur", None, None),
+            RotationDecision::Ended
+        );
+        let s = session(0);
+        assert_eq!(
+            rotation(b"cur", 1_000_000).decide(&s, b"cur", None, None),
+            RotationDecision::Ended
+        );
+    }
+
+    #[test]
+    fn idle_expiry_never_passes_the_absolute_expiry() {
+        let s = session(0);
+        assert_eq!(rotation(b"cur", 1_500_000).idle_expiry(&s), 2_000_000);
+        assert_eq!(rotation(b"cur", 10).idle_expiry(&s), 1_000_010);
+    }
+
+    #[test]
+    fn access_token_state_follows_its_session() {
+        let live = SessionLiveness {
+            revoked: false,
+            expires_at: 10,
+            idle_expires_at: 10,
+        };
+        let state = AccessTokenState {
+            revoked: false,
+            session: Some(live),
+        };
+        assert!(state.is_active(true, 5));
+        assert!(!state.is_active(true, 10));
+        let revoked = AccessTokenState {
+            revoked: true,
+            session: None,
+        };
+        assert!(!revoked.is_active(false, 0));
+        let gone = AccessTokenState {
+            revoked: false,
+            session: None,
+        };
+        assert!(!gone.is_active(true, 0));
+        assert!(gone.is_active(false, 0));
+    }
+}

@@ -1,0 +1,81 @@
+//! PostgreSQL backend for many stateless instances. The refresh rule runs inside the
+//! database as the function `atoms_rotate_refresh` (one round trip; the session row lock
+//! serialises concurrent refreshes of one family).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::sql_common::sql_storage;
+use super::sql_migrate::Script;
+use super::*;
+
+const SCRIPTS: &[Script] = &[Script {
+    version: 1,
+    description: "init",
+    up: include_str!("../../migrations/postgres/0001_init.up.sql"),
+    down: include_str!("../../migrations/postgres/0001_init.down.sql"),
+}];
+
+/// PostgreSQL storage.
+#[derive(Debug, Clone)]
+pub struct PgStorage {
+    pool: PgPool,
+}
+
+impl PgStorage {
+    /// Connects a pool to `url` (`options=-c search_path=…` in the URL selects a schema).
+    pub async fn connect(url: &str, options: &ConnectOptions) -> StorageResult<Self> {
+        let connect = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.pool_size.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_exclusive(&self) -> StorageResult<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    async fn rotate(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
+        let (outcome, session): (String, Option<Json<Session>>) = sqlx::query_as(
+            "SELECT outcome, session FROM atoms_rotate_refresh($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(r.presented_hash)
+        .bind(r.new_hash)
+        .bind(r.client_id)
+        .bind(r.now)
+        .bind(r.grace_ms)
+        .bind(r.idle_timeout_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        let session = session.map(|s| s.0);
+        Ok(match (outcome.as_str(), session) {
+            ("rotated", Some(s)) => RotationOutcome::Rotated(s),
+            ("grace", Some(s)) => RotationOutcome::Grace(s),
+            ("reused", Some(s)) => RotationOutcome::Reused(s),
+            ("ended", Some(s)) => RotationOutcome::Ended(s),
+            ("invalid", None) => RotationOutcome::Invalid,
+            (other, _) => return Err(StorageError::Corrupt(format!("rotation outcome {other}"))),
+        })
+    }
+}
+
+sql_storage!(PgStorage, "postgres", SCRIPTS);

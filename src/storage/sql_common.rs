@@ -1,0 +1,285 @@
+//! The SQL both relational backends share word for word. Where the dialects differ (the
+//! refresh rotation, the exclusive transaction of key rotation) each backend has its own
+//! method, which the shared code calls.
+
+use super::StorageError;
+
+/// Maps a unique-constraint violation to [`StorageError::Conflict`]: the one place it is done.
+pub fn unique(what: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {
+    move |e| match e.as_database_error() {
+        Some(db) if db.is_unique_violation() => StorageError::Conflict(what),
+        _ => StorageError::Sql(e),
+    }
+}
+
+/// Implements every store of [`super::Storage`] on a type with `reader()` and `writer()`
+/// pools, a `rotate(&Rotation)` method, a `begin_exclusive()` transaction and the migration
+/// scripts `$scripts`.
+macro_rules! sql_storage {
+    ($ty:ty, $name:literal, $scripts:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::storage::UserStore for $ty {
+            async fn create_user(&self, user: &User) -> StorageResult<()> {
+                sqlx::query(
+                    "INSERT INTO users (id, username, password_hash, created_at, disabled) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&user.id)
+                .bind(&user.username)
+                .bind(&user.password_hash)
+                .bind(user.created_at)
+                .bind(user.disabled)
+                .execute(self.writer())
+                .await
+                .map_err($crate::storage::sql_common::unique("user"))?;
+                Ok(())
+            }
+
+            async fn user_by_username(&self, username: &str) -> StorageResult<Option<User>> {
+                Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1")
+                    .bind(username)
+                    .fetch_optional(self.reader())
+                    .await?)
+            }
+
+            async fn user_by_id(&self, id: &str) -> StorageResult<Option<User>> {
+                Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::ClientStore for $ty {
+            async fn create_client(&self, client: &Client) -> StorageResult<()> {
+                sqlx::query(
+                    "INSERT INTO clients (client_id, name, secret_hash, grant_types, scopes, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&client.client_id)
+                .bind(&client.name)
+                .bind(&client.secret_hash)
+                .bind(&client.grant_types)
+                .bind(&client.scopes)
+                .bind(client.created_at)
+                .execute(self.writer())
+                .await
+                .map_err($crate::storage::sql_common::unique("client"))?;
+                Ok(())
+            }
+
+            async fn client(&self, client_id: &str) -> StorageResult<Option<Client>> {
+                Ok(sqlx::query_as("SELECT * FROM clients WHERE client_id = $1")
+                    .bind(client_id)
+                    .fetch_optional(self.reader())
+                    .await?)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::KeyStore for $ty {
+            async fn signing_keys(&self, now: Millis) -> StorageResult<Vec<StoredKey>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM signing_keys WHERE expires_at IS NULL OR expires_at > $1 \
+                     ORDER BY created_at DESC, kid DESC",
+                )
+                .bind(now)
+                .fetch_all(self.reader())
+                .await?)
+            }
+
+            async fn rotate_signing_key(
+                &self,
+                expected_active: Option<&str>,
+                key: &StoredKey,
+                retire_until: Millis,
+            ) -> StorageResult<bool> {
+                let mut tx = self.begin_exclusive().await?;
+                let active: Option<String> = sqlx::query_scalar(
+                    "SELECT kid FROM signing_keys WHERE retired_at IS NULL \
+                     ORDER BY created_at DESC, kid DESC LIMIT 1",
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                if active.as_deref() != expected_active {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "UPDATE signing_keys SET retired_at = $1, expires_at = $2 \
+                     WHERE retired_at IS NULL",
+                )
+                .bind(key.created_at)
+                .bind(retire_until)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, alg, private_key, encrypted, created_at, \
+                     retired_at, expires_at) VALUES ($1, $2, $3, $4, $5, NULL, NULL)",
+                )
+                .bind(&key.kid)
+                .bind(&key.alg)
+                .bind(&key.private_key)
+                .bind(key.encrypted)
+                .bind(key.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::storage::sql_common::unique("signing key"))?;
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::SessionStore for $ty {
+            async fn create_session(
+                &self,
+                s: &Session,
+                refresh_hash: &[u8],
+            ) -> StorageResult<()> {
+                let mut tx = self.writer().begin().await?;
+                sqlx::query(
+                    "INSERT INTO sessions (id, user_id, client_id, scope, created_at, \
+                     last_used_at, idle_expires_at, expires_at, ip, user_agent, current_hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(&s.id)
+                .bind(&s.user_id)
+                .bind(&s.client_id)
+                .bind(&s.scope)
+                .bind(s.created_at)
+                .bind(s.last_used_at)
+                .bind(s.idle_expires_at)
+                .bind(s.expires_at)
+                .bind(&s.ip)
+                .bind(&s.user_agent)
+                .bind(refresh_hash)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::storage::sql_common::unique("session"))?;
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)",
+                )
+                .bind(refresh_hash)
+                .bind(&s.id)
+                .bind(s.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::storage::sql_common::unique("refresh token"))?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn session(&self, id: &str) -> StorageResult<Option<Session>> {
+                Ok(sqlx::query_as("SELECT * FROM sessions WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?)
+            }
+
+            async fn session_by_refresh(
+                &self,
+                hash: &[u8],
+            ) -> StorageResult<Option<(Session, bool)>> {
+                use sqlx::{FromRow, Row};
+                let row = sqlx::query(
+                    "SELECT s.*, s.current_hash = $1 AS is_current FROM refresh_tokens t \
+                     JOIN sessions s ON s.id = t.session_id WHERE t.hash = $1",
+                )
+                .bind(hash)
+                .fetch_optional(self.reader())
+                .await?;
+                row.map(|row| Ok((Session::from_row(&row)?, row.try_get("is_current")?)))
+                    .transpose()
+            }
+
+            async fn rotate_refresh(&self, rotation: &Rotation<'_>) -> StorageResult<RotationOutcome> {
+                self.rotate(rotation).await
+            }
+
+            async fn revoke_session(&self, id: &str, now: Millis, reason: &str) -> StorageResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 \
+                     WHERE id = $3 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(reason)
+                .bind(id)
+                .execute(self.writer())
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::RevocationStore for $ty {
+            async fn revoke_access_token(&self, jti: &str, expires_at: Millis) -> StorageResult<()> {
+                sqlx::query(
+                    "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) \
+                     ON CONFLICT (jti) DO NOTHING",
+                )
+                .bind(jti)
+                .bind(expires_at)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn access_token_state(
+                &self,
+                jti: &str,
+                session_id: Option<&str>,
+            ) -> StorageResult<AccessTokenState> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1) AS revoked, \
+                     s.revoked_at, s.expires_at, s.idle_expires_at \
+                     FROM (SELECT 1 AS one) AS one LEFT JOIN sessions s ON s.id = $2",
+                )
+                .bind(jti)
+                .bind(session_id)
+                .fetch_one(self.reader())
+                .await?;
+                let expires_at: Option<Millis> = row.try_get("expires_at")?;
+                let session = match expires_at {
+                    Some(expires_at) => Some($crate::storage::SessionLiveness {
+                        revoked: row.try_get::<Option<Millis>, _>("revoked_at")?.is_some(),
+                        expires_at,
+                        idle_expires_at: row.try_get("idle_expires_at")?,
+                    }),
+                    None => None,
+                };
+                Ok(AccessTokenState { revoked: row.try_get("revoked")?, session })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::Migrations for $ty {
+            async fn migrate_up(&self) -> StorageResult<()> {
+                $crate::storage::sql_migrate::up($scripts, self.writer()).await
+            }
+
+            async fn migrate_down(&self, steps: usize) -> StorageResult<()> {
+                $crate::storage::sql_migrate::down($scripts, self.writer(), steps).await
+            }
+
+            async fn migration_status(&self) -> StorageResult<Vec<MigrationStatus>> {
+                $crate::storage::sql_migrate::status($scripts, self.writer()).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::Storage for $ty {
+            fn backend(&self) -> &'static str {
+                $name
+            }
+
+            async fn ping(&self) -> StorageResult<()> {
+                sqlx::query("SELECT 1").execute(self.reader()).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use sql_storage;

@@ -1,0 +1,106 @@
+//! Versioned SQL migrations, embedded in the binary and run by sqlx's migrator, for both SQL
+//! backends. Every migration has an up and a down script.
+
+use std::borrow::Cow;
+use std::ops::DerefMut;
+
+use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
+use sqlx::{AssertSqlSafe, Database, Pool, SqlSafeStr};
+
+use super::{MigrationStatus, StorageError, StorageResult};
+
+/// One embedded migration.
+pub struct Script {
+    pub version: i64,
+    pub description: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+}
+
+/// Builds the migrator for one dialect's scripts.
+pub fn migrator(scripts: &[Script]) -> Migrator {
+    let migrations = scripts
+        .iter()
+        .flat_map(|s| {
+            [
+                (MigrationType::ReversibleUp, s.up),
+                (MigrationType::ReversibleDown, s.down),
+            ]
+            .map(|(kind, sql)| {
+                Migration::new(
+                    s.version,
+                    Cow::Borrowed(s.description),
+                    kind,
+                    AssertSqlSafe(sql).into_sql_str(),
+                    false,
+                )
+            })
+        })
+        .collect();
+    Migrator::with_migrations(migrations)
+}
+
+fn migrate_error(e: sqlx::migrate::MigrateError) -> StorageError {
+    StorageError::Migration(e.to_string())
+}
+
+/// Applies every pending migration.
+pub async fn up<DB>(scripts: &[Script], pool: &Pool<DB>) -> StorageResult<()>
+where
+    DB: Database,
+    DB::Connection: Migrate,
+{
+    migrator(scripts).run(pool).await.map_err(migrate_error)
+}
+
+/// Reverts the newest `steps` applied migrations.
+pub async fn down<DB>(scripts: &[Script], pool: &Pool<DB>, steps: usize) -> StorageResult<()>
+where
+    DB: Database,
+    DB::Connection: Migrate,
+{
+    let applied = status(scripts, pool).await?;
+    let mut versions: Vec<i64> = applied
+        .iter()
+        .filter(|m| m.applied)
+        .map(|m| m.version)
+        .collect();
+    versions.sort_unstable();
+    let keep = versions.len().saturating_sub(steps);
+    let target = if keep == 0 { 0 } else { versions[keep - 1] };
+    migrator(scripts)
+        .undo(pool, target)
+        .await
+        .map_err(migrate_error)
+}
+
+/// Every migration this binary knows, with whether it is applied and unchanged.
+pub async fn status<DB>(scripts: &[Script], pool: &Pool<DB>) -> StorageResult<Vec<MigrationStatus>>
+where
+    DB: Database,
+    DB::Connection: Migrate,
+{
+    let migrator = migrator(scripts);
+    let mut conn = pool.acquire().await?;
+    let conn = conn.deref_mut();
+    conn.ensure_migrations_table(&migrator.table_name)
+        .await
+        .map_err(migrate_error)?;
+    let applied = conn
+        .list_applied_migrations(&migrator.table_name)
+        .await
+        .map_err(migrate_error)?;
+    Ok(migrator
+        .iter()
+        .filter(|m| m.migration_type == MigrationType::ReversibleUp)
+        .map(|m| {
+            let found = applied.iter().find(|a| a.version == m.version);
+            MigrationStatus {
+                version: m.version,
+                description: m.description.to_string(),
+                applied: found.is_some(),
+                checksum_ok: found.is_none_or(|a| a.checksum == m.checksum),
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,128 @@
+//! The embedded default backend. Writes go through a pool of one connection, so write
+//! transactions queue in the pool instead of spinning in SQLite's busy handler; reads use a
+//! pool of their own (WAL mode lets them run beside the writer). Atomic rules run in
+//! `BEGIN IMMEDIATE` transactions, which take the write lock up front.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use super::sql_common::sql_storage;
+use super::sql_migrate::Script;
+use super::*;
+
+const SCRIPTS: &[Script] = &[Script {
+    version: 1,
+    description: "init",
+    up: include_str!("../../migrations/sqlite/0001_init.up.sql"),
+    down: include_str!("../../migrations/sqlite/0001_init.down.sql"),
+}];
+
+/// SQLite storage.
+#[derive(Debug, Clone)]
+pub struct SqliteStorage {
+    reader: SqlitePool,
+    writer: SqlitePool,
+}
+
+impl SqliteStorage {
+    /// Opens (and with `mode=rwc`, creates) the database file of `url`.
+    pub async fn connect(url: &str, options: &ConnectOptions) -> StorageResult<Self> {
+        let connect = SqliteConnectOptions::from_str(url)?
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.pool_size.max(1))
+            .connect_with(connect)
+            .await?;
+        Ok(Self { reader, writer })
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    async fn begin_exclusive(&self) -> StorageResult<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn rotate(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
+        use sqlx::{FromRow, Row};
+        let mut tx = self.begin_exclusive().await?;
+        let row = sqlx::query(
+            "SELECT s.* FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
+             WHERE t.hash = $1",
+        )
+        .bind(r.presented_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(RotationOutcome::Invalid);
+        };
+        let session = Session::from_row(&row)?;
+        let current: Vec<u8> = row.try_get("current_hash")?;
+        let previous: Option<Vec<u8>> = row.try_get("previous_hash")?;
+        let rotated_at: Option<Millis> = row.try_get("rotated_at")?;
+        let decision = r.decide(&session, &current, previous.as_deref(), rotated_at);
+        let updated: Session = match decision {
+            RotationDecision::WrongClient => return Ok(RotationOutcome::Invalid),
+            RotationDecision::Ended => return Ok(RotationOutcome::Ended(session)),
+            RotationDecision::Rotate | RotationDecision::Grace => {
+                let sql = if decision == RotationDecision::Rotate {
+                    "UPDATE sessions SET previous_hash = current_hash, current_hash = $1, \
+                     rotated_at = $2, last_used_at = $2, idle_expires_at = $3 WHERE id = $4 \
+                     RETURNING *"
+                } else {
+                    "UPDATE sessions SET current_hash = $1, last_used_at = $2, \
+                     idle_expires_at = $3 WHERE id = $4 RETURNING *"
+                };
+                let updated = sqlx::query_as(sql)
+                    .bind(r.new_hash)
+                    .bind(r.now)
+                    .bind(r.idle_expiry(&session))
+                    .bind(&session.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)",
+                )
+                .bind(r.new_hash)
+                .bind(&session.id)
+                .bind(r.now)
+                .execute(&mut *tx)
+                .await?;
+                updated
+            }
+            RotationDecision::Reuse => {
+                sqlx::query_as(
+                    "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 \
+                     RETURNING *",
+                )
+                .bind(r.now)
+                .bind(revoke_reason::REFRESH_TOKEN_REUSE)
+                .bind(&session.id)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        tx.commit().await?;
+        Ok(match decision {
+            RotationDecision::Rotate => RotationOutcome::Rotated(updated),
+            RotationDecision::Grace => RotationOutcome::Grace(updated),
+            _ => RotationOutcome::Reused(updated),
+        })
+    }
+}
+
+sql_storage!(SqliteStorage, "sqlite", SCRIPTS);
