@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::rejection::FormRejection;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use crate::domain::secrets::Secret;
 use crate::error::OAuthError;
 
-/// A form body whose rejection is an OAuth `invalid_request` (413 when too large).
+/// A form body whose rejection is an OAuth `invalid_request` (413 when too large). Values
+/// with a NUL character are refused here, once, since no backend can store them as text.
 pub struct OAuthForm<T>(pub T);
 
 impl<T, S> FromRequest<S> for OAuthForm<T>
@@ -25,23 +26,40 @@ where
     type Rejection = OAuthError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Form::<T>::from_request(req, state).await {
-            Ok(axum::Form(value)) => Ok(Self(value)),
-            Err(rejection) => Err(form_rejection(rejection)),
+        let is_form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !is_form {
+            return Err(OAuthError::InvalidRequest(
+                "the body must be application/x-www-form-urlencoded".into(),
+            ));
         }
-    }
-}
-
-fn form_rejection(rejection: FormRejection) -> OAuthError {
-    match rejection {
-        r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => OAuthError::PayloadTooLarge,
-        FormRejection::InvalidFormContentType(_) => {
-            OAuthError::InvalidRequest("the body must be application/x-www-form-urlencoded".into())
+        let body = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                OAuthError::PayloadTooLarge
+            } else {
+                OAuthError::InvalidRequest(rejection.body_text())
+            }
+        })?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+            .map_err(|e| OAuthError::InvalidRequest(format!("malformed form: {e}")))?;
+        if pairs
+            .iter()
+            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(OAuthError::InvalidRequest(
+                "form values must not contain NUL".into(),
+            ));
         }
-        FormRejection::FailedToDeserializeForm(e) => {
-            OAuthError::InvalidRequest(format!("malformed form: {}", e.body_text()))
-        }
-        other => OAuthError::InvalidRequest(other.body_text()),
+        serde_urlencoded::from_bytes(&body)
+            .map(Self)
+            .map_err(|e| OAuthError::InvalidRequest(format!("malformed form: {e}")))
     }
 }
 
@@ -84,6 +102,9 @@ pub fn client_credentials(
     let decoded = String::from_utf8(decoded).map_err(|_| OAuthError::InvalidClient)?;
     let (id, secret) = decoded.split_once(':').ok_or(OAuthError::InvalidClient)?;
     let (id, secret) = (form_decode(id)?, form_decode(secret)?);
+    if id.contains('\0') || secret.contains('\0') {
+        return Err(OAuthError::InvalidClient);
+    }
     if form_secret.is_some() {
         return Err(OAuthError::InvalidRequest(
             "use one client authentication method, not two".into(),

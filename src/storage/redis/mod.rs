@@ -169,6 +169,9 @@ impl KeyStore for RedisStorage {
             .conn()
             .zrevrange(self.key("keys", "all"), 0, -1)
             .await?;
+        if kids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = ::redis::pipe();
         for kid in &kids {
             pipe.hgetall(self.key("key", kid));

@@ -1,0 +1,478 @@
+//! The storage contract: the same checks against every backend, below HTTP.
+
+use atoms_auth::clock::{Clock, SystemClock};
+use atoms_auth::storage::*;
+use uuid::Uuid;
+
+use crate::backend_tests;
+use crate::helpers::{Backend, TestDb};
+
+const DAY: i64 = 24 * 3600 * 1000;
+
+/// Realistic times: Redis expires records by wall-clock TTLs.
+fn t(offset: i64) -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| SystemClock.now_ms()) + offset
+}
+
+fn user(name: &str) -> User {
+    User {
+        id: Uuid::now_v7().to_string(),
+        username: name.into(),
+        password_hash: "$argon2id$fake".into(),
+        created_at: 1,
+        disabled: false,
+    }
+}
+
+fn session(user_id: &str, now: i64) -> Session {
+    Session {
+        id: Uuid::now_v7().to_string(),
+        user_id: user_id.into(),
+        client_id: "app".into(),
+        scope: "read".into(),
+        created_at: now,
+        last_used_at: now,
+        idle_expires_at: now + 7 * DAY,
+        expires_at: now + 30 * DAY,
+        ip: Some("192.0.2.1".into()),
+        user_agent: Some("agent/1.0".into()),
+        revoked_at: None,
+        revoke_reason: None,
+    }
+}
+
+fn rotation<'a>(presented: &'a [u8], new: &'a [u8], at: i64) -> Rotation<'a> {
+    Rotation {
+        presented_hash: presented,
+        new_hash: new,
+        client_id: "app",
+        now: t(at),
+        grace_ms: 300_000,
+        idle_timeout_ms: 7 * DAY,
+    }
+}
+
+/// A session with live refresh token `[1; 32]`.
+async fn seeded(storage: &dyn Storage, now: i64) -> Session {
+    let u = user(&format!("user-{}", Uuid::new_v4()));
+    storage.create_user(&u).await.expect("user");
+    let s = session(&u.id, t(now));
+    storage.create_session(&s, &[1; 32]).await.expect("session");
+    s
+}
+
+async fn users_and_clients_round_trip_and_conflict(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let u = user("bob");
+    storage.create_user(&u).await.expect("create");
+    assert_eq!(
+        storage.user_by_username("bob").await.expect("get"),
+        Some(u.clone())
+    );
+    assert_eq!(
+        storage.user_by_id(&u.id).await.expect("get"),
+        Some(u.clone())
+    );
+    assert_eq!(storage.user_by_username("nobody").await.expect("get"), None);
+    let again = User {
+        id: Uuid::now_v7().to_string(),
+        ..u
+    };
+    assert!(matches!(
+        storage.create_user(&again).await,
+        Err(StorageError::Conflict(_))
+    ));
+
+    let client = Client {
+        client_id: "app".into(),
+        name: "App".into(),
+        secret_hash: None,
+        grant_types: "password".into(),
+        scopes: "read".into(),
+        created_at: 5,
+    };
+    storage.create_client(&client).await.expect("client");
+    assert_eq!(
+        storage.client("app").await.expect("get"),
+        Some(client.clone())
+    );
+    assert!(matches!(
+        storage.create_client(&client).await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert_eq!(storage.client("' OR 1=1 --").await.expect("get"), None);
+}
+
+async fn session_is_found_by_its_refresh_token(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let s = seeded(storage.as_ref(), 1_000).await;
+    assert_eq!(storage.session(&s.id).await.expect("get"), Some(s.clone()));
+    assert_eq!(
+        storage.session_by_refresh(&[1; 32]).await.expect("get"),
+        Some((s, true))
+    );
+    assert_eq!(
+        storage.session_by_refresh(&[9; 32]).await.expect("get"),
+        None
+    );
+}
+
+async fn rotation_follows_the_refresh_rule(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    seeded(storage.as_ref(), 1_000).await;
+
+    let out = storage
+        .rotate_refresh(&rotation(&[1; 32], &[2; 32], 2_000))
+        .await
+        .expect("rotate");
+    let RotationOutcome::Rotated(rotated) = out else {
+        panic!("expected rotation, got {out:?}")
+    };
+    assert_eq!(rotated.last_used_at, t(2_000));
+    assert_eq!(rotated.idle_expires_at, t(2_000) + 7 * DAY);
+    assert_eq!(
+        storage
+            .session_by_refresh(&[1; 32])
+            .await
+            .expect("get")
+            .map(|x| x.1),
+        Some(false)
+    );
+    assert_eq!(
+        storage
+            .session_by_refresh(&[2; 32])
+            .await
+            .expect("get")
+            .map(|x| x.1),
+        Some(true)
+    );
+
+    // The token just rotated, within the grace period: a fresh token replaces the successor.
+    let out = storage
+        .rotate_refresh(&rotation(&[1; 32], &[3; 32], 3_000))
+        .await
+        .expect("grace");
+    assert!(matches!(out, RotationOutcome::Grace(_)), "{out:?}");
+    assert_eq!(
+        storage
+            .session_by_refresh(&[3; 32])
+            .await
+            .expect("get")
+            .map(|x| x.1),
+        Some(true)
+    );
+    assert_eq!(
+        storage
+            .session_by_refresh(&[2; 32])
+            .await
+            .expect("get")
+            .map(|x| x.1),
+        Some(false)
+    );
+
+    // Another client presenting the live token changes nothing.
+    let mut other = rotation(&[3; 32], &[4; 32], 3_500);
+    other.client_id = "other";
+    assert_eq!(
+        storage.rotate_refresh(&other).await.expect("other"),
+        RotationOutcome::Invalid
+    );
+    assert_eq!(
+        storage
+            .session_by_refresh(&[3; 32])
+            .await
+            .expect("get")
+            .map(|x| x.1),
+        Some(true)
+    );
+
+    // The replaced successor is an older token: reuse, the family is revoked.
+    let out = storage
+        .rotate_refresh(&rotation(&[2; 32], &[5; 32], 4_000))
+        .await
+        .expect("reuse");
+    let RotationOutcome::Reused(revoked) = out else {
+        panic!("expected reuse, got {out:?}")
+    };
+    assert_eq!(revoked.revoked_at, Some(t(4_000)));
+    assert_eq!(
+        revoked.revoke_reason.as_deref(),
+        Some(revoke_reason::REFRESH_TOKEN_REUSE)
+    );
+
+    // Even the live token is dead now.
+    let out = storage
+        .rotate_refresh(&rotation(&[3; 32], &[6; 32], 5_000))
+        .await
+        .expect("ended");
+    assert!(matches!(out, RotationOutcome::Ended(_)), "{out:?}");
+    assert_eq!(
+        storage.session_by_refresh(&[6; 32]).await.expect("get"),
+        None
+    );
+    // Unknown tokens are invalid.
+    let out = storage
+        .rotate_refresh(&rotation(&[8; 32], &[7; 32], 5_000))
+        .await
+        .expect("unknown");
+    assert_eq!(out, RotationOutcome::Invalid);
+}
+
+async fn just_rotated_token_outside_grace_revokes_family(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    seeded(storage.as_ref(), 1_000).await;
+    storage
+        .rotate_refresh(&rotation(&[1; 32], &[2; 32], 2_000))
+        .await
+        .expect("rotate");
+    let out = storage
+        .rotate_refresh(&rotation(&[1; 32], &[3; 32], 2_000 + 300_001))
+        .await
+        .expect("late");
+    assert!(matches!(out, RotationOutcome::Reused(_)), "{out:?}");
+}
+
+async fn expired_session_is_not_rotated(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let s = seeded(storage.as_ref(), 1_000).await;
+    let out = storage
+        .rotate_refresh(&rotation(&[1; 32], &[2; 32], s.idle_expires_at - t(0)))
+        .await
+        .expect("idle");
+    assert!(matches!(out, RotationOutcome::Ended(_)), "{out:?}");
+    assert_eq!(
+        storage.session_by_refresh(&[2; 32]).await.expect("get"),
+        None
+    );
+}
+
+async fn concurrent_rotations_leave_one_live_token(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    seeded(storage.as_ref(), 1_000).await;
+    let tasks: Vec<_> = (0..50u8)
+        .map(|i| {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                let new = [100 + i; 32];
+                storage
+                    .rotate_refresh(&rotation(&[1; 32], &new, 2_000))
+                    .await
+                    .expect("rotate")
+            })
+        })
+        .collect();
+    let mut rotated = 0;
+    for task in tasks {
+        match task.await.expect("join") {
+            RotationOutcome::Rotated(_) => rotated += 1,
+            RotationOutcome::Grace(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(rotated, 1, "exactly one request rotates the live token");
+    let mut live = 0;
+    for i in 0..50u8 {
+        if let Some((_, true)) = storage
+            .session_by_refresh(&[100 + i; 32])
+            .await
+            .expect("get")
+        {
+            live += 1;
+        }
+    }
+    assert_eq!(live, 1);
+}
+
+async fn revoking_a_session_happens_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let s = seeded(storage.as_ref(), 1_000).await;
+    assert!(
+        storage
+            .revoke_session(&s.id, t(2_000), "test")
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        !storage
+            .revoke_session(&s.id, t(3_000), "again")
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        !storage
+            .revoke_session("missing", t(3_000), "x")
+            .await
+            .expect("revoke")
+    );
+    let stored = storage.session(&s.id).await.expect("get").expect("exists");
+    assert_eq!(
+        (stored.revoked_at, stored.revoke_reason.as_deref()),
+        (Some(t(2_000)), Some("test"))
+    );
+}
+
+async fn access_token_state_reports_revocation_and_session(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let now = t(0);
+    let s = seeded(storage.as_ref(), 0).await;
+    let state = storage
+        .access_token_state("jti-1", Some(&s.id))
+        .await
+        .expect("state");
+    assert!(!state.revoked);
+    assert!(state.is_active(true, now));
+    storage
+        .revoke_access_token("jti-1", now + 60_000)
+        .await
+        .expect("revoke");
+    storage
+        .revoke_access_token("jti-1", now + 60_000)
+        .await
+        .expect("revoke twice");
+    let state = storage
+        .access_token_state("jti-1", None)
+        .await
+        .expect("state");
+    assert!(state.revoked && !state.is_active(false, now));
+    storage
+        .revoke_session(&s.id, now, "test")
+        .await
+        .expect("end");
+    let state = storage
+        .access_token_state("jti-2", Some(&s.id))
+        .await
+        .expect("state");
+    assert!(!state.revoked && !state.is_active(true, now));
+    let state = storage
+        .access_token_state("jti-3", Some("no-such"))
+        .await
+        .expect("state");
+    assert_eq!(state.session, None);
+}
+
+fn key(kid: &str, at: i64) -> StoredKey {
+    StoredKey {
+        kid: kid.into(),
+        alg: "EdDSA".into(),
+        private_key: vec![0, 1, 2, 255],
+        encrypted: false,
+        created_at: at,
+        retired_at: None,
+        expires_at: None,
+    }
+}
+
+async fn key_rotation_is_compare_and_set(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    assert!(storage.signing_keys(t(0)).await.expect("keys").is_empty());
+    assert!(
+        storage
+            .rotate_signing_key(None, &key("k1", t(10)), t(1_000))
+            .await
+            .expect("first")
+    );
+    // A second instance that also saw no key loses the race.
+    assert!(
+        !storage
+            .rotate_signing_key(None, &key("k1b", t(11)), t(1_000))
+            .await
+            .expect("race")
+    );
+    assert!(
+        storage
+            .rotate_signing_key(Some("k1"), &key("k2", t(20)), t(500))
+            .await
+            .expect("second")
+    );
+    let keys = storage.signing_keys(t(100)).await.expect("keys");
+    let kids: Vec<_> = keys.iter().map(|k| k.kid.as_str()).collect();
+    assert_eq!(kids, ["k2", "k1"]);
+    assert_eq!(keys[0].private_key, vec![0, 1, 2, 255]);
+    assert_eq!(
+        (keys[1].retired_at, keys[1].expires_at),
+        (Some(t(20)), Some(t(500)))
+    );
+    // Once every token of the retired key has expired, it is no longer listed.
+    let kids: Vec<_> = storage
+        .signing_keys(t(500))
+        .await
+        .expect("keys")
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, ["k2"]);
+}
+
+async fn migrations_report_status_and_revert(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let status = storage.migration_status().await.expect("status");
+    assert!(
+        status.iter().all(|m| m.applied && m.checksum_ok),
+        "{status:?}"
+    );
+    storage.migrate_down(1).await.expect("down");
+    let status = storage.migration_status().await.expect("status");
+    assert!(status.iter().all(|m| !m.applied), "{status:?}");
+    storage.migrate_up().await.expect("up again");
+    storage
+        .create_user(&user("after"))
+        .await
+        .expect("works after re-migration");
+}
+
+backend_tests!(
+    users_and_clients_round_trip_and_conflict,
+    session_is_found_by_its_refresh_token,
+    rotation_follows_the_refresh_rule,
+    just_rotated_token_outside_grace_revokes_family,
+    expired_session_is_not_rotated,
+    concurrent_rotations_leave_one_live_token,
+    revoking_a_session_happens_once,
+    access_token_state_reports_revocation_and_session,
+    key_rotation_is_compare_and_set,
+    migrations_report_status_and_revert,
+);
+
+#[tokio::test]
+async fn tampered_sql_migration_is_flagged_by_status() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let db = TestDb::new(backend).await;
+        let storage = db.storage().await;
+        let sql = "UPDATE _sqlx_migrations SET checksum = $1 WHERE version = 1";
+        if backend == Backend::Sqlite {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.expect("pool");
+            sqlx::query(sql)
+                .bind(vec![0u8; 48])
+                .execute(&pool)
+                .await
+                .expect("tamper");
+        } else {
+            let pool = sqlx::PgPool::connect(&db.url).await.expect("pool");
+            sqlx::query(sql)
+                .bind(vec![0u8; 48])
+                .execute(&pool)
+                .await
+                .expect("tamper");
+        }
+        let status = storage.migration_status().await.expect("status");
+        assert!(
+            status[0].applied && !status[0].checksum_ok,
+            "{backend:?}: {status:?}"
+        );
+        assert!(
+            storage.migrate_up().await.is_err(),
+            "{backend:?}: up refuses a changed history"
+        );
+    }
+}
