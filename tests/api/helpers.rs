@@ -249,8 +249,7 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
-        let db = std::mem::replace(&mut self.db, TestDb::placeholder());
-        db
+        std::mem::replace(&mut self.db, TestDb::placeholder())
     }
 
     pub async fn create_user(&self, username: &str, password: &str) -> String {
