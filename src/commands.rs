@@ -49,14 +49,8 @@ pub async fn create_user(
     username: &str,
     password: String,
 ) -> anyhow::Result<String> {
-    anyhow::ensure!(
-        !username.trim().is_empty(),
-        "the username must not be empty"
-    );
-    anyhow::ensure!(
-        password.len() >= 8,
-        "the password must have at least 8 characters"
-    );
+    anyhow::ensure!(!username.trim().is_empty(), "the username must not be empty");
+    anyhow::ensure!(password.len() >= 8, "the password must have at least 8 characters");
     let storage = open_storage(config).await?;
     storage.migrate_up().await?;
     let user = User {
@@ -82,10 +76,7 @@ pub struct NewClient {
 /// Registers a client; the answer holds the secret, which is shown this once.
 pub async fn create_client(config: &Config, new: NewClient) -> anyhow::Result<serde_json::Value> {
     for grant in &new.grant_types {
-        anyhow::ensure!(
-            GRANT_TYPES.contains(&grant.as_str()),
-            "unknown grant type {grant}"
-        );
+        anyhow::ensure!(GRANT_TYPES.contains(&grant.as_str()), "unknown grant type {grant}");
     }
     anyhow::ensure!(
         !(new.public && new.grant_types.iter().any(|g| g == "client_credentials")),
@@ -95,9 +86,7 @@ pub async fn create_client(config: &Config, new: NewClient) -> anyhow::Result<se
     storage.migrate_up().await?;
     let secret = (!new.public).then(Secret::generate);
     let client = Client {
-        client_id: new
-            .client_id
-            .unwrap_or_else(|| Uuid::new_v4().simple().to_string()),
+        client_id: new.client_id.unwrap_or_else(|| Uuid::new_v4().simple().to_string()),
         name: new.name,
         secret_hash: secret.as_ref().map(Secret::sha256_hex),
         grant_types: new.grant_types.join(" "),

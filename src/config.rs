@@ -37,6 +37,19 @@ pub struct Config {
     pub session_idle_timeout_secs: u64,
     /// A session ends this many seconds after the login, whatever its use.
     pub session_max_lifetime_secs: u64,
+    /// Live sessions a user may have; a login beyond it evicts the least recently used one.
+    pub max_sessions_per_user: usize,
+    /// How long a used refresh token is remembered, so that presenting it again is detected
+    /// as reuse (and revokes the family) rather than answered as an unknown token.
+    pub refresh_reuse_window_secs: u64,
+    /// Ended sessions are deleted this long after they ended.
+    pub ended_session_retention_secs: u64,
+    /// How often the purge job runs.
+    pub purge_interval_secs: u64,
+    /// Rows of each kind the purge job deletes per batch.
+    pub purge_batch: u32,
+    /// Peers whose `X-Forwarded-For` is believed: comma-separated addresses or CIDR ranges.
+    pub trusted_proxies: String,
     /// Algorithm of newly generated signing keys: `EdDSA`, `ES256` or `RS256`.
     pub signing_algorithm: SigningAlgorithm,
     /// Rotate the active signing key when it is older than this (0 disables).
@@ -62,6 +75,12 @@ impl Default for Config {
             refresh_grace_secs: 300,
             session_idle_timeout_secs: 7 * 24 * 3600,
             session_max_lifetime_secs: 30 * 24 * 3600,
+            max_sessions_per_user: 10,
+            refresh_reuse_window_secs: 7 * 24 * 3600,
+            ended_session_retention_secs: 24 * 3600,
+            purge_interval_secs: 60,
+            purge_batch: 1000,
+            trusted_proxies: String::new(),
             signing_algorithm: SigningAlgorithm::EdDSA,
             key_rotation_interval_secs: 30 * 24 * 3600,
             master_key: None,
@@ -116,10 +135,7 @@ impl Config {
         if let Some(path) = file.or(env_file.as_deref().map(Path::new)) {
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment
-            .merge(Env::prefixed("ATOMS_AUTH_").ignore(&["config"]))
-            .extract()
-            .map_err(Box::new)
+        figment.merge(Env::prefixed("ATOMS_AUTH_").ignore(&["config"])).extract().map_err(Box::new)
     }
 
     /// The token issuer.
@@ -129,6 +145,20 @@ impl Config {
             .unwrap_or_else(|| format!("http://{}", self.listen))
             .trim_end_matches('/')
             .to_owned()
+    }
+
+    /// The trusted proxy ranges; an entry that does not parse is an error.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("trusted_proxies: {s} is not an address or CIDR range"))
+            })
+            .collect()
     }
 
     /// The access-token audience.

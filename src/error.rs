@@ -97,6 +97,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
     NotFound(&'static str),
     #[error("the request body is too large")]
     PayloadTooLarge,
@@ -111,6 +113,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Storage(StorageError::Conflict(_)) => StatusCode::CONFLICT,
@@ -134,7 +137,25 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        problem(status, &detail)
+        let mut response = problem(status, &detail);
+        match self {
+            Self::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="atoms-auth", error="invalid_token""#),
+                );
+            }
+            Self::Forbidden(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        r#"Bearer realm="atoms-auth", error="insufficient_scope""#,
+                    ),
+                );
+            }
+            _ => {}
+        }
+        response
     }
 }
 
@@ -147,9 +168,8 @@ pub fn problem(status: StatusCode, detail: &str) -> Response {
         "detail": detail,
     });
     let mut response = (status, Json(body)).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     response
 }

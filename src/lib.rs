@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::domain::keys::KeyManager;
+use crate::domain::sessions::{PurgeSettings, SessionService};
 use crate::domain::tokens::{TokenPolicy, TokenService};
 use crate::storage::{ConnectOptions, Storage};
 
@@ -45,7 +46,10 @@ pub struct App {
     pub storage: Arc<dyn Storage>,
     pub keys: Arc<KeyManager>,
     pub tokens: TokenService,
+    pub sessions: SessionService,
     pub clock: Arc<dyn Clock>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Opens the configured storage.
@@ -74,9 +78,7 @@ pub fn key_manager(
 }
 
 fn secs_to_ms(secs: u64) -> i64 {
-    i64::try_from(secs)
-        .unwrap_or(i64::MAX / 1000)
-        .saturating_mul(1000)
+    i64::try_from(secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
 }
 
 impl App {
@@ -90,6 +92,7 @@ impl App {
         config: Config,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<AppState> {
+        let trusted_proxies = config.trusted_proxy_nets().map_err(anyhow::Error::msg)?;
         let storage = open_storage(&config).await?;
         if config.auto_migrate {
             storage.migrate_up().await?;
@@ -103,15 +106,19 @@ impl App {
             refresh_grace_ms: secs_to_ms(config.refresh_grace_secs),
             session_idle_ms: secs_to_ms(config.session_idle_timeout_secs),
             session_lifetime_ms: secs_to_ms(config.session_max_lifetime_secs),
+            max_sessions: config.max_sessions_per_user,
+            reuse_window_ms: secs_to_ms(config.refresh_reuse_window_secs)
+                .max(secs_to_ms(config.refresh_grace_secs)),
+        };
+        let purge = PurgeSettings {
+            ended_retention_ms: secs_to_ms(config.ended_session_retention_secs),
+            reuse_window_ms: policy.reuse_window_ms,
+            batch: config.purge_batch.max(1),
         };
         let tokens = TokenService::new(storage.clone(), keys.clone(), clock.clone(), policy);
-        Ok(AppState(Arc::new(App {
-            config,
-            storage,
-            keys,
-            tokens,
-            clock,
-        })))
+        let sessions = SessionService::new(storage.clone(), clock.clone(), purge);
+        let app = App { config, storage, keys, tokens, sessions, clock, trusted_proxies };
+        Ok(AppState(Arc::new(app)))
     }
 }
 
@@ -134,9 +141,7 @@ pub async fn run(
         }
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     background.abort();
     served
 }

@@ -8,11 +8,7 @@ use atoms_auth::config::Config;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "atoms-auth",
-    version,
-    about = "OAuth 2.0 auth and session server"
-)]
+#[command(name = "atoms-auth", version, about = "OAuth 2.0 auth and session server")]
 struct Cli {
     /// TOML configuration file (ATOMS_AUTH_* variables override it).
     #[arg(long, global = true)]
@@ -99,19 +95,13 @@ enum Keys {
 }
 
 fn list(value: &str) -> Vec<String> {
-    value
-        .split([' ', ','])
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    value.split([' ', ',']).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ATOMS_AUTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("ATOMS_AUTH_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
@@ -134,20 +124,11 @@ async fn main() -> anyhow::Result<()> {
             };
             for m in commands::migrate(&config, action).await? {
                 let state = if m.applied { "applied" } else { "pending" };
-                let mismatch = if m.checksum_ok {
-                    ""
-                } else {
-                    "  CHECKSUM MISMATCH"
-                };
-                println!(
-                    "{:>4}  {:<8} {}{}",
-                    m.version, state, m.description, mismatch
-                );
+                let mismatch = if m.checksum_ok { "" } else { "  CHECKSUM MISMATCH" };
+                println!("{:>4}  {:<8} {}{}", m.version, state, m.description, mismatch);
             }
         }
-        Command::Users {
-            action: Users::Create { username, password },
-        } => {
+        Command::Users { action: Users::Create { username, password } } => {
             let password = match password {
                 Some(p) => p,
                 None => {
@@ -160,14 +141,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::json!({ "id": id, "username": username }));
         }
         Command::Clients {
-            action:
-                Clients::Create {
-                    name,
-                    client_id,
-                    public,
-                    grant_types,
-                    scopes,
-                },
+            action: Clients::Create { name, client_id, public, grant_types, scopes },
         } => {
             let new = NewClient {
                 client_id,
@@ -178,9 +152,7 @@ async fn main() -> anyhow::Result<()> {
             };
             println!("{}", commands::create_client(&config, new).await?);
         }
-        Command::Keys {
-            action: Keys::Rotate,
-        } => {
+        Command::Keys { action: Keys::Rotate } => {
             println!(
                 "{}",
                 serde_json::json!({ "active_kid": commands::rotate_keys(&config).await? })

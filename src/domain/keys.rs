@@ -171,13 +171,8 @@ impl KeyManager {
             jwk.common.key_id = Some(key.kid.clone());
             jwk.common.public_key_use = Some(PublicKeyUse::Signature);
             let decoding = DecodingKey::from_jwk(&jwk)?;
-            verifiers.insert(
-                key.kid.clone(),
-                Arc::new(Verifier {
-                    alg: alg.jose(),
-                    key: decoding,
-                }),
-            );
+            verifiers
+                .insert(key.kid.clone(), Arc::new(Verifier { alg: alg.jose(), key: decoding }));
             jwks.push(serde_json::to_value(&jwk)?);
             if signer.is_none() && key.retired_at.is_none() {
                 signer = Some(Arc::new(Signer {
@@ -189,14 +184,9 @@ impl KeyManager {
                 }));
             }
         }
-        let set = Arc::new(KeySet {
-            signer,
-            verifiers,
-            jwks: serde_json::json!({ "keys": jwks }),
-        });
+        let set = Arc::new(KeySet { signer, verifiers, jwks: serde_json::json!({ "keys": jwks }) });
         *self.set.write().unwrap_or_else(|e| e.into_inner()) = set;
-        self.last_reload
-            .store(self.clock.now_ms(), Ordering::Relaxed);
+        self.last_reload.store(self.clock.now_ms(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -233,17 +223,13 @@ impl KeyManager {
             expires_at: None,
         };
         let retire_until = now + self.publish_after_retire_ms;
-        let rotated = self
-            .storage
-            .rotate_signing_key(expected.as_deref(), &key, retire_until)
-            .await?;
+        let rotated =
+            self.storage.rotate_signing_key(expected.as_deref(), &key, retire_until).await?;
         self.reload().await?;
         if rotated {
             tracing::info!(kid = %key.kid, alg = alg.as_str(), "signing key rotated");
         }
-        self.signer()
-            .map(|s| s.kid.clone())
-            .ok_or_else(|| anyhow!("no active signing key"))
+        self.signer().map(|s| s.kid.clone()).ok_or_else(|| anyhow!("no active signing key"))
     }
 
     /// Rotates when the active key is older than the rotation interval.
@@ -276,10 +262,9 @@ fn generate_pkcs8(alg: SigningAlgorithm) -> anyhow::Result<Vec<u8>> {
     let rng = SystemRandom::new();
     let failed = |_| anyhow!("{} key generation failed", alg.as_str());
     Ok(match alg {
-        SigningAlgorithm::EdDSA => Ed25519KeyPair::generate_pkcs8v1(&rng)
-            .map_err(failed)?
-            .as_ref()
-            .to_vec(),
+        SigningAlgorithm::EdDSA => {
+            Ed25519KeyPair::generate_pkcs8v1(&rng).map_err(failed)?.as_ref().to_vec()
+        }
         SigningAlgorithm::ES256 => {
             EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
                 .map_err(failed)?
@@ -308,15 +293,10 @@ fn parse_pair(alg: SigningAlgorithm, der: &[u8]) -> anyhow::Result<KeyPair> {
 
 fn public_jwk(alg: SigningAlgorithm, der: &[u8]) -> anyhow::Result<Jwk> {
     let body = STANDARD.encode(der);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap_or_default())
-        .collect();
-    let pem = format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        lines.join("\n")
-    );
+    let lines: Vec<&str> =
+        body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
+    let pem =
+        format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
     let encoding = match alg {
         SigningAlgorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes())?,
         SigningAlgorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes())?,
@@ -365,21 +345,12 @@ mod tests {
 
     #[test]
     fn every_algorithm_generates_a_key_that_signs_and_publishes() {
-        for alg in [
-            SigningAlgorithm::EdDSA,
-            SigningAlgorithm::ES256,
-            SigningAlgorithm::RS256,
-        ] {
+        for alg in [SigningAlgorithm::EdDSA, SigningAlgorithm::ES256, SigningAlgorithm::RS256] {
             let der = generate_pkcs8(alg).expect("generate");
             let jwk = public_jwk(alg, &der).expect("jwk");
             let pair = parse_pair(alg, &der).expect("parse");
-            let signer = Signer {
-                kid: "k".into(),
-                alg,
-                created_at: 0,
-                pair,
-                rng: SystemRandom::new(),
-            };
+            let signer =
+                Signer { kid: "k".into(), alg, created_at: 0, pair, rng: SystemRandom::new() };
             let sig = signer.sign(b"header.payload").expect("sign");
             let key = DecodingKey::from_jwk(&jwk).expect("decoding key");
             let ok = jsonwebtoken::crypto::verify(&b64(&sig), b"header.payload", &key, alg.jose());

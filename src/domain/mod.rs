@@ -1,5 +1,7 @@
-//! The rules of the server, independent of HTTP: tokens, keys and secrets.
+//! The rules of the server, independent of HTTP: tokens, keys, secrets, sessions and devices.
 
+pub mod devices;
 pub mod keys;
 pub mod secrets;
+pub mod sessions;
 pub mod tokens;

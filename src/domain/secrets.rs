@@ -46,10 +46,7 @@ impl Secret {
 
     /// Whether the value hashes to `expected_hex`, compared in constant time.
     pub fn matches_hex(&self, expected_hex: &str) -> bool {
-        self.sha256_hex()
-            .as_bytes()
-            .ct_eq(expected_hex.as_bytes())
-            .into()
+        self.sha256_hex().as_bytes().ct_eq(expected_hex.as_bytes()).into()
     }
 }
 
@@ -84,9 +81,7 @@ pub async fn verify_password(password: String, hash: Option<String>) -> bool {
     tokio::task::spawn_blocking(move || {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
-        let ok = Argon2::default()
-            .verify_password(password.as_bytes(), hash.as_str())
-            .is_ok();
+        let ok = Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok();
         ok && known
     })
     .await
@@ -102,10 +97,7 @@ mod tests {
         let a = Secret::generate();
         let b = Secret::generate();
         assert_ne!(a, b);
-        assert_eq!(
-            URL_SAFE_NO_PAD.decode(a.expose()).map(|v| v.len()).ok(),
-            Some(32)
-        );
+        assert_eq!(URL_SAFE_NO_PAD.decode(a.expose()).map(|v| v.len()).ok(), Some(32));
     }
 
     #[test]

@@ -9,11 +9,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::devices::{self, DeviceHints};
 use super::keys::{KeyManager, b64};
 use super::secrets::{Secret, verify_password};
 use crate::clock::{Clock, Millis};
 use crate::error::OAuthError;
-use crate::storage::{Client, Rotation, RotationOutcome, Session, Storage, revoke_reason};
+use crate::storage::{Client, Login, Rotation, RotationOutcome, Session, Storage, revoke_reason};
+
+/// The longest a revoked access-token id is kept.
+const MAX_REVOCATION_MS: Millis = 7 * 24 * 3600 * 1000;
 
 /// The grant types the token endpoint knows.
 pub const GRANT_TYPES: [&str; 3] = ["password", "client_credentials", "refresh_token"];
@@ -44,13 +48,6 @@ pub struct TokenResponse {
     pub scope: String,
 }
 
-/// Where a login comes from.
-#[derive(Debug, Clone, Default)]
-pub struct LoginContext {
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-}
-
 /// Lifetimes and names the token rules use.
 #[derive(Debug, Clone)]
 pub struct TokenPolicy {
@@ -60,6 +57,10 @@ pub struct TokenPolicy {
     pub refresh_grace_ms: Millis,
     pub session_idle_ms: Millis,
     pub session_lifetime_ms: Millis,
+    /// Live sessions per user; a login beyond it evicts the least recently used.
+    pub max_sessions: usize,
+    /// How long a used refresh token is remembered, so that presenting it is detected as reuse.
+    pub reuse_window_ms: Millis,
 }
 
 /// The token rules over storage, keys and a clock.
@@ -85,13 +86,7 @@ impl TokenService {
         validation.set_issuer(&[&policy.issuer]);
         validation.set_audience(&[&policy.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        Self {
-            storage,
-            keys,
-            clock,
-            policy,
-            validation,
-        }
+        Self { storage, keys, clock, policy, validation }
     }
 
     pub fn policy(&self) -> &TokenPolicy {
@@ -104,21 +99,13 @@ impl TokenService {
         client_id: &str,
         secret: Option<Secret>,
     ) -> Result<Client, OAuthError> {
-        let client = self
-            .storage
-            .client(client_id)
-            .await?
-            .ok_or(OAuthError::InvalidClient)?;
+        let client = self.storage.client(client_id).await?.ok_or(OAuthError::InvalidClient)?;
         let ok = match (&client.secret_hash, secret) {
             (Some(hash), Some(secret)) => secret.matches_hex(hash),
             (None, None) => true,
             _ => false,
         };
-        if ok {
-            Ok(client)
-        } else {
-            Err(OAuthError::InvalidClient)
-        }
+        if ok { Ok(client) } else { Err(OAuthError::InvalidClient) }
     }
 
     /// The `password` grant (RFC 6749 §4.3): verifies the user and opens a session.
@@ -128,7 +115,7 @@ impl TokenService {
         username: &str,
         password: String,
         scope: Option<&str>,
-        context: LoginContext,
+        device: DeviceHints,
     ) -> Result<TokenResponse, OAuthError> {
         require_grant(client, "password")?;
         let scope = resolve_scope(scope, client.scope_list())?;
@@ -152,15 +139,28 @@ impl TokenService {
             last_used_at: now,
             idle_expires_at: (now + self.policy.session_idle_ms).min(expires_at),
             expires_at,
-            ip: context.ip,
-            user_agent: context.user_agent,
+            ip: device.ip.clone(),
+            user_agent: device.user_agent.clone(),
             revoked_at: None,
             revoke_reason: None,
+            device_id: None,
         };
+        let (seen, named) = devices::sighting(&user.id, &device, now);
         let refresh = Secret::generate();
-        self.storage
-            .create_session(&session, &refresh.sha256())
-            .await?;
+        let login = Login {
+            session: &session,
+            refresh_hash: &refresh.sha256(),
+            device: &seen,
+            device_named_by_client: named,
+            max_sessions: self.policy.max_sessions,
+        };
+        let outcome = self.storage.create_session(&login).await?;
+        for evicted in &outcome.evicted {
+            tracing::info!(session_id = %evicted.id, user_id = %user.id, "session evicted");
+        }
+        if outcome.new_device {
+            tracing::info!(device_id = %outcome.device.id, user_id = %user.id, "device registered");
+        }
         let refresh = client.allows_grant("refresh_token").then_some(refresh);
         self.respond(&user.id, client, scope, Some(&session.id), refresh)
     }
@@ -188,6 +188,7 @@ impl TokenService {
         client: &Client,
         refresh_token: &Secret,
         scope: Option<&str>,
+        ip: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         require_grant(client, "refresh_token")?;
         let presented = refresh_token.sha256();
@@ -200,6 +201,8 @@ impl TokenService {
             now: self.clock.now_ms(),
             grace_ms: self.policy.refresh_grace_ms,
             idle_timeout_ms: self.policy.session_idle_ms,
+            ip,
+            reuse_window_ms: self.policy.reuse_window_ms,
         };
         let session = match self.storage.rotate_refresh(&rotation).await? {
             RotationOutcome::Rotated(s) | RotationOutcome::Grace(s) => s,
@@ -217,13 +220,7 @@ impl TokenService {
             }
         };
         let scope = resolve_scope(scope, session.scope.split_whitespace())?;
-        self.respond(
-            &session.user_id,
-            client,
-            scope,
-            Some(&session.id),
-            Some(next),
-        )
+        self.respond(&session.user_id, client, scope, Some(&session.id), Some(next))
     }
 
     fn respond(
@@ -253,10 +250,7 @@ impl TokenService {
         scope: &str,
         session_id: Option<&str>,
     ) -> Result<String, OAuthError> {
-        let signer = self
-            .keys
-            .signer()
-            .ok_or_else(|| anyhow::anyhow!("no active signing key"))?;
+        let signer = self.keys.signer().ok_or_else(|| anyhow::anyhow!("no active signing key"))?;
         let iat = self.clock.now_ms() / 1000;
         let claims = AccessClaims {
             iss: self.policy.issuer.clone(),
@@ -272,9 +266,7 @@ impl TokenService {
         let header = json!({ "alg": signer.alg.as_str(), "typ": "at+jwt", "kid": signer.kid });
         let mut token = b64(&serde_json::to_vec(&header).map_err(anyhow::Error::from)?);
         token.push('.');
-        token.push_str(&b64(
-            &serde_json::to_vec(&claims).map_err(anyhow::Error::from)?
-        ));
+        token.push_str(&b64(&serde_json::to_vec(&claims).map_err(anyhow::Error::from)?));
         let signature = signer.sign(token.as_bytes())?;
         token.push('.');
         token.push_str(&b64(&signature));
@@ -294,9 +286,8 @@ impl TokenService {
         }
         let mut validation = self.validation.clone();
         validation.algorithms = vec![verifier.alg];
-        let claims = jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation)
-            .ok()?
-            .claims;
+        let claims =
+            jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation).ok()?.claims;
         (claims.exp * 1000 > self.clock.now_ms()).then_some(claims)
     }
 
@@ -309,13 +300,8 @@ impl TokenService {
         let Some(claims) = self.verify_access_token(token).await else {
             return Ok(None);
         };
-        let state = self
-            .storage
-            .access_token_state(&claims.jti, claims.sid.as_deref())
-            .await?;
-        Ok(state
-            .is_active(claims.sid.is_some(), self.clock.now_ms())
-            .then_some(claims))
+        let state = self.storage.access_token_state(&claims.jti, claims.sid.as_deref()).await?;
+        Ok(state.is_active(claims.sid.is_some(), self.clock.now_ms()).then_some(claims))
     }
 
     /// RFC 7662 introspection of an access or refresh token.
@@ -354,9 +340,9 @@ impl TokenService {
                 if claims.client_id != client.client_id {
                     return Err(not_yours);
                 }
-                self.storage
-                    .revoke_access_token(&claims.jti, claims.exp * 1000)
-                    .await?;
+                // Listed until the token would have expired, and never longer than 7 days.
+                let until = (claims.exp * 1000).min(self.clock.now_ms() + MAX_REVOCATION_MS);
+                self.storage.revoke_access_token(&claims.jti, until).await?;
             }
             return Ok(());
         }
@@ -366,11 +352,7 @@ impl TokenService {
                 return Err(not_yours);
             }
             self.storage
-                .revoke_session(
-                    &session.id,
-                    self.clock.now_ms(),
-                    revoke_reason::REVOKED_BY_CLIENT,
-                )
+                .revoke_session(&session.id, self.clock.now_ms(), revoke_reason::REVOKED_BY_CLIENT)
                 .await?;
         }
         Ok(())
@@ -386,9 +368,7 @@ fn require_grant(client: &Client, grant: &'static str) -> Result<(), OAuthError>
     if client.allows_grant(grant) {
         Ok(())
     } else {
-        Err(OAuthError::UnauthorizedClient(
-            "the client may not use this grant type",
-        ))
+        Err(OAuthError::UnauthorizedClient("the client may not use this grant type"))
     }
 }
 
@@ -412,9 +392,7 @@ pub fn resolve_scope<'a>(
             return Err(OAuthError::InvalidScope("the scope is malformed".into()));
         }
         if !allowed.clone().any(|a| a == token) {
-            return Err(OAuthError::InvalidScope(format!(
-                "scope {token} is not allowed"
-            )));
+            return Err(OAuthError::InvalidScope(format!("scope {token} is not allowed")));
         }
         if !granted.contains(&token) {
             granted.push(token);
@@ -429,22 +407,13 @@ mod tests {
 
     #[test]
     fn missing_scope_grants_everything_allowed() {
-        assert_eq!(
-            resolve_scope(None, "a b".split(' ')).ok().as_deref(),
-            Some("a b")
-        );
-        assert_eq!(
-            resolve_scope(Some("  "), "a b".split(' ')).ok().as_deref(),
-            Some("a b")
-        );
+        assert_eq!(resolve_scope(None, "a b".split(' ')).ok().as_deref(), Some("a b"));
+        assert_eq!(resolve_scope(Some("  "), "a b".split(' ')).ok().as_deref(), Some("a b"));
     }
 
     #[test]
     fn requested_scope_must_be_allowed() {
-        assert_eq!(
-            resolve_scope(Some("b b"), "a b".split(' ')).ok().as_deref(),
-            Some("b")
-        );
+        assert_eq!(resolve_scope(Some("b b"), "a b".split(' ')).ok().as_deref(), Some("b"));
         assert!(matches!(
             resolve_scope(Some("a c"), "a b".split(' ')),
             Err(OAuthError::InvalidScope(_))

@@ -1,10 +1,8 @@
 //! Extractors that answer malformed input in the endpoint's own error format instead of
-//! axum's plain-text rejections, and the client identity of a request.
-
-use std::net::SocketAddr;
+//! axum's plain-text rejections, and the OAuth client credentials of a request.
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine;
@@ -12,7 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::de::DeserializeOwned;
 
 use crate::domain::secrets::Secret;
-use crate::error::OAuthError;
+use crate::error::{ApiError, OAuthError};
 
 /// A form body whose rejection is an OAuth `invalid_request` (413 when too large). Values
 /// with a NUL character are refused here, once, since no backend can store them as text.
@@ -31,10 +29,7 @@ where
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
-            .is_some_and(|v| {
-                v.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
         if !is_form {
             return Err(OAuthError::InvalidRequest(
                 "the body must be application/x-www-form-urlencoded".into(),
@@ -49,13 +44,8 @@ where
         })?;
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
             .map_err(|e| OAuthError::InvalidRequest(format!("malformed form: {e}")))?;
-        if pairs
-            .iter()
-            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
-        {
-            return Err(OAuthError::InvalidRequest(
-                "form values must not contain NUL".into(),
-            ));
+        if pairs.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
+            return Err(OAuthError::InvalidRequest("form values must not contain NUL".into()));
         }
         serde_urlencoded::from_bytes(&body)
             .map(Self)
@@ -63,18 +53,54 @@ where
     }
 }
 
-/// The peer address, when the server was started with connect info.
-pub struct PeerIp(pub Option<String>);
+/// A JSON body whose rejection is a problem+json 4xx.
+pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
-    type Rejection = std::convert::Infallible;
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
-        Ok(Self(peer))
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge),
+            Err(r) => Err(ApiError::BadRequest(r.body_text())),
+        }
+    }
+}
+
+/// A path parameter (an id) whose rejection is a problem+json 400. Ids with a NUL are
+/// refused, since no backend can look them up as text.
+pub struct ApiPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::BadRequest(r.body_text()))?;
+        if id.contains('\0') {
+            return Err(ApiError::BadRequest("ids must not contain NUL".into()));
+        }
+        Ok(Self(id))
+    }
+}
+
+/// A query string whose rejection is a problem+json 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(|r| ApiError::BadRequest(r.body_text()))
     }
 }
 
@@ -86,9 +112,7 @@ pub fn client_credentials(
     form_secret: Option<String>,
 ) -> Result<(String, Option<Secret>), OAuthError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        let id = form_id
-            .filter(|id| !id.is_empty())
-            .ok_or(OAuthError::InvalidClient)?;
+        let id = form_id.filter(|id| !id.is_empty()).ok_or(OAuthError::InvalidClient)?;
         return Ok((id, form_secret.map(Secret::from_client)));
     };
     let value = value.to_str().map_err(|_| OAuthError::InvalidClient)?;
@@ -96,9 +120,7 @@ pub fn client_credentials(
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(OAuthError::InvalidClient);
     }
-    let decoded = STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| OAuthError::InvalidClient)?;
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| OAuthError::InvalidClient)?;
     let decoded = String::from_utf8(decoded).map_err(|_| OAuthError::InvalidClient)?;
     let (id, secret) = decoded.split_once(':').ok_or(OAuthError::InvalidClient)?;
     let (id, secret) = (form_decode(id)?, form_decode(secret)?);
@@ -142,10 +164,7 @@ mod tests {
         let (id, secret) =
             client_credentials(&basic("my%20app:s%3Acret+x"), None, None).expect("ok");
         assert_eq!(id, "my app");
-        assert_eq!(
-            secret.map(|s| s.expose().to_owned()).as_deref(),
-            Some("s:cret x")
-        );
+        assert_eq!(secret.map(|s| s.expose().to_owned()).as_deref(), Some("s:cret x"));
     }
 
     #[test]

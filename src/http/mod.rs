@@ -1,6 +1,9 @@
 //! The HTTP surface: one module per feature, each with its own `router()`, merged here
 //! behind the shared middleware (request id, tracing, body limit).
 
+mod account;
+mod admin;
+mod auth;
 mod extract;
 mod oauth;
 mod ops;
@@ -26,6 +29,8 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .merge(oauth::router())
+        .merge(account::router())
+        .merge(admin::router())
         .merge(wellknown::router())
         .merge(ops::router())
         .fallback(not_found)

@@ -7,10 +7,12 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::extract::{OAuthForm, PeerIp, client_credentials};
+use super::auth::ClientIp;
+use super::extract::{OAuthForm, client_credentials};
 use crate::AppState;
+use crate::domain::devices::DeviceHints;
 use crate::domain::secrets::Secret;
-use crate::domain::tokens::{GRANT_TYPES, LoginContext};
+use crate::domain::tokens::GRANT_TYPES;
 use crate::error::{OAuthError, no_store};
 use crate::storage::Client;
 
@@ -30,6 +32,14 @@ struct TokenForm {
     password: Option<String>,
     refresh_token: Option<String>,
     scope: Option<String>,
+    device_id: Option<String>,
+    device_name: Option<String>,
+    device_platform: Option<String>,
+}
+
+/// Free text a client sends about its device, bounded so no record grows without limit.
+fn bounded(value: Option<String>, max_chars: usize) -> Option<String> {
+    value.map(|v| v.trim().chars().take(max_chars).collect::<String>()).filter(|v| !v.is_empty())
 }
 
 fn required(value: Option<String>, name: &str) -> Result<String, OAuthError> {
@@ -51,7 +61,7 @@ async fn authenticate(
 #[tracing::instrument(skip_all, fields(grant_type))]
 async fn token(
     State(state): State<AppState>,
-    PeerIp(ip): PeerIp,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     OAuthForm(form): OAuthForm<TokenForm>,
 ) -> Result<Response, OAuthError> {
@@ -67,19 +77,20 @@ async fn token(
         "password" => {
             let username = required(form.username, "username")?;
             let password = required(form.password, "password")?;
-            let user_agent = headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.chars().take(512).collect());
-            let context = LoginContext { ip, user_agent };
-            tokens
-                .password_grant(&client, &username, password, scope, context)
-                .await?
+            let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+            let device = DeviceHints {
+                device_id: bounded(form.device_id, 200),
+                name: bounded(form.device_name, 100),
+                platform: bounded(form.device_platform, 50),
+                user_agent: bounded(user_agent.map(str::to_owned), 512),
+                ip,
+            };
+            tokens.password_grant(&client, &username, password, scope, device).await?
         }
         "client_credentials" => tokens.client_credentials_grant(&client, scope).await?,
         _ => {
             let refresh = Secret::from_client(required(form.refresh_token, "refresh_token")?);
-            tokens.refresh_grant(&client, &refresh, scope).await?
+            tokens.refresh_grant(&client, &refresh, scope, ip.as_deref()).await?
         }
     };
     let mut response = Json(answer).into_response();

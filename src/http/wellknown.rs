@@ -39,9 +39,8 @@ async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
 async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = Json(state.keys.jwks()).into_response();
     // Short enough that a rotated key is picked up well within an access-token lifetime.
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
     response
 }

@@ -7,6 +7,7 @@ pub mod postgres;
 pub mod redis;
 mod sql_common;
 mod sql_migrate;
+mod sql_sessions;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -75,15 +76,60 @@ pub trait KeyStore {
 /// Sessions and their refresh-token families.
 #[async_trait]
 pub trait SessionStore {
-    /// Stores a new session whose live refresh token has SHA-256 `refresh_hash`.
-    async fn create_session(&self, session: &Session, refresh_hash: &[u8]) -> StorageResult<()>;
+    /// A login, atomically: see [`Login`].
+    async fn create_session(&self, login: &Login<'_>) -> StorageResult<LoginOutcome>;
     async fn session(&self, id: &str) -> StorageResult<Option<Session>>;
+    /// The user's sessions that are active at `now`, most recently used first.
+    async fn user_sessions(&self, user_id: &str, now: Millis) -> StorageResult<Vec<Session>>;
+    /// Ends every active session of a user but `except`; returns the ended sessions.
+    async fn revoke_user_sessions(
+        &self,
+        user_id: &str,
+        except: Option<&str>,
+        now: Millis,
+        reason: &str,
+    ) -> StorageResult<Vec<Session>>;
     /// The session a refresh token belongs to, and whether it is the family's live token.
     async fn session_by_refresh(&self, hash: &[u8]) -> StorageResult<Option<(Session, bool)>>;
     /// The refresh rule, atomically: see [`Rotation`] and [`RotationOutcome`].
     async fn rotate_refresh(&self, rotation: &Rotation<'_>) -> StorageResult<RotationOutcome>;
-    /// Ends a session (no effect when it has ended already). Returns whether it was live.
-    async fn revoke_session(&self, id: &str, now: Millis, reason: &str) -> StorageResult<bool>;
+    /// Ends a session; returns it when it was live (no effect when it had ended already).
+    async fn revoke_session(
+        &self,
+        id: &str,
+        now: Millis,
+        reason: &str,
+    ) -> StorageResult<Option<Session>>;
+}
+
+/// Devices of users. Every method takes the owner, so no user reaches another's device.
+#[async_trait]
+pub trait DeviceStore {
+    async fn user_devices(&self, user_id: &str) -> StorageResult<Vec<Device>>;
+    async fn device(&self, user_id: &str, id: &str) -> StorageResult<Option<Device>>;
+    /// Renames and/or (un)trusts a device; `None` when the user has no such device.
+    async fn update_device(
+        &self,
+        user_id: &str,
+        id: &str,
+        name: Option<&str>,
+        trusted: Option<bool>,
+    ) -> StorageResult<Option<Device>>;
+    /// Deletes a device and ends its sessions; `None` when the user has no such device.
+    async fn delete_device(
+        &self,
+        user_id: &str,
+        id: &str,
+        now: Millis,
+    ) -> StorageResult<Option<Vec<Session>>>;
+}
+
+/// Housekeeping.
+#[async_trait]
+pub trait Maintenance {
+    /// Deletes at most `policy.batch` ended sessions, forgotten refresh tokens and stale
+    /// revocation entries each.
+    async fn purge(&self, policy: &PurgePolicy) -> StorageResult<PurgeReport>;
 }
 
 /// Revoked access-token ids, kept until the token would have expired.
@@ -112,7 +158,16 @@ pub trait Migrations {
 /// The whole storage of the server.
 #[async_trait]
 pub trait Storage:
-    UserStore + ClientStore + KeyStore + SessionStore + RevocationStore + Migrations + Send + Sync
+    UserStore
+    + ClientStore
+    + KeyStore
+    + SessionStore
+    + DeviceStore
+    + RevocationStore
+    + Maintenance
+    + Migrations
+    + Send
+    + Sync
 {
     /// Backend name for logs and metrics.
     fn backend(&self) -> &'static str;
@@ -131,9 +186,7 @@ pub struct ConnectOptions {
 pub async fn connect(url: &str, options: &ConnectOptions) -> StorageResult<Arc<dyn Storage>> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
     match scheme {
-        "sqlite" => Ok(Arc::new(
-            sqlite::SqliteStorage::connect(url, options).await?,
-        )),
+        "sqlite" => Ok(Arc::new(sqlite::SqliteStorage::connect(url, options).await?)),
         "postgres" | "postgresql" => {
             Ok(Arc::new(postgres::PgStorage::connect(url, options).await?))
         }

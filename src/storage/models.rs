@@ -107,6 +107,8 @@ pub struct Session {
     pub user_agent: Option<String>,
     pub revoked_at: Option<Millis>,
     pub revoke_reason: Option<String>,
+    #[serde(default)]
+    pub device_id: Option<String>,
 }
 
 impl Session {
@@ -120,6 +122,79 @@ impl Session {
 pub mod revoke_reason {
     pub const REFRESH_TOKEN_REUSE: &str = "refresh_token_reuse";
     pub const REVOKED_BY_CLIENT: &str = "revoked_by_client";
+    pub const EVICTED: &str = "evicted";
+    pub const LOGOUT: &str = "logout";
+    pub const REVOKED_BY_USER: &str = "revoked_by_user";
+    pub const DEVICE_REMOVED: &str = "device_removed";
+    pub const USER_REVOKED: &str = "user_revoked";
+}
+
+/// A device a user signs in from.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize, Deserialize)]
+pub struct Device {
+    pub id: String,
+    pub user_id: String,
+    /// Hex SHA-256 of the user id with the client's device id, or with the normalised user
+    /// agent and platform.
+    pub fingerprint: String,
+    pub name: String,
+    pub platform: Option<String>,
+    pub user_agent: Option<String>,
+    pub last_ip: Option<String>,
+    pub first_seen_at: Millis,
+    pub last_seen_at: Millis,
+    pub trusted: bool,
+}
+
+/// A login as the storage applies it, atomically: upsert the device, evict the least
+/// recently used sessions beyond the limit, store the session and its refresh token.
+#[derive(Debug, Clone)]
+pub struct Login<'a> {
+    /// The new session; its `device_id` is set to the device's id by the storage.
+    pub session: &'a Session,
+    pub refresh_hash: &'a [u8],
+    /// The device as seen now; `id` is used only when the device is new.
+    pub device: &'a Device,
+    /// Whether `device.name` was chosen by the client (and so replaces the stored one).
+    pub device_named_by_client: bool,
+    /// Live sessions a user may have; the oldest-used ones beyond it are evicted.
+    pub max_sessions: usize,
+}
+
+/// What a login did.
+#[derive(Debug, Clone)]
+pub struct LoginOutcome {
+    pub session: Session,
+    pub device: Device,
+    pub new_device: bool,
+    /// Sessions evicted to stay within the limit, revoked with reason `evicted`.
+    pub evicted: Vec<Session>,
+}
+
+/// Rows removed by one purge pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    pub sessions: u64,
+    pub refresh_tokens: u64,
+    pub revocations: u64,
+}
+
+impl PurgeReport {
+    pub fn total(&self) -> u64 {
+        self.sessions + self.refresh_tokens + self.revocations
+    }
+}
+
+/// What the purge job removes.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgePolicy {
+    pub now: Millis,
+    /// Sessions that ended (revoked, or past a timeout) before this are deleted.
+    pub ended_before: Millis,
+    /// Refresh tokens used before this are forgotten (reuse of them is no longer detected).
+    pub used_before: Millis,
+    /// At most this many rows of each kind per pass.
+    pub batch: u32,
 }
 
 /// One refresh request, as the storage sees it.
@@ -134,6 +209,11 @@ pub struct Rotation<'a> {
     pub now: Millis,
     pub grace_ms: Millis,
     pub idle_timeout_ms: Millis,
+    /// Where the request came from: the session's device is marked seen from there.
+    pub ip: Option<&'a str>,
+    /// How long a used token is remembered for reuse detection (where storage expires
+    /// records by itself).
+    pub reuse_window_ms: Millis,
 }
 
 /// What a refresh did.
@@ -253,6 +333,7 @@ mod tests {
             user_agent: None,
             revoked_at: None,
             revoke_reason: None,
+            device_id: None,
         }
     }
 
@@ -264,6 +345,8 @@ mod tests {
             now,
             grace_ms: 300_000,
             idle_timeout_ms: 1_000_000,
+            ip: None,
+            reuse_window_ms: 1_000_000,
         }
     }
 
@@ -280,30 +363,21 @@ mod tests {
     fn just_rotated_token_within_grace_is_grace() {
         let s = session(0);
         let r = rotation(b"prev", 300_000);
-        assert_eq!(
-            r.decide(&s, b"cur", Some(b"prev"), Some(0)),
-            RotationDecision::Grace
-        );
+        assert_eq!(r.decide(&s, b"cur", Some(b"prev"), Some(0)), RotationDecision::Grace);
     }
 
     #[test]
     fn just_rotated_token_after_grace_is_reuse() {
         let s = session(0);
         let r = rotation(b"prev", 300_001);
-        assert_eq!(
-            r.decide(&s, b"cur", Some(b"prev"), Some(0)),
-            RotationDecision::Reuse
-        );
+        assert_eq!(r.decide(&s, b"cur", Some(b"prev"), Some(0)), RotationDecision::Reuse);
     }
 
     #[test]
     fn older_token_is_reuse_even_within_grace() {
         let s = session(0);
         let r = rotation(b"older", 1);
-        assert_eq!(
-            r.decide(&s, b"cur", Some(b"prev"), Some(0)),
-            RotationDecision::Reuse
-        );
+        assert_eq!(r.decide(&s, b"cur", Some(b"prev"), Some(0)), RotationDecision::Reuse);
     }
 
     #[test]
@@ -311,20 +385,14 @@ mod tests {
         let s = session(0);
         let mut r = rotation(b"cur", 1);
         r.client_id = "other";
-        assert_eq!(
-            r.decide(&s, b"cur", None, None),
-            RotationDecision::WrongClient
-        );
+        assert_eq!(r.decide(&s, b"cur", None, None), RotationDecision::WrongClient);
     }
 
     #[test]
     fn ended_session_is_not_rotated() {
         let mut s = session(0);
         s.revoked_at = Some(1);
-        assert_eq!(
-            rotation(b"cur", 2).decide(&s, b"cur", None, None),
-            RotationDecision::Ended
-        );
+        assert_eq!(rotation(b"cur", 2).decide(&s, b"cur", None, None), RotationDecision::Ended);
         let s = session(0);
         assert_eq!(
             rotation(b"cur", 1_000_000).decide(&s, b"cur", None, None),
@@ -341,26 +409,13 @@ mod tests {
 
     #[test]
     fn access_token_state_follows_its_session() {
-        let live = SessionLiveness {
-            revoked: false,
-            expires_at: 10,
-            idle_expires_at: 10,
-        };
-        let state = AccessTokenState {
-            revoked: false,
-            session: Some(live),
-        };
+        let live = SessionLiveness { revoked: false, expires_at: 10, idle_expires_at: 10 };
+        let state = AccessTokenState { revoked: false, session: Some(live) };
         assert!(state.is_active(true, 5));
         assert!(!state.is_active(true, 10));
-        let revoked = AccessTokenState {
-            revoked: true,
-            session: None,
-        };
+        let revoked = AccessTokenState { revoked: true, session: None };
         assert!(!revoked.is_active(false, 0));
-        let gone = AccessTokenState {
-            revoked: false,
-            session: None,
-        };
+        let gone = AccessTokenState { revoked: false, session: None };
         assert!(!gone.is_active(true, 0));
         assert!(gone.is_active(false, 0));
     }

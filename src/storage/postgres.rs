@@ -13,12 +13,20 @@ use super::sql_common::sql_storage;
 use super::sql_migrate::Script;
 use super::*;
 
-const SCRIPTS: &[Script] = &[Script {
-    version: 1,
-    description: "init",
-    up: include_str!("../../migrations/postgres/0001_init.up.sql"),
-    down: include_str!("../../migrations/postgres/0001_init.down.sql"),
-}];
+const SCRIPTS: &[Script] = &[
+    Script {
+        version: 1,
+        description: "init",
+        up: include_str!("../../migrations/postgres/0001_init.up.sql"),
+        down: include_str!("../../migrations/postgres/0001_init.down.sql"),
+    },
+    Script {
+        version: 2,
+        description: "sessions devices",
+        up: include_str!("../../migrations/postgres/0002_sessions_devices.up.sql"),
+        down: include_str!("../../migrations/postgres/0002_sessions_devices.down.sql"),
+    },
+];
 
 /// PostgreSQL storage.
 #[derive(Debug, Clone)]
@@ -54,9 +62,19 @@ impl PgStorage {
         Ok(tx)
     }
 
+    /// Locks the user's row, which serialises the user's logins and device changes.
+    async fn begin_for_user(&self, user_id: &str) -> StorageResult<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
     async fn rotate(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
         let (outcome, session): (String, Option<Json<Session>>) = sqlx::query_as(
-            "SELECT outcome, session FROM atoms_rotate_refresh($1, $2, $3, $4, $5, $6)",
+            "SELECT outcome, session FROM atoms_rotate_refresh($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(r.presented_hash)
         .bind(r.new_hash)
@@ -64,6 +82,7 @@ impl PgStorage {
         .bind(r.now)
         .bind(r.grace_ms)
         .bind(r.idle_timeout_ms)
+        .bind(r.ip)
         .fetch_one(&self.pool)
         .await?;
         let session = session.map(|s| s.0);

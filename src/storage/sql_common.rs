@@ -13,8 +13,8 @@ pub fn unique(what: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {
 }
 
 /// Implements every store of [`super::Storage`] on a type with `reader()` and `writer()`
-/// pools, a `rotate(&Rotation)` method, a `begin_exclusive()` transaction and the migration
-/// scripts `$scripts`.
+/// pools, a `rotate(&Rotation)` method, `begin_exclusive()` and `begin_for_user(user_id)`
+/// transactions and the migration scripts `$scripts`.
 macro_rules! sql_storage {
     ($ty:ty, $name:literal, $scripts:expr) => {
         #[async_trait::async_trait]
@@ -130,90 +130,15 @@ macro_rules! sql_storage {
             }
         }
 
-        #[async_trait::async_trait]
-        impl $crate::storage::SessionStore for $ty {
-            async fn create_session(
-                &self,
-                s: &Session,
-                refresh_hash: &[u8],
-            ) -> StorageResult<()> {
-                let mut tx = self.writer().begin().await?;
-                sqlx::query(
-                    "INSERT INTO sessions (id, user_id, client_id, scope, created_at, \
-                     last_used_at, idle_expires_at, expires_at, ip, user_agent, current_hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(&s.id)
-                .bind(&s.user_id)
-                .bind(&s.client_id)
-                .bind(&s.scope)
-                .bind(s.created_at)
-                .bind(s.last_used_at)
-                .bind(s.idle_expires_at)
-                .bind(s.expires_at)
-                .bind(&s.ip)
-                .bind(&s.user_agent)
-                .bind(refresh_hash)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::storage::sql_common::unique("session"))?;
-                sqlx::query(
-                    "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)",
-                )
-                .bind(refresh_hash)
-                .bind(&s.id)
-                .bind(s.created_at)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::storage::sql_common::unique("refresh token"))?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn session(&self, id: &str) -> StorageResult<Option<Session>> {
-                Ok(sqlx::query_as("SELECT * FROM sessions WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(self.reader())
-                    .await?)
-            }
-
-            async fn session_by_refresh(
-                &self,
-                hash: &[u8],
-            ) -> StorageResult<Option<(Session, bool)>> {
-                use sqlx::{FromRow, Row};
-                let row = sqlx::query(
-                    "SELECT s.*, s.current_hash = $1 AS is_current FROM refresh_tokens t \
-                     JOIN sessions s ON s.id = t.session_id WHERE t.hash = $1",
-                )
-                .bind(hash)
-                .fetch_optional(self.reader())
-                .await?;
-                row.map(|row| Ok((Session::from_row(&row)?, row.try_get("is_current")?)))
-                    .transpose()
-            }
-
-            async fn rotate_refresh(&self, rotation: &Rotation<'_>) -> StorageResult<RotationOutcome> {
-                self.rotate(rotation).await
-            }
-
-            async fn revoke_session(&self, id: &str, now: Millis, reason: &str) -> StorageResult<bool> {
-                let done = sqlx::query(
-                    "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 \
-                     WHERE id = $3 AND revoked_at IS NULL",
-                )
-                .bind(now)
-                .bind(reason)
-                .bind(id)
-                .execute(self.writer())
-                .await?;
-                Ok(done.rows_affected() > 0)
-            }
-        }
+        $crate::storage::sql_sessions::sql_session_stores!($ty);
 
         #[async_trait::async_trait]
         impl $crate::storage::RevocationStore for $ty {
-            async fn revoke_access_token(&self, jti: &str, expires_at: Millis) -> StorageResult<()> {
+            async fn revoke_access_token(
+                &self,
+                jti: &str,
+                expires_at: Millis,
+            ) -> StorageResult<()> {
                 sqlx::query(
                     "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) \
                      ON CONFLICT (jti) DO NOTHING",

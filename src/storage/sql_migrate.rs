@@ -22,19 +22,17 @@ pub fn migrator(scripts: &[Script]) -> Migrator {
     let migrations = scripts
         .iter()
         .flat_map(|s| {
-            [
-                (MigrationType::ReversibleUp, s.up),
-                (MigrationType::ReversibleDown, s.down),
-            ]
-            .map(|(kind, sql)| {
-                Migration::new(
-                    s.version,
-                    Cow::Borrowed(s.description),
-                    kind,
-                    AssertSqlSafe(sql).into_sql_str(),
-                    false,
-                )
-            })
+            [(MigrationType::ReversibleUp, s.up), (MigrationType::ReversibleDown, s.down)].map(
+                |(kind, sql)| {
+                    Migration::new(
+                        s.version,
+                        Cow::Borrowed(s.description),
+                        kind,
+                        AssertSqlSafe(sql).into_sql_str(),
+                        false,
+                    )
+                },
+            )
         })
         .collect();
     Migrator::with_migrations(migrations)
@@ -60,18 +58,11 @@ where
     DB::Connection: Migrate,
 {
     let applied = status(scripts, pool).await?;
-    let mut versions: Vec<i64> = applied
-        .iter()
-        .filter(|m| m.applied)
-        .map(|m| m.version)
-        .collect();
+    let mut versions: Vec<i64> = applied.iter().filter(|m| m.applied).map(|m| m.version).collect();
     versions.sort_unstable();
     let keep = versions.len().saturating_sub(steps);
     let target = if keep == 0 { 0 } else { versions[keep - 1] };
-    migrator(scripts)
-        .undo(pool, target)
-        .await
-        .map_err(migrate_error)
+    migrator(scripts).undo(pool, target).await.map_err(migrate_error)
 }
 
 /// Every migration this binary knows, with whether it is applied and unchanged.
@@ -83,13 +74,9 @@ where
     let migrator = migrator(scripts);
     let mut conn = pool.acquire().await?;
     let conn = conn.deref_mut();
-    conn.ensure_migrations_table(&migrator.table_name)
-        .await
-        .map_err(migrate_error)?;
-    let applied = conn
-        .list_applied_migrations(&migrator.table_name)
-        .await
-        .map_err(migrate_error)?;
+    conn.ensure_migrations_table(&migrator.table_name).await.map_err(migrate_error)?;
+    let applied =
+        conn.list_applied_migrations(&migrator.table_name).await.map_err(migrate_error)?;
     Ok(migrator
         .iter()
         .filter(|m| m.migration_type == MigrationType::ReversibleUp)

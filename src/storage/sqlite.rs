@@ -13,12 +13,20 @@ use super::sql_common::sql_storage;
 use super::sql_migrate::Script;
 use super::*;
 
-const SCRIPTS: &[Script] = &[Script {
-    version: 1,
-    description: "init",
-    up: include_str!("../../migrations/sqlite/0001_init.up.sql"),
-    down: include_str!("../../migrations/sqlite/0001_init.down.sql"),
-}];
+const SCRIPTS: &[Script] = &[
+    Script {
+        version: 1,
+        description: "init",
+        up: include_str!("../../migrations/sqlite/0001_init.up.sql"),
+        down: include_str!("../../migrations/sqlite/0001_init.down.sql"),
+    },
+    Script {
+        version: 2,
+        description: "sessions devices",
+        up: include_str!("../../migrations/sqlite/0002_sessions_devices.up.sql"),
+        down: include_str!("../../migrations/sqlite/0002_sessions_devices.down.sql"),
+    },
+];
 
 /// SQLite storage.
 #[derive(Debug, Clone)]
@@ -34,10 +42,8 @@ impl SqliteStorage {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(connect.clone())
-            .await?;
+        let writer =
+            SqlitePoolOptions::new().max_connections(1).connect_with(connect.clone()).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.pool_size.max(1))
             .connect_with(connect)
@@ -55,6 +61,11 @@ impl SqliteStorage {
 
     async fn begin_exclusive(&self) -> StorageResult<Transaction<'static, Sqlite>> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// SQLite has one writer at a time: the write lock serialises the user's logins.
+    async fn begin_for_user(&self, _user_id: &str) -> StorageResult<Transaction<'static, Sqlite>> {
+        self.begin_exclusive().await
     }
 
     async fn rotate(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
@@ -87,6 +98,13 @@ impl SqliteStorage {
                     "UPDATE sessions SET current_hash = $1, last_used_at = $2, \
                      idle_expires_at = $3 WHERE id = $4 RETURNING *"
                 };
+                let spent: &[u8] =
+                    if decision == RotationDecision::Rotate { r.presented_hash } else { &current };
+                sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2")
+                    .bind(r.now)
+                    .bind(spent)
+                    .execute(&mut *tx)
+                    .await?;
                 let updated = sqlx::query_as(sql)
                     .bind(r.new_hash)
                     .bind(r.now)
@@ -94,6 +112,15 @@ impl SqliteStorage {
                     .bind(&session.id)
                     .fetch_one(&mut *tx)
                     .await?;
+                sqlx::query(
+                    "UPDATE devices SET last_seen_at = $1, last_ip = COALESCE($2, last_ip) \
+                     WHERE id = $3",
+                )
+                .bind(r.now)
+                .bind(r.ip)
+                .bind(&session.device_id)
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query(
                     "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)",
                 )

@@ -17,12 +17,7 @@ fn atoms_auth(db: &TestDb, args: &[&str], stdin: Option<&str>) -> (bool, String,
         .spawn()
         .expect("spawn");
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().expect("wait");
@@ -35,21 +30,12 @@ async fn cli_walkthrough(backend: Backend) {
     let (ok, out, err) = atoms_auth(&db, &["migrate", "status"], None);
     assert!(ok && out.contains("pending"), "{out}{err}");
     let (ok, out, err) = atoms_auth(&db, &["migrate", "up"], None);
-    assert!(
-        ok && out.contains("applied") && !out.contains("pending"),
-        "{out}{err}"
-    );
-    let (ok, _, err) = atoms_auth(
-        &db,
-        &["users", "create", "--username", "carol"],
-        Some("long enough pw\n"),
-    );
+    assert!(ok && out.contains("applied") && !out.contains("pending"), "{out}{err}");
+    let (ok, _, err) =
+        atoms_auth(&db, &["users", "create", "--username", "carol"], Some("long enough pw\n"));
     assert!(ok, "{err}");
-    let (ok, _, _) = atoms_auth(
-        &db,
-        &["users", "create", "--username", "carol"],
-        Some("long enough pw\n"),
-    );
+    let (ok, _, _) =
+        atoms_auth(&db, &["users", "create", "--username", "carol"], Some("long enough pw\n"));
     assert!(!ok, "a second carol is refused");
     let (ok, out, err) = atoms_auth(
         &db,
@@ -67,20 +53,14 @@ async fn cli_walkthrough(backend: Backend) {
     );
     assert!(ok, "{err}");
     let created: serde_json::Value = serde_json::from_str(&out).expect("json");
-    let secret = created["client_secret"]
-        .as_str()
-        .expect("secret shown once")
-        .to_owned();
+    let secret = created["client_secret"].as_str().expect("secret shown once").to_owned();
     let client_id = created["client_id"].as_str().expect("id").to_owned();
     let (ok, out, err) = atoms_auth(&db, &["keys", "rotate"], None);
     assert!(ok && out.contains("active_kid"), "{out}{err}");
 
     let config = db.config();
     let app = spawn_on(db, config).await;
-    let client = crate::helpers::TestClient {
-        id: client_id,
-        secret: Some(secret),
-    };
+    let client = crate::helpers::TestClient { id: client_id, secret: Some(secret) };
     let login = app.login(&client, "carol", "long enough pw").await;
     assert_eq!(login.status, 200, "{}", login.body);
     let db = app.stop().await;

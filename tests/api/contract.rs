@@ -39,7 +39,42 @@ fn session(user_id: &str, now: i64) -> Session {
         user_agent: Some("agent/1.0".into()),
         revoked_at: None,
         revoke_reason: None,
+        device_id: None,
     }
+}
+
+fn device(user_id: &str, fingerprint: &str, now: i64) -> Device {
+    Device {
+        id: Uuid::now_v7().to_string(),
+        user_id: user_id.into(),
+        fingerprint: fingerprint.into(),
+        name: "Laptop".into(),
+        platform: Some("Linux".into()),
+        user_agent: Some("agent/1.0".into()),
+        last_ip: Some("192.0.2.1".into()),
+        first_seen_at: now,
+        last_seen_at: now,
+        trusted: false,
+    }
+}
+
+/// Logs `s` in on the device with fingerprint `fp`, with room for `max` sessions.
+async fn login(
+    storage: &dyn Storage,
+    s: &Session,
+    hash: &[u8],
+    fp: &str,
+    max: usize,
+) -> LoginOutcome {
+    let d = device(&s.user_id, fp, s.created_at);
+    let login = Login {
+        session: s,
+        refresh_hash: hash,
+        device: &d,
+        device_named_by_client: false,
+        max_sessions: max,
+    };
+    storage.create_session(&login).await.expect("login")
 }
 
 fn rotation<'a>(presented: &'a [u8], new: &'a [u8], at: i64) -> Rotation<'a> {
@@ -50,6 +85,8 @@ fn rotation<'a>(presented: &'a [u8], new: &'a [u8], at: i64) -> Rotation<'a> {
         now: t(at),
         grace_ms: 300_000,
         idle_timeout_ms: 7 * DAY,
+        ip: Some("198.51.100.2"),
+        reuse_window_ms: DAY,
     }
 }
 
@@ -58,8 +95,7 @@ async fn seeded(storage: &dyn Storage, now: i64) -> Session {
     let u = user(&format!("user-{}", Uuid::new_v4()));
     storage.create_user(&u).await.expect("user");
     let s = session(&u.id, t(now));
-    storage.create_session(&s, &[1; 32]).await.expect("session");
-    s
+    login(storage, &s, &[1; 32], "fp", 10).await.session
 }
 
 async fn users_and_clients_round_trip_and_conflict(backend: Backend) {
@@ -67,23 +103,11 @@ async fn users_and_clients_round_trip_and_conflict(backend: Backend) {
     let storage = db.storage().await;
     let u = user("bob");
     storage.create_user(&u).await.expect("create");
-    assert_eq!(
-        storage.user_by_username("bob").await.expect("get"),
-        Some(u.clone())
-    );
-    assert_eq!(
-        storage.user_by_id(&u.id).await.expect("get"),
-        Some(u.clone())
-    );
+    assert_eq!(storage.user_by_username("bob").await.expect("get"), Some(u.clone()));
+    assert_eq!(storage.user_by_id(&u.id).await.expect("get"), Some(u.clone()));
     assert_eq!(storage.user_by_username("nobody").await.expect("get"), None);
-    let again = User {
-        id: Uuid::now_v7().to_string(),
-        ..u
-    };
-    assert!(matches!(
-        storage.create_user(&again).await,
-        Err(StorageError::Conflict(_))
-    ));
+    let again = User { id: Uuid::now_v7().to_string(), ..u };
+    assert!(matches!(storage.create_user(&again).await, Err(StorageError::Conflict(_))));
 
     let client = Client {
         client_id: "app".into(),
@@ -94,14 +118,8 @@ async fn users_and_clients_round_trip_and_conflict(backend: Backend) {
         created_at: 5,
     };
     storage.create_client(&client).await.expect("client");
-    assert_eq!(
-        storage.client("app").await.expect("get"),
-        Some(client.clone())
-    );
-    assert!(matches!(
-        storage.create_client(&client).await,
-        Err(StorageError::Conflict(_))
-    ));
+    assert_eq!(storage.client("app").await.expect("get"), Some(client.clone()));
+    assert!(matches!(storage.create_client(&client).await, Err(StorageError::Conflict(_))));
     assert_eq!(storage.client("' OR 1=1 --").await.expect("get"), None);
 }
 
@@ -110,14 +128,8 @@ async fn session_is_found_by_its_refresh_token(backend: Backend) {
     let storage = db.storage().await;
     let s = seeded(storage.as_ref(), 1_000).await;
     assert_eq!(storage.session(&s.id).await.expect("get"), Some(s.clone()));
-    assert_eq!(
-        storage.session_by_refresh(&[1; 32]).await.expect("get"),
-        Some((s, true))
-    );
-    assert_eq!(
-        storage.session_by_refresh(&[9; 32]).await.expect("get"),
-        None
-    );
+    assert_eq!(storage.session_by_refresh(&[1; 32]).await.expect("get"), Some((s, true)));
+    assert_eq!(storage.session_by_refresh(&[9; 32]).await.expect("get"), None);
 }
 
 async fn rotation_follows_the_refresh_rule(backend: Backend) {
@@ -125,100 +137,37 @@ async fn rotation_follows_the_refresh_rule(backend: Backend) {
     let storage = db.storage().await;
     seeded(storage.as_ref(), 1_000).await;
 
-    let out = storage
-        .rotate_refresh(&rotation(&[1; 32], &[2; 32], 2_000))
-        .await
-        .expect("rotate");
-    let RotationOutcome::Rotated(rotated) = out else {
-        panic!("expected rotation, got {out:?}")
-    };
+    let out = storage.rotate_refresh(&rotation(&[1; 32], &[2; 32], 2_000)).await.expect("rotate");
+    let RotationOutcome::Rotated(rotated) = out else { panic!("expected rotation, got {out:?}") };
     assert_eq!(rotated.last_used_at, t(2_000));
     assert_eq!(rotated.idle_expires_at, t(2_000) + 7 * DAY);
-    assert_eq!(
-        storage
-            .session_by_refresh(&[1; 32])
-            .await
-            .expect("get")
-            .map(|x| x.1),
-        Some(false)
-    );
-    assert_eq!(
-        storage
-            .session_by_refresh(&[2; 32])
-            .await
-            .expect("get")
-            .map(|x| x.1),
-        Some(true)
-    );
+    assert_eq!(storage.session_by_refresh(&[1; 32]).await.expect("get").map(|x| x.1), Some(false));
+    assert_eq!(storage.session_by_refresh(&[2; 32]).await.expect("get").map(|x| x.1), Some(true));
 
     // The token just rotated, within the grace period: a fresh token replaces the successor.
-    let out = storage
-        .rotate_refresh(&rotation(&[1; 32], &[3; 32], 3_000))
-        .await
-        .expect("grace");
+    let out = storage.rotate_refresh(&rotation(&[1; 32], &[3; 32], 3_000)).await.expect("grace");
     assert!(matches!(out, RotationOutcome::Grace(_)), "{out:?}");
-    assert_eq!(
-        storage
-            .session_by_refresh(&[3; 32])
-            .await
-            .expect("get")
-            .map(|x| x.1),
-        Some(true)
-    );
-    assert_eq!(
-        storage
-            .session_by_refresh(&[2; 32])
-            .await
-            .expect("get")
-            .map(|x| x.1),
-        Some(false)
-    );
+    assert_eq!(storage.session_by_refresh(&[3; 32]).await.expect("get").map(|x| x.1), Some(true));
+    assert_eq!(storage.session_by_refresh(&[2; 32]).await.expect("get").map(|x| x.1), Some(false));
 
     // Another client presenting the live token changes nothing.
     let mut other = rotation(&[3; 32], &[4; 32], 3_500);
     other.client_id = "other";
-    assert_eq!(
-        storage.rotate_refresh(&other).await.expect("other"),
-        RotationOutcome::Invalid
-    );
-    assert_eq!(
-        storage
-            .session_by_refresh(&[3; 32])
-            .await
-            .expect("get")
-            .map(|x| x.1),
-        Some(true)
-    );
+    assert_eq!(storage.rotate_refresh(&other).await.expect("other"), RotationOutcome::Invalid);
+    assert_eq!(storage.session_by_refresh(&[3; 32]).await.expect("get").map(|x| x.1), Some(true));
 
     // The replaced successor is an older token: reuse, the family is revoked.
-    let out = storage
-        .rotate_refresh(&rotation(&[2; 32], &[5; 32], 4_000))
-        .await
-        .expect("reuse");
-    let RotationOutcome::Reused(revoked) = out else {
-        panic!("expected reuse, got {out:?}")
-    };
+    let out = storage.rotate_refresh(&rotation(&[2; 32], &[5; 32], 4_000)).await.expect("reuse");
+    let RotationOutcome::Reused(revoked) = out else { panic!("expected reuse, got {out:?}") };
     assert_eq!(revoked.revoked_at, Some(t(4_000)));
-    assert_eq!(
-        revoked.revoke_reason.as_deref(),
-        Some(revoke_reason::REFRESH_TOKEN_REUSE)
-    );
+    assert_eq!(revoked.revoke_reason.as_deref(), Some(revoke_reason::REFRESH_TOKEN_REUSE));
 
     // Even the live token is dead now.
-    let out = storage
-        .rotate_refresh(&rotation(&[3; 32], &[6; 32], 5_000))
-        .await
-        .expect("ended");
+    let out = storage.rotate_refresh(&rotation(&[3; 32], &[6; 32], 5_000)).await.expect("ended");
     assert!(matches!(out, RotationOutcome::Ended(_)), "{out:?}");
-    assert_eq!(
-        storage.session_by_refresh(&[6; 32]).await.expect("get"),
-        None
-    );
+    assert_eq!(storage.session_by_refresh(&[6; 32]).await.expect("get"), None);
     // Unknown tokens are invalid.
-    let out = storage
-        .rotate_refresh(&rotation(&[8; 32], &[7; 32], 5_000))
-        .await
-        .expect("unknown");
+    let out = storage.rotate_refresh(&rotation(&[8; 32], &[7; 32], 5_000)).await.expect("unknown");
     assert_eq!(out, RotationOutcome::Invalid);
 }
 
@@ -226,14 +175,9 @@ async fn just_rotated_token_outside_grace_revokes_family(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
     seeded(storage.as_ref(), 1_000).await;
-    storage
-        .rotate_refresh(&rotation(&[1; 32], &[2; 32], 2_000))
-        .await
-        .expect("rotate");
-    let out = storage
-        .rotate_refresh(&rotation(&[1; 32], &[3; 32], 2_000 + 300_001))
-        .await
-        .expect("late");
+    storage.rotate_refresh(&rotation(&[1; 32], &[2; 32], 2_000)).await.expect("rotate");
+    let out =
+        storage.rotate_refresh(&rotation(&[1; 32], &[3; 32], 2_000 + 300_001)).await.expect("late");
     assert!(matches!(out, RotationOutcome::Reused(_)), "{out:?}");
 }
 
@@ -246,10 +190,7 @@ async fn expired_session_is_not_rotated(backend: Backend) {
         .await
         .expect("idle");
     assert!(matches!(out, RotationOutcome::Ended(_)), "{out:?}");
-    assert_eq!(
-        storage.session_by_refresh(&[2; 32]).await.expect("get"),
-        None
-    );
+    assert_eq!(storage.session_by_refresh(&[2; 32]).await.expect("get"), None);
 }
 
 async fn concurrent_rotations_leave_one_live_token(backend: Backend) {
@@ -261,10 +202,7 @@ async fn concurrent_rotations_leave_one_live_token(backend: Backend) {
             let storage = storage.clone();
             tokio::spawn(async move {
                 let new = [100 + i; 32];
-                storage
-                    .rotate_refresh(&rotation(&[1; 32], &new, 2_000))
-                    .await
-                    .expect("rotate")
+                storage.rotate_refresh(&rotation(&[1; 32], &new, 2_000)).await.expect("rotate")
             })
         })
         .collect();
@@ -279,11 +217,7 @@ async fn concurrent_rotations_leave_one_live_token(backend: Backend) {
     assert_eq!(rotated, 1, "exactly one request rotates the live token");
     let mut live = 0;
     for i in 0..50u8 {
-        if let Some((_, true)) = storage
-            .session_by_refresh(&[100 + i; 32])
-            .await
-            .expect("get")
-        {
+        if let Some((_, true)) = storage.session_by_refresh(&[100 + i; 32]).await.expect("get") {
             live += 1;
         }
     }
@@ -294,24 +228,10 @@ async fn revoking_a_session_happens_once(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
     let s = seeded(storage.as_ref(), 1_000).await;
-    assert!(
-        storage
-            .revoke_session(&s.id, t(2_000), "test")
-            .await
-            .expect("revoke")
-    );
-    assert!(
-        !storage
-            .revoke_session(&s.id, t(3_000), "again")
-            .await
-            .expect("revoke")
-    );
-    assert!(
-        !storage
-            .revoke_session("missing", t(3_000), "x")
-            .await
-            .expect("revoke")
-    );
+    let revoked = storage.revoke_session(&s.id, t(2_000), "test").await.expect("revoke");
+    assert_eq!(revoked.map(|r| r.id), Some(s.id.clone()));
+    assert_eq!(storage.revoke_session(&s.id, t(3_000), "again").await.expect("again"), None);
+    assert_eq!(storage.revoke_session("missing", t(3_000), "x").await.expect("missing"), None);
     let stored = storage.session(&s.id).await.expect("get").expect("exists");
     assert_eq!(
         (stored.revoked_at, stored.revoke_reason.as_deref()),
@@ -324,38 +244,17 @@ async fn access_token_state_reports_revocation_and_session(backend: Backend) {
     let storage = db.storage().await;
     let now = t(0);
     let s = seeded(storage.as_ref(), 0).await;
-    let state = storage
-        .access_token_state("jti-1", Some(&s.id))
-        .await
-        .expect("state");
+    let state = storage.access_token_state("jti-1", Some(&s.id)).await.expect("state");
     assert!(!state.revoked);
     assert!(state.is_active(true, now));
-    storage
-        .revoke_access_token("jti-1", now + 60_000)
-        .await
-        .expect("revoke");
-    storage
-        .revoke_access_token("jti-1", now + 60_000)
-        .await
-        .expect("revoke twice");
-    let state = storage
-        .access_token_state("jti-1", None)
-        .await
-        .expect("state");
+    storage.revoke_access_token("jti-1", now + 60_000).await.expect("revoke");
+    storage.revoke_access_token("jti-1", now + 60_000).await.expect("revoke twice");
+    let state = storage.access_token_state("jti-1", None).await.expect("state");
     assert!(state.revoked && !state.is_active(false, now));
-    storage
-        .revoke_session(&s.id, now, "test")
-        .await
-        .expect("end");
-    let state = storage
-        .access_token_state("jti-2", Some(&s.id))
-        .await
-        .expect("state");
+    storage.revoke_session(&s.id, now, "test").await.expect("end");
+    let state = storage.access_token_state("jti-2", Some(&s.id)).await.expect("state");
     assert!(!state.revoked && !state.is_active(true, now));
-    let state = storage
-        .access_token_state("jti-3", Some("no-such"))
-        .await
-        .expect("state");
+    let state = storage.access_token_state("jti-3", Some("no-such")).await.expect("state");
     assert_eq!(state.session, None);
 }
 
@@ -375,60 +274,38 @@ async fn key_rotation_is_compare_and_set(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
     assert!(storage.signing_keys(t(0)).await.expect("keys").is_empty());
-    assert!(
-        storage
-            .rotate_signing_key(None, &key("k1", t(10)), t(1_000))
-            .await
-            .expect("first")
-    );
+    assert!(storage.rotate_signing_key(None, &key("k1", t(10)), t(1_000)).await.expect("first"));
     // A second instance that also saw no key loses the race.
+    assert!(!storage.rotate_signing_key(None, &key("k1b", t(11)), t(1_000)).await.expect("race"));
     assert!(
-        !storage
-            .rotate_signing_key(None, &key("k1b", t(11)), t(1_000))
-            .await
-            .expect("race")
-    );
-    assert!(
-        storage
-            .rotate_signing_key(Some("k1"), &key("k2", t(20)), t(500))
-            .await
-            .expect("second")
+        storage.rotate_signing_key(Some("k1"), &key("k2", t(20)), t(500)).await.expect("second")
     );
     let keys = storage.signing_keys(t(100)).await.expect("keys");
     let kids: Vec<_> = keys.iter().map(|k| k.kid.as_str()).collect();
     assert_eq!(kids, ["k2", "k1"]);
     assert_eq!(keys[0].private_key, vec![0, 1, 2, 255]);
-    assert_eq!(
-        (keys[1].retired_at, keys[1].expires_at),
-        (Some(t(20)), Some(t(500)))
-    );
+    assert_eq!((keys[1].retired_at, keys[1].expires_at), (Some(t(20)), Some(t(500))));
     // Once every token of the retired key has expired, it is no longer listed.
-    let kids: Vec<_> = storage
-        .signing_keys(t(500))
-        .await
-        .expect("keys")
-        .into_iter()
-        .map(|k| k.kid)
-        .collect();
+    let kids: Vec<_> =
+        storage.signing_keys(t(500)).await.expect("keys").into_iter().map(|k| k.kid).collect();
     assert_eq!(kids, ["k2"]);
 }
 
 async fn migrations_report_status_and_revert(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
-    let status = storage.migration_status().await.expect("status");
-    assert!(
-        status.iter().all(|m| m.applied && m.checksum_ok),
-        "{status:?}"
-    );
-    storage.migrate_down(1).await.expect("down");
-    let status = storage.migration_status().await.expect("status");
-    assert!(status.iter().all(|m| !m.applied), "{status:?}");
+    let applied = |status: Vec<MigrationStatus>| -> Vec<bool> {
+        assert!(status.iter().all(|m| m.checksum_ok), "{status:?}");
+        status.iter().map(|m| m.applied).collect()
+    };
+    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, true]);
+    storage.migrate_down(1).await.expect("down one");
+    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, false]);
+    storage.migrate_down(5).await.expect("down all");
+    assert_eq!(applied(storage.migration_status().await.expect("status")), [false, false]);
     storage.migrate_up().await.expect("up again");
-    storage
-        .create_user(&user("after"))
-        .await
-        .expect("works after re-migration");
+    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, true]);
+    storage.create_user(&user("after")).await.expect("works after re-migration");
 }
 
 backend_tests!(
@@ -452,27 +329,13 @@ async fn tampered_sql_migration_is_flagged_by_status() {
         let sql = "UPDATE _sqlx_migrations SET checksum = $1 WHERE version = 1";
         if backend == Backend::Sqlite {
             let pool = sqlx::SqlitePool::connect(&db.url).await.expect("pool");
-            sqlx::query(sql)
-                .bind(vec![0u8; 48])
-                .execute(&pool)
-                .await
-                .expect("tamper");
+            sqlx::query(sql).bind(vec![0u8; 48]).execute(&pool).await.expect("tamper");
         } else {
             let pool = sqlx::PgPool::connect(&db.url).await.expect("pool");
-            sqlx::query(sql)
-                .bind(vec![0u8; 48])
-                .execute(&pool)
-                .await
-                .expect("tamper");
+            sqlx::query(sql).bind(vec![0u8; 48]).execute(&pool).await.expect("tamper");
         }
         let status = storage.migration_status().await.expect("status");
-        assert!(
-            status[0].applied && !status[0].checksum_ok,
-            "{backend:?}: {status:?}"
-        );
-        assert!(
-            storage.migrate_up().await.is_err(),
-            "{backend:?}: up refuses a changed history"
-        );
+        assert!(status[0].applied && !status[0].checksum_ok, "{backend:?}: {status:?}");
+        assert!(storage.migrate_up().await.is_err(), "{backend:?}: up refuses a changed history");
     }
 }

@@ -45,13 +45,7 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}/atoms.db?mode=rwc", dir.path().display());
-                Self {
-                    backend,
-                    url,
-                    redis_prefix: String::new(),
-                    schema: None,
-                    _dir: Some(dir),
-                }
+                Self { backend, url, redis_prefix: String::new(), schema: None, _dir: Some(dir) }
             }
             Backend::Postgres => {
                 let schema = format!("t_{id}");
@@ -64,23 +58,11 @@ impl TestDb {
                     .expect("create schema");
                 pool.close().await;
                 let url = format!("{}?options[search_path]={schema}", postgres_base());
-                Self {
-                    backend,
-                    url,
-                    redis_prefix: String::new(),
-                    schema: Some(schema),
-                    _dir: None,
-                }
+                Self { backend, url, redis_prefix: String::new(), schema: Some(schema), _dir: None }
             }
             Backend::Redis => {
                 let prefix = format!("test:{id}");
-                Self {
-                    backend,
-                    url: redis_base(),
-                    redis_prefix: prefix,
-                    schema: None,
-                    _dir: None,
-                }
+                Self { backend, url: redis_base(), redis_prefix: prefix, schema: None, _dir: None }
             }
         }
     }
@@ -100,10 +82,8 @@ impl TestDb {
     /// A migrated storage handle of its own.
     pub async fn storage(&self) -> Arc<dyn Storage> {
         let config = self.config();
-        let options = ConnectOptions {
-            pool_size: 8,
-            redis_key_prefix: config.redis_key_prefix.clone(),
-        };
+        let options =
+            ConnectOptions { pool_size: 8, redis_key_prefix: config.redis_key_prefix.clone() };
         let storage = atoms_auth::storage::connect(&config.database_url, &options)
             .await
             .unwrap_or_else(|e| panic!("{:?} must be reachable: {e}", self.backend));
@@ -114,21 +94,14 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (backend, schema, url, prefix) = (
-            self.backend,
-            self.schema.clone(),
-            self.url.clone(),
-            self.redis_prefix.clone(),
-        );
+        let (backend, schema, url, prefix) =
+            (self.backend, self.schema.clone(), self.url.clone(), self.redis_prefix.clone());
         if backend == Backend::Sqlite {
             return;
         }
         // Drop runs outside any runtime guarantee: clean up on a thread with its own.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async move {
@@ -139,10 +112,7 @@ impl Drop for TestDb {
                         pool.close().await;
                     }
                 } else if backend == Backend::Redis {
-                    let options = ConnectOptions {
-                        pool_size: 1,
-                        redis_key_prefix: prefix,
-                    };
+                    let options = ConnectOptions { pool_size: 1, redis_key_prefix: prefix };
                     if let Ok(storage) = atoms_auth::storage::connect(&url, &options).await {
                         let _ = storage.migrate_down(1).await;
                     }
@@ -179,12 +149,8 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
 pub async fn spawn_on(db: TestDb, config: Config) -> TestApp {
     let clock = ManualClock::default();
     let shared: Arc<dyn Clock> = Arc::new(clock.clone());
-    let state = App::build_with_clock(config, shared)
-        .await
-        .expect("build app");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let state = App::build_with_clock(config, shared).await.expect("build app");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = oneshot::channel();
     let server = tokio::spawn(atoms_auth::run(listener, state.clone(), async move {
@@ -229,11 +195,7 @@ pub async fn answer(response: reqwest::Response) -> Answer {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response.json().await.unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    Answer { status, headers, body }
 }
 
 impl TestApp {
@@ -260,10 +222,7 @@ impl TestApp {
             created_at: self.clock.now_ms(),
             disabled: false,
         };
-        self.storage()
-            .create_user(&user)
-            .await
-            .expect("create user");
+        self.storage().create_user(&user).await.expect("create user");
         user.id
     }
 
@@ -277,24 +236,13 @@ impl TestApp {
             scopes: scopes.into(),
             created_at: self.clock.now_ms(),
         };
-        self.storage()
-            .create_client(&client)
-            .await
-            .expect("create client");
-        TestClient {
-            id: client.client_id,
-            secret: secret.map(|s| s.expose().to_owned()),
-        }
+        self.storage().create_client(&client).await.expect("create client");
+        TestClient { id: client.client_id, secret: secret.map(|s| s.expose().to_owned()) }
     }
 
     /// A confidential client with every grant and scopes `read write`.
     pub async fn confidential_client(&self) -> TestClient {
-        self.create_client(
-            "password refresh_token client_credentials",
-            "read write",
-            false,
-        )
-        .await
+        self.create_client("password refresh_token client_credentials", "read write", false).await
     }
 
     /// POSTs a form with HTTP Basic client authentication.
@@ -316,25 +264,14 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> Answer {
-        answer(
-            self.http
-                .get(format!("{}{path}", self.base))
-                .send()
-                .await
-                .expect("request"),
-        )
-        .await
+        answer(self.http.get(format!("{}{path}", self.base)).send().await.expect("request")).await
     }
 
     pub async fn login(&self, client: &TestClient, username: &str, password: &str) -> Answer {
         self.post_form(
             "/auth/token",
             client,
-            &[
-                ("grant_type", "password"),
-                ("username", username),
-                ("password", password),
-            ],
+            &[("grant_type", "password"), ("username", username), ("password", password)],
         )
         .await
     }
@@ -343,25 +280,19 @@ impl TestApp {
         self.post_form(
             "/auth/token",
             client,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token),
-            ],
+            &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)],
         )
         .await
     }
 
     pub async fn introspect(&self, client: &TestClient, token: &str) -> Value {
-        let a = self
-            .post_form("/auth/introspect", client, &[("token", token)])
-            .await;
+        let a = self.post_form("/auth/introspect", client, &[("token", token)]).await;
         assert_eq!(a.status, 200, "{}", a.body);
         a.body
     }
 
     pub async fn revoke(&self, client: &TestClient, token: &str) -> Answer {
-        self.post_form("/auth/revoke", client, &[("token", token)])
-            .await
+        self.post_form("/auth/revoke", client, &[("token", token)]).await
     }
 
     /// A user `alice`, a confidential client, and a login of alice through it.

@@ -22,16 +22,12 @@ async fn verify_with_jwks(app: &TestApp, token: &str) -> Value {
     let jwks: JwkSet =
         serde_json::from_value(app.get("/.well-known/jwks.json").await.body).expect("jwks");
     let header = jsonwebtoken::decode_header(token).expect("header");
-    let jwk = jwks
-        .find(header.kid.as_deref().expect("kid"))
-        .expect("kid is published");
+    let jwk = jwks.find(header.kid.as_deref().expect("kid")).expect("kid is published");
     let mut validation = Validation::new(header.alg);
     validation.set_audience(&["http://atoms-auth.test"]);
     validation.set_issuer(&["http://atoms-auth.test"]);
     let key = DecodingKey::from_jwk(jwk).expect("key");
-    jsonwebtoken::decode::<Value>(token, &key, &validation)
-        .expect("valid signature")
-        .claims
+    jsonwebtoken::decode::<Value>(token, &key, &validation).expect("valid signature").claims
 }
 
 async fn password_grant_issues_rfc9068_token_and_session(backend: Backend) {
@@ -44,51 +40,21 @@ async fn password_grant_issues_rfc9068_token_and_session(backend: Backend) {
     assert_eq!(login.str("token_type"), "Bearer");
     assert_eq!(login.body["expires_in"], 900);
     assert_eq!(login.str("scope"), "read write");
-    assert_eq!(
-        URL_SAFE_NO_PAD
-            .decode(login.str("refresh_token"))
-            .map(|b| b.len())
-            .ok(),
-        Some(32)
-    );
+    assert_eq!(URL_SAFE_NO_PAD.decode(login.str("refresh_token")).map(|b| b.len()).ok(), Some(32));
 
     let token = login.str("access_token");
     let header = jwt_part(&token, 0);
-    assert_eq!(
-        (header["typ"].as_str(), header["alg"].as_str()),
-        (Some("at+jwt"), Some("EdDSA"))
-    );
+    assert_eq!((header["typ"].as_str(), header["alg"].as_str()), (Some("at+jwt"), Some("EdDSA")));
     let claims = verify_with_jwks(&app, &token).await;
-    for claim in [
-        "iss",
-        "sub",
-        "aud",
-        "exp",
-        "iat",
-        "jti",
-        "client_id",
-        "scope",
-        "sid",
-    ] {
+    for claim in ["iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope", "sid"] {
         assert!(!claims[claim].is_null(), "claim {claim} missing: {claims}");
     }
     assert_eq!(claims["sub"], user_id.as_str());
     assert_eq!(claims["client_id"], client.id.as_str());
-    assert_eq!(
-        claims["exp"]
-            .as_i64()
-            .zip(claims["iat"].as_i64())
-            .map(|(e, i)| e - i),
-        Some(900)
-    );
+    assert_eq!(claims["exp"].as_i64().zip(claims["iat"].as_i64()).map(|(e, i)| e - i), Some(900));
 
     let session_id = claims["sid"].as_str().expect("sid");
-    let session = app
-        .storage()
-        .session(session_id)
-        .await
-        .expect("get")
-        .expect("session stored");
+    let session = app.storage().session(session_id).await.expect("get").expect("session stored");
     assert_eq!(
         (session.user_id.as_str(), session.client_id.as_str()),
         (user_id.as_str(), client.id.as_str())
@@ -136,9 +102,7 @@ async fn client_secret_post_and_public_clients_authenticate(backend: Backend) {
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
 
-    let public = app
-        .create_client("password refresh_token", "read", true)
-        .await;
+    let public = app.create_client("password refresh_token", "read", true).await;
     let login = app
         .post_raw(
             "/auth/token",
@@ -179,10 +143,7 @@ async fn refresh_rotates_and_grace_retry_revokes_successor(backend: Backend) {
     let retry = app.refresh(&client, &first).await;
     assert_eq!(retry.status, 200, "{}", retry.body);
     let third = retry.str("refresh_token");
-    assert_eq!(
-        app.introspect(&client, &second_token).await["active"],
-        false
-    );
+    assert_eq!(app.introspect(&client, &second_token).await["active"], false);
     assert_eq!(app.introspect(&client, &third).await["active"], true);
     let next = app.refresh(&client, &third).await;
     assert_eq!(next.status, 200, "{}", next.body);
@@ -200,25 +161,11 @@ async fn reused_refresh_token_outside_grace_revokes_family(backend: Backend) {
     assert_eq!(reuse.str("error"), "invalid_grant");
     // The whole family is gone: the live token and the access tokens of the session.
     let live = app.refresh(&client, &second.str("refresh_token")).await;
-    assert_eq!(
-        (live.status, live.str("error").as_str()),
-        (400, "invalid_grant")
-    );
+    assert_eq!((live.status, live.str("error").as_str()), (400, "invalid_grant"));
     assert_eq!(app.introspect(&client, &access).await["active"], false);
-    let sid = jwt_part(&access, 1)["sid"]
-        .as_str()
-        .expect("sid")
-        .to_owned();
-    let session = app
-        .storage()
-        .session(&sid)
-        .await
-        .expect("get")
-        .expect("session");
-    assert_eq!(
-        session.revoke_reason.as_deref(),
-        Some("refresh_token_reuse")
-    );
+    let sid = jwt_part(&access, 1)["sid"].as_str().expect("sid").to_owned();
+    let session = app.storage().session(&sid).await.expect("get").expect("session");
+    assert_eq!(session.revoke_reason.as_deref(), Some("refresh_token_reuse"));
 }
 
 async fn older_refresh_token_reuse_revokes_family_within_grace(backend: Backend) {
@@ -248,11 +195,7 @@ async fn concurrent_refreshes_leave_exactly_one_live_token(backend: Backend) {
             live.push(token.clone());
         }
     }
-    assert_eq!(
-        live.len(),
-        1,
-        "exactly one refresh token of the family is live"
-    );
+    assert_eq!(live.len(), 1, "exactly one refresh token of the family is live");
     assert_eq!(app.refresh(&client, &live[0]).await.status, 200);
 }
 
@@ -261,14 +204,8 @@ async fn revoking_refresh_token_ends_session_and_its_access_tokens(backend: Back
     let (client, login) = app.logged_in().await;
     let a = app.revoke(&client, &login.str("refresh_token")).await;
     assert_eq!(a.status, 200);
-    assert_eq!(
-        app.introspect(&client, &login.str("access_token")).await["active"],
-        false
-    );
-    assert_eq!(
-        app.introspect(&client, &login.str("refresh_token")).await["active"],
-        false
-    );
+    assert_eq!(app.introspect(&client, &login.str("access_token")).await["active"], false);
+    assert_eq!(app.introspect(&client, &login.str("refresh_token")).await["active"], false);
     let refresh = app.refresh(&client, &login.str("refresh_token")).await;
     assert_eq!(refresh.str("error"), "invalid_grant");
 }
@@ -282,11 +219,7 @@ async fn revoking_access_token_makes_only_it_inactive(backend: Backend) {
     // The session lives on: its refresh token still works.
     let refreshed = app.refresh(&client, &login.str("refresh_token")).await;
     assert_eq!(refreshed.status, 200);
-    assert_eq!(
-        app.introspect(&client, &refreshed.str("access_token"))
-            .await["active"],
-        true
-    );
+    assert_eq!(app.introspect(&client, &refreshed.str("access_token")).await["active"], true);
     // Unknown tokens answer 200 (RFC 7009 §2.2).
     assert_eq!(app.revoke(&client, "not-a-token").await.status, 200);
     assert_eq!(app.revoke(&client, "a.b.c").await.status, 200);
@@ -298,10 +231,7 @@ async fn a_client_cannot_revoke_another_clients_tokens(backend: Backend) {
     let other = app.confidential_client().await;
     for token in [login.str("access_token"), login.str("refresh_token")] {
         let a = app.revoke(&other, &token).await;
-        assert_eq!(
-            (a.status, a.str("error").as_str()),
-            (400, "unauthorized_client")
-        );
+        assert_eq!((a.status, a.str("error").as_str()), (400, "unauthorized_client"));
         assert_eq!(app.introspect(&client, &token).await["active"], true);
     }
 }
@@ -310,9 +240,7 @@ async fn introspection_reports_claims_and_expiry(backend: Backend) {
     let app = spawn_app(backend).await;
     let (client, login) = app.logged_in().await;
     let resource_server = app.create_client("client_credentials", "read", false).await;
-    let info = app
-        .introspect(&resource_server, &login.str("access_token"))
-        .await;
+    let info = app.introspect(&resource_server, &login.str("access_token")).await;
     assert_eq!(info["active"], true);
     assert_eq!(info["client_id"], client.id.as_str());
     assert_eq!(info["token_type"], "Bearer");
@@ -335,48 +263,28 @@ async fn introspection_requires_a_confidential_client(backend: Backend) {
     let a = app
         .post_raw(
             "/auth/introspect",
-            &[
-                ("client_id", &public.id),
-                ("token", &login.str("access_token")),
-            ],
+            &[("client_id", &public.id), ("token", &login.str("access_token"))],
         )
         .await;
     assert_eq!((a.status, a.str("error").as_str()), (401, "invalid_client"));
-    let a = app
-        .post_raw("/auth/introspect", &[("token", &login.str("access_token"))])
-        .await;
+    let a = app.post_raw("/auth/introspect", &[("token", &login.str("access_token"))]).await;
     assert_eq!(a.status, 401);
 }
 
 async fn discovery_documents_describe_the_server(backend: Backend) {
     let app = spawn_app(backend).await;
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
+    for path in ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"] {
         let meta = app.get(path).await;
         assert_eq!(meta.status, 200);
         assert_eq!(meta.str("issuer"), "http://atoms-auth.test");
-        assert_eq!(
-            meta.str("token_endpoint"),
-            "http://atoms-auth.test/auth/token"
-        );
-        assert_eq!(
-            meta.str("jwks_uri"),
-            "http://atoms-auth.test/.well-known/jwks.json"
-        );
-        assert_eq!(
-            meta.body["grant_types_supported"].as_array().map(Vec::len),
-            Some(3)
-        );
+        assert_eq!(meta.str("token_endpoint"), "http://atoms-auth.test/auth/token");
+        assert_eq!(meta.str("jwks_uri"), "http://atoms-auth.test/.well-known/jwks.json");
+        assert_eq!(meta.body["grant_types_supported"].as_array().map(Vec::len), Some(3));
     }
     let jwks = app.get("/.well-known/jwks.json").await;
     let keys = jwks.body["keys"].as_array().expect("keys");
     assert_eq!(keys.len(), 1);
-    assert_eq!(
-        (keys[0]["kty"].as_str(), keys[0]["crv"].as_str()),
-        (Some("OKP"), Some("Ed25519"))
-    );
+    assert_eq!((keys[0]["kty"].as_str(), keys[0]["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
     assert!(keys[0].get("d").is_none(), "no private part is published");
     let live = app.get("/health/live").await;
     assert_eq!((live.status, live.str("status").as_str()), (200, "healthy"));
@@ -386,10 +294,7 @@ async fn rotated_key_stays_published_until_its_tokens_expire(backend: Backend) {
     let app = spawn_app(backend).await;
     let (client, login) = app.logged_in().await;
     let old_token = login.str("access_token");
-    let old_kid = jwt_part(&old_token, 0)["kid"]
-        .as_str()
-        .expect("kid")
-        .to_owned();
+    let old_kid = jwt_part(&old_token, 0)["kid"].as_str().expect("kid").to_owned();
     let new_kid = app.state.keys.rotate().await.expect("rotate");
     assert_ne!(old_kid, new_kid);
     let kids = |jwks: Value| -> Vec<String> {
@@ -401,40 +306,25 @@ async fn rotated_key_stays_published_until_its_tokens_expire(backend: Backend) {
             .collect()
     };
     let published = kids(app.get("/.well-known/jwks.json").await.body);
-    assert!(
-        published.contains(&old_kid) && published.contains(&new_kid),
-        "{published:?}"
-    );
+    assert!(published.contains(&old_kid) && published.contains(&new_kid), "{published:?}");
     assert_eq!(app.introspect(&client, &old_token).await["active"], true);
-    let fresh = app
-        .refresh(&client, &login.str("refresh_token"))
-        .await
-        .str("access_token");
+    let fresh = app.refresh(&client, &login.str("refresh_token")).await.str("access_token");
     assert_eq!(jwt_part(&fresh, 0)["kid"], new_kid.as_str());
     verify_with_jwks(&app, &fresh).await;
 
     // Every token of the old key has expired: it leaves the key set.
     app.clock.advance_secs(901);
     app.state.keys.reload().await.expect("reload");
-    assert_eq!(
-        kids(app.get("/.well-known/jwks.json").await.body),
-        vec![new_kid]
-    );
+    assert_eq!(kids(app.get("/.well-known/jwks.json").await.body), vec![new_kid]);
 }
 
 async fn es256_and_rs256_keys_are_selectable(backend: Backend) {
-    for (alg, kty) in [
-        (SigningAlgorithm::ES256, "EC"),
-        (SigningAlgorithm::RS256, "RSA"),
-    ] {
+    for (alg, kty) in [(SigningAlgorithm::ES256, "EC"), (SigningAlgorithm::RS256, "RSA")] {
         let app = spawn_app_with(backend, with_alg(alg)).await;
         let (client, login) = app.logged_in().await;
         let token = login.str("access_token");
         assert_eq!(jwt_part(&token, 0)["alg"], alg.as_str());
-        assert_eq!(
-            app.get("/.well-known/jwks.json").await.body["keys"][0]["kty"],
-            kty
-        );
+        assert_eq!(app.get("/.well-known/jwks.json").await.body["keys"][0]["kty"], kty);
         verify_with_jwks(&app, &token).await;
         assert_eq!(app.introspect(&client, &token).await["active"], true);
     }
@@ -451,10 +341,7 @@ async fn signing_keys_are_encrypted_at_rest_with_the_master_key(backend: Backend
     let mut config = db.config();
     config.master_key = Some("m4ster-key".into());
     let app = spawn_on(db, config).await;
-    assert_eq!(
-        app.introspect(&client, &login.str("access_token")).await["active"],
-        true
-    );
+    assert_eq!(app.introspect(&client, &login.str("access_token")).await["active"], true);
     let db = app.stop().await;
 
     // Without it (or with another one) the server refuses to start.
@@ -462,16 +349,8 @@ async fn signing_keys_are_encrypted_at_rest_with_the_master_key(backend: Backend
     config.master_key = Some("wrong".into());
     let clock: std::sync::Arc<dyn atoms_auth::clock::Clock> =
         std::sync::Arc::new(atoms_auth::clock::SystemClock);
-    assert!(
-        atoms_auth::App::build_with_clock(config, clock.clone())
-            .await
-            .is_err()
-    );
-    assert!(
-        atoms_auth::App::build_with_clock(db.config(), clock)
-            .await
-            .is_err()
-    );
+    assert!(atoms_auth::App::build_with_clock(config, clock.clone()).await.is_err());
+    assert!(atoms_auth::App::build_with_clock(db.config(), clock).await.is_err());
 }
 
 backend_tests!(

@@ -7,12 +7,7 @@ use crate::helpers::*;
 const PASSWORD: &str = "correct horse battery";
 
 fn assert_oauth_error(a: &Answer, status: u16, code: &str) {
-    assert_eq!(
-        (a.status, a.str("error").as_str()),
-        (status, code),
-        "{}",
-        a.body
-    );
+    assert_eq!((a.status, a.str("error").as_str()), (status, code), "{}", a.body);
     assert!(a.body["error_description"].is_string(), "{}", a.body);
     assert_eq!(a.header("cache-control"), Some("no-store"));
 }
@@ -36,17 +31,9 @@ async fn token_endpoint_errors_follow_rfc6749(backend: Backend) {
         400,
         "unsupported_grant_type",
     );
+    assert_oauth_error(&token(vec![("grant_type", s("password"))]).await, 400, "invalid_request");
     assert_oauth_error(
-        &token(vec![("grant_type", s("password"))]).await,
-        400,
-        "invalid_request",
-    );
-    assert_oauth_error(
-        &token(vec![
-            ("grant_type", s("password")),
-            ("username", s("alice")),
-        ])
-        .await,
+        &token(vec![("grant_type", s("password")), ("username", s("alice"))]).await,
         400,
         "invalid_request",
     );
@@ -55,17 +42,11 @@ async fn token_endpoint_errors_follow_rfc6749(backend: Backend) {
         400,
         "invalid_request",
     );
-    let wrong_password = vec![
-        ("grant_type", s("password")),
-        ("username", s("alice")),
-        ("password", s("nope")),
-    ];
+    let wrong_password =
+        vec![("grant_type", s("password")), ("username", s("alice")), ("password", s("nope"))];
     assert_oauth_error(&token(wrong_password).await, 400, "invalid_grant");
-    let unknown_user = vec![
-        ("grant_type", s("password")),
-        ("username", s("mallory")),
-        ("password", s(PASSWORD)),
-    ];
+    let unknown_user =
+        vec![("grant_type", s("password")), ("username", s("mallory")), ("password", s(PASSWORD))];
     assert_oauth_error(&token(unknown_user).await, 400, "invalid_grant");
     let bad_scope = vec![
         ("grant_type", s("password")),
@@ -74,60 +55,30 @@ async fn token_endpoint_errors_follow_rfc6749(backend: Backend) {
         ("scope", s("read admin")),
     ];
     assert_oauth_error(&token(bad_scope).await, 400, "invalid_scope");
-    let garbage = vec![
-        ("grant_type", s("refresh_token")),
-        ("refresh_token", s("garbage")),
-    ];
+    let garbage = vec![("grant_type", s("refresh_token")), ("refresh_token", s("garbage"))];
     assert_oauth_error(&token(garbage).await, 400, "invalid_grant");
-    let duplicate = vec![
-        ("grant_type", s("password")),
-        ("grant_type", s("client_credentials")),
-    ];
+    let duplicate = vec![("grant_type", s("password")), ("grant_type", s("client_credentials"))];
     assert_oauth_error(&token(duplicate).await, 400, "invalid_request");
 
     // Nothing was lost along the way.
-    assert_eq!(
-        app.refresh(&client, &login.str("refresh_token"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(app.refresh(&client, &login.str("refresh_token")).await.status, 200);
 }
 
 async fn client_authentication_failures_are_401_with_challenge(backend: Backend) {
     let app = spawn_app(backend).await;
     app.create_user("alice", PASSWORD).await;
     let client = app.confidential_client().await;
-    let form = [
-        ("grant_type", "password"),
-        ("username", "alice"),
-        ("password", PASSWORD),
-    ];
-    let wrong_secret = TestClient {
-        id: client.id.clone(),
-        secret: Some("wrong".into()),
-    };
-    let unknown = TestClient {
-        id: "no-such-client".into(),
-        secret: Some("x".into()),
-    };
-    let no_secret = TestClient {
-        id: client.id.clone(),
-        secret: None,
-    };
+    let form = [("grant_type", "password"), ("username", "alice"), ("password", PASSWORD)];
+    let wrong_secret = TestClient { id: client.id.clone(), secret: Some("wrong".into()) };
+    let unknown = TestClient { id: "no-such-client".into(), secret: Some("x".into()) };
+    let no_secret = TestClient { id: client.id.clone(), secret: None };
     for c in [&wrong_secret, &unknown] {
         let a = app.post_form("/auth/token", c, &form).await;
         assert_oauth_error(&a, 401, "invalid_client");
-        assert!(
-            a.header("www-authenticate")
-                .is_some_and(|h| h.starts_with("Basic"))
-        );
+        assert!(a.header("www-authenticate").is_some_and(|h| h.starts_with("Basic")));
     }
     let a = app
-        .post_raw(
-            "/auth/token",
-            &[("grant_type", "password"), ("client_id", &no_secret.id)],
-        )
+        .post_raw("/auth/token", &[("grant_type", "password"), ("client_id", &no_secret.id)])
         .await;
     assert_oauth_error(&a, 401, "invalid_client");
     let a = app.post_raw("/auth/token", &form).await;
@@ -149,15 +100,8 @@ async fn client_authentication_failures_are_401_with_challenge(backend: Backend)
     }
     // Basic and client_secret_post at once.
     let secret = client.secret.clone().expect("secret");
-    let both = [
-        ("grant_type", "client_credentials"),
-        ("client_secret", secret.as_str()),
-    ];
-    assert_oauth_error(
-        &app.post_form("/auth/token", &client, &both).await,
-        400,
-        "invalid_request",
-    );
+    let both = [("grant_type", "client_credentials"), ("client_secret", secret.as_str())];
+    assert_oauth_error(&app.post_form("/auth/token", &client, &both).await, 400, "invalid_request");
 }
 
 async fn grants_the_client_may_not_use_are_unauthorized_client(backend: Backend) {
@@ -166,17 +110,9 @@ async fn grants_the_client_may_not_use_are_unauthorized_client(backend: Backend)
     let machine = app.create_client("client_credentials", "read", false).await;
     let a = app.login(&machine, "alice", PASSWORD).await;
     assert_oauth_error(&a, 400, "unauthorized_client");
-    let public = app
-        .create_client("password client_credentials", "read", true)
-        .await;
+    let public = app.create_client("password client_credentials", "read", true).await;
     let a = app
-        .post_raw(
-            "/auth/token",
-            &[
-                ("grant_type", "client_credentials"),
-                ("client_id", &public.id),
-            ],
-        )
+        .post_raw("/auth/token", &[("grant_type", "client_credentials"), ("client_id", &public.id)])
         .await;
     assert_oauth_error(&a, 400, "unauthorized_client");
     let no_refresh = app.create_client("password", "read", false).await;
@@ -192,30 +128,17 @@ async fn refresh_token_of_another_client_is_invalid_grant(backend: Backend) {
     let a = app.refresh(&other, &login.str("refresh_token")).await;
     assert_oauth_error(&a, 400, "invalid_grant");
     // The rightful client's token was not touched.
-    assert_eq!(
-        app.refresh(&client, &login.str("refresh_token"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(app.refresh(&client, &login.str("refresh_token")).await.status, 200);
 }
 
 async fn malformed_bodies_are_invalid_request(backend: Backend) {
     let app = spawn_app(backend).await;
     let url = format!("{}/auth/token", app.base);
-    let json = app
-        .http
-        .post(&url)
-        .json(&serde_json::json!({"grant_type": "password"}))
-        .send()
-        .await;
+    let json =
+        app.http.post(&url).json(&serde_json::json!({"grant_type": "password"})).send().await;
     assert_oauth_error(&answer(json.expect("send")).await, 400, "invalid_request");
     let no_type = app.http.post(&url).body("grant_type=password").send().await;
-    assert_oauth_error(
-        &answer(no_type.expect("send")).await,
-        400,
-        "invalid_request",
-    );
+    assert_oauth_error(&answer(no_type.expect("send")).await, 400, "invalid_request");
     let bad_utf8 = app
         .http
         .post(&url)
@@ -224,12 +147,7 @@ async fn malformed_bodies_are_invalid_request(backend: Backend) {
         .send()
         .await;
     let a = answer(bad_utf8.expect("send")).await;
-    assert!(
-        a.status == 400 || a.status == 401,
-        "{} {}",
-        a.status,
-        a.body
-    );
+    assert!(a.status == 400 || a.status == 401, "{} {}", a.status, a.body);
     let garbage = app
         .http
         .post(&url)
@@ -241,12 +159,7 @@ async fn malformed_bodies_are_invalid_request(backend: Backend) {
     assert!((400..500).contains(&a.status), "{} {}", a.status, a.body);
     for path in ["/auth/revoke", "/auth/introspect"] {
         let a = answer(
-            app.http
-                .post(format!("{}{path}", app.base))
-                .body("x")
-                .send()
-                .await
-                .expect("send"),
+            app.http.post(format!("{}{path}", app.base)).body("x").send().await.expect("send"),
         )
         .await;
         assert_oauth_error(&a, 400, "invalid_request");
@@ -258,43 +171,25 @@ async fn oversized_bodies_are_413(backend: Backend) {
     let (client, login) = app.logged_in().await;
     let huge = "x".repeat(200 * 1024);
     let a = app
-        .post_form(
-            "/auth/token",
-            &client,
-            &[("grant_type", "password"), ("username", &huge)],
-        )
+        .post_form("/auth/token", &client, &[("grant_type", "password"), ("username", &huge)])
         .await;
     assert_eq!(a.status, 413, "{}", a.body);
     assert_eq!(a.str("error"), "invalid_request");
-    assert_eq!(
-        app.refresh(&client, &login.str("refresh_token"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(app.refresh(&client, &login.str("refresh_token")).await.status, 200);
 }
 
 async fn sql_looking_input_is_just_data(backend: Backend) {
     let app = spawn_app(backend).await;
     let (client, login) = app.logged_in().await;
-    let nasty = [
-        "' OR '1'='1",
-        "alice'; DROP TABLE users; --",
-        "\" OR 1=1 --",
-        "*",
-        "%",
-        "é\u{202e}",
-    ];
+    let nasty =
+        ["' OR '1'='1", "alice'; DROP TABLE users; --", "\" OR 1=1 --", "*", "%", "é\u{202e}"];
     for value in nasty {
         let a = app.login(&client, value, value).await;
         assert_oauth_error(&a, 400, "invalid_grant");
         let a = app.refresh(&client, value).await;
         assert_oauth_error(&a, 400, "invalid_grant");
         let a = app
-            .post_raw(
-                "/auth/token",
-                &[("grant_type", "client_credentials"), ("client_id", value)],
-            )
+            .post_raw("/auth/token", &[("grant_type", "client_credentials"), ("client_id", value)])
             .await;
         assert_oauth_error(&a, 401, "invalid_client");
         assert_eq!(app.introspect(&client, value).await["active"], false);
@@ -303,26 +198,13 @@ async fn sql_looking_input_is_just_data(backend: Backend) {
     // NUL cannot be stored as text by any backend: refused at the door.
     let a = app.login(&client, "alice\0", PASSWORD).await;
     assert_oauth_error(&a, 400, "invalid_request");
-    let nul_client = TestClient {
-        id: "client\0".into(),
-        secret: Some("x".into()),
-    };
-    let a = app
-        .post_form(
-            "/auth/token",
-            &nul_client,
-            &[("grant_type", "client_credentials")],
-        )
-        .await;
+    let nul_client = TestClient { id: "client\0".into(), secret: Some("x".into()) };
+    let a =
+        app.post_form("/auth/token", &nul_client, &[("grant_type", "client_credentials")]).await;
     assert_oauth_error(&a, 401, "invalid_client");
     // Everything is still there.
     assert_eq!(app.login(&client, "alice", PASSWORD).await.status, 200);
-    assert_eq!(
-        app.refresh(&client, &login.str("refresh_token"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(app.refresh(&client, &login.str("refresh_token")).await.status, 200);
 }
 
 async fn garbage_access_tokens_introspect_inactive(backend: Backend) {
@@ -336,18 +218,9 @@ async fn garbage_access_tokens_introspect_inactive(backend: Backend) {
         "eyJhbGciOiJub25lIiwidHlwIjoiYXQrand0In0.{}.",
         access.split('.').nth(1).unwrap_or_default()
     );
-    for token in [
-        forged_signature.as_str(),
-        none_alg.as_str(),
-        "a.b.c",
-        "....",
-        "eyJ.eyJ.x",
-        "",
-    ] {
+    for token in [forged_signature.as_str(), none_alg.as_str(), "a.b.c", "....", "eyJ.eyJ.x", ""] {
         if token.is_empty() {
-            let a = app
-                .post_form("/auth/introspect", &client, &[("token", "")])
-                .await;
+            let a = app.post_form("/auth/introspect", &client, &[("token", "")]).await;
             assert_oauth_error(&a, 400, "invalid_request");
             continue;
         }

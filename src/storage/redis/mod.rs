@@ -15,8 +15,10 @@ use async_trait::async_trait;
 
 use super::*;
 
+mod sessions;
+
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Redis storage.
 #[derive(Clone)]
@@ -32,6 +34,11 @@ struct Scripts {
     rotate_key: Script,
     revoke_session: Script,
     create_user: Script,
+    create_session: Script,
+    revoke_user_sessions: Script,
+    update_device: Script,
+    delete_device: Script,
+    purge_sessions: Script,
 }
 
 impl RedisStorage {
@@ -50,12 +57,22 @@ impl RedisStorage {
                 rotate_key: Script::new(include_str!("rotate_key.lua")),
                 revoke_session: Script::new(include_str!("revoke_session.lua")),
                 create_user: Script::new(include_str!("create_user.lua")),
+                create_session: Script::new(include_str!("create_session.lua")),
+                revoke_user_sessions: Script::new(include_str!("revoke_user_sessions.lua")),
+                update_device: Script::new(include_str!("update_device.lua")),
+                delete_device: Script::new(include_str!("delete_device.lua")),
+                purge_sessions: Script::new(include_str!("purge_sessions.lua")),
             }),
         })
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
         format!("{}:{kind}:{id}", self.prefix)
+    }
+
+    /// The prefix scripts prepend to key names.
+    fn script_prefix(&self) -> String {
+        format!("{}:", self.prefix)
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -80,32 +97,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn field<T: std::str::FromStr>(map: &HashMap<String, String>, name: &str) -> StorageResult<T> {
-    map.get(name)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| StorageError::Corrupt(format!("session field {name}")))
-}
-
-fn optional<T: std::str::FromStr>(map: &HashMap<String, String>, name: &str) -> Option<T> {
-    map.get(name).and_then(|v| v.parse().ok())
-}
-
-fn session_from_map(map: &HashMap<String, String>) -> StorageResult<Session> {
-    Ok(Session {
-        id: field(map, "id")?,
-        user_id: field(map, "user_id")?,
-        client_id: field(map, "client_id")?,
-        scope: field(map, "scope")?,
-        created_at: field(map, "created_at")?,
-        last_used_at: field(map, "last_used_at")?,
-        idle_expires_at: field(map, "idle_expires_at")?,
-        expires_at: field(map, "expires_at")?,
-        ip: optional(map, "ip"),
-        user_agent: optional(map, "user_agent"),
-        revoked_at: optional(map, "revoked_at"),
-        revoke_reason: optional(map, "revoke_reason"),
-    })
-}
+/// A Redis hash as field → value.
+type Fields = HashMap<String, String>;
 
 #[async_trait]
 impl UserStore for RedisStorage {
@@ -165,10 +158,7 @@ impl ClientStore for RedisStorage {
 #[async_trait]
 impl KeyStore for RedisStorage {
     async fn signing_keys(&self, now: Millis) -> StorageResult<Vec<StoredKey>> {
-        let kids: Vec<String> = self
-            .conn()
-            .zrevrange(self.key("keys", "all"), 0, -1)
-            .await?;
+        let kids: Vec<String> = self.conn().zrevrange(self.key("keys", "all"), 0, -1).await?;
         if kids.is_empty() {
             return Ok(Vec::new());
         }
@@ -226,113 +216,6 @@ impl KeyStore for RedisStorage {
 }
 
 #[async_trait]
-impl SessionStore for RedisStorage {
-    async fn create_session(&self, s: &Session, refresh_hash: &[u8]) -> StorageResult<()> {
-        let key = self.key("session", &s.id);
-        let mut fields: Vec<(&str, String)> = vec![
-            ("id", s.id.clone()),
-            ("user_id", s.user_id.clone()),
-            ("client_id", s.client_id.clone()),
-            ("scope", s.scope.clone()),
-            ("created_at", s.created_at.to_string()),
-            ("last_used_at", s.last_used_at.to_string()),
-            ("idle_expires_at", s.idle_expires_at.to_string()),
-            ("expires_at", s.expires_at.to_string()),
-            ("current_hash", hex(refresh_hash)),
-        ];
-        if let Some(ip) = &s.ip {
-            fields.push(("ip", ip.clone()));
-        }
-        if let Some(ua) = &s.user_agent {
-            fields.push(("user_agent", ua.clone()));
-        }
-        let expire = s.expires_at;
-        let (set,): (bool,) = ::redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(self.refresh_key(refresh_hash))
-            .arg(&s.id)
-            .arg("NX")
-            .arg("PXAT")
-            .arg(expire)
-            .hset_multiple(&key, &fields)
-            .ignore()
-            .cmd("PEXPIREAT")
-            .arg(&key)
-            .arg(expire)
-            .ignore()
-            .query_async::<(Option<String>,)>(&mut self.conn())
-            .await
-            .map(|(v,)| (v.is_some(),))?;
-        if !set {
-            return Err(StorageError::Conflict("refresh token"));
-        }
-        Ok(())
-    }
-
-    async fn session(&self, id: &str) -> StorageResult<Option<Session>> {
-        let map: HashMap<String, String> = self.conn().hgetall(self.key("session", id)).await?;
-        if map.is_empty() {
-            return Ok(None);
-        }
-        session_from_map(&map).map(Some)
-    }
-
-    async fn session_by_refresh(&self, hash: &[u8]) -> StorageResult<Option<(Session, bool)>> {
-        let (current, map): (i64, HashMap<String, String>) = self
-            .scripts
-            .session_by_refresh
-            .key(self.refresh_key(hash))
-            .arg(hex(hash))
-            .arg(format!("{}:session:", self.prefix))
-            .invoke_async(&mut self.conn())
-            .await?;
-        if map.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some((session_from_map(&map)?, current == 1)))
-    }
-
-    async fn rotate_refresh(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
-        let (outcome, map): (String, HashMap<String, String>) = self
-            .scripts
-            .rotate_refresh
-            .key(self.refresh_key(r.presented_hash))
-            .key(self.refresh_key(r.new_hash))
-            .arg(hex(r.presented_hash))
-            .arg(hex(r.new_hash))
-            .arg(r.client_id)
-            .arg(r.now)
-            .arg(r.grace_ms)
-            .arg(r.idle_timeout_ms)
-            .arg(format!("{}:session:", self.prefix))
-            .invoke_async(&mut self.conn())
-            .await?;
-        let session = || session_from_map(&map);
-        Ok(match outcome.as_str() {
-            "rotated" => RotationOutcome::Rotated(session()?),
-            "grace" => RotationOutcome::Grace(session()?),
-            "reused" => RotationOutcome::Reused(session()?),
-            "ended" => RotationOutcome::Ended(session()?),
-            "invalid" => RotationOutcome::Invalid,
-            other => return Err(StorageError::Corrupt(format!("rotation outcome {other}"))),
-        })
-    }
-
-    async fn revoke_session(&self, id: &str, now: Millis, reason: &str) -> StorageResult<bool> {
-        let done: i64 = self
-            .scripts
-            .revoke_session
-            .key(self.key("session", id))
-            .arg(now)
-            .arg(reason)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(done == 1)
-    }
-}
-
-#[async_trait]
 impl RevocationStore for RedisStorage {
     async fn revoke_access_token(&self, jti: &str, expires_at: Millis) -> StorageResult<()> {
         let _: Option<String> = ::redis::cmd("SET")
@@ -380,46 +263,75 @@ impl RevocationStore for RedisStorage {
     }
 }
 
+/// The versions of the Redis key layout: what each added, and the key kinds it owns.
+const LAYOUT: &[(i64, &str, &[&str])] = &[
+    (1, "init", &["user", "username", "client", "key", "keys", "session", "rt", "revoked", "meta"]),
+    (2, "sessions devices", &["device", "device_fp", "user_devices", "user_sessions", "session_ends"]),
+];
+
+impl RedisStorage {
+    async fn schema_version(&self) -> StorageResult<i64> {
+        let current: Option<i64> = self.conn().get(self.key("meta", "schema_version")).await?;
+        Ok(current.unwrap_or(0))
+    }
+
+    /// Deletes every key of the given kinds, in batches.
+    async fn delete_kinds(&self, kinds: &[&str]) -> StorageResult<()> {
+        for kind in kinds {
+            let pattern = format!("{}:{kind}:*", self.prefix);
+            let mut conn = self.conn();
+            let mut keys = Vec::new();
+            {
+                let mut iter = conn.scan_match::<_, String>(&pattern).await?;
+                while let Some(key) = iter.next_item().await {
+                    keys.push(key?);
+                }
+            }
+            for chunk in keys.chunks(500) {
+                let _: () = self.conn().del(chunk).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Migrations for RedisStorage {
     async fn migrate_up(&self) -> StorageResult<()> {
-        let key = self.key("meta", "schema_version");
-        let current: Option<i64> = self.conn().get(&key).await?;
-        if current.unwrap_or(0) < SCHEMA_VERSION {
-            let _: () = self.conn().set(&key, SCHEMA_VERSION).await?;
+        if self.schema_version().await? < SCHEMA_VERSION {
+            let _: () = self.conn().set(self.key("meta", "schema_version"), SCHEMA_VERSION).await?;
         }
         Ok(())
     }
 
+    /// Reverting a version deletes the keys of the kinds it introduced.
     async fn migrate_down(&self, steps: usize) -> StorageResult<()> {
-        if steps == 0 {
-            return Ok(());
-        }
-        // Version 1 created the key space; reverting it removes every key of the prefix.
-        let pattern = format!("{}:*", self.prefix);
-        let mut conn = self.conn();
-        let keys: Vec<String> = {
-            let mut iter = conn.scan_match::<_, String>(&pattern).await?;
-            let mut keys = Vec::new();
-            while let Some(key) = iter.next_item().await {
-                keys.push(key?);
+        let mut version = self.schema_version().await?;
+        for _ in 0..steps {
+            let Some((_, _, kinds)) = LAYOUT.iter().find(|(v, _, _)| *v == version) else {
+                break;
+            };
+            self.delete_kinds(kinds).await?;
+            version -= 1;
+            if version > 0 {
+                let _: () = self.conn().set(self.key("meta", "schema_version"), version).await?;
             }
-            keys
-        };
-        for chunk in keys.chunks(500) {
-            let _: () = self.conn().del(chunk).await?;
         }
         Ok(())
     }
 
     async fn migration_status(&self) -> StorageResult<Vec<MigrationStatus>> {
-        let current: Option<i64> = self.conn().get(self.key("meta", "schema_version")).await?;
-        Ok(vec![MigrationStatus {
-            version: 1,
-            description: "init".into(),
-            applied: current.unwrap_or(0) >= 1,
-            checksum_ok: current.is_none_or(|v| v <= SCHEMA_VERSION),
-        }])
+        let current = self.schema_version().await?;
+        Ok(LAYOUT
+            .iter()
+            .map(|(version, description, _)| MigrationStatus {
+                version: *version,
+                description: (*description).to_owned(),
+                applied: current >= *version,
+                // A layout newer than this binary knows cannot be vouched for.
+                checksum_ok: current <= SCHEMA_VERSION,
+            })
+            .collect())
     }
 }
 

@@ -1,0 +1,218 @@
+//! What end users and admins do with sessions and devices, and the purge job. Every call
+//! takes the owner's user id, so a user can never see or touch another user's records.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::clock::{Clock, Millis, rfc3339};
+use crate::storage::{
+    Device, PurgePolicy, PurgeReport, Session, Storage, StorageResult, revoke_reason,
+};
+
+/// A session as its owner sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    pub id: String,
+    pub client_id: String,
+    pub scope: String,
+    pub active: bool,
+    /// Whether the request was made with this session's access token.
+    pub current: bool,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub idle_expires_at: String,
+    pub expires_at: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoke_reason: Option<String>,
+    pub device: Option<DeviceView>,
+}
+
+/// A device as its owner sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    pub id: String,
+    pub name: String,
+    pub platform: Option<String>,
+    pub user_agent: Option<String>,
+    pub last_ip: Option<String>,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+    pub trusted: bool,
+}
+
+impl From<&Device> for DeviceView {
+    fn from(d: &Device) -> Self {
+        Self {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            platform: d.platform.clone(),
+            user_agent: d.user_agent.clone(),
+            last_ip: d.last_ip.clone(),
+            first_seen_at: rfc3339(d.first_seen_at),
+            last_seen_at: rfc3339(d.last_seen_at),
+            trusted: d.trusted,
+        }
+    }
+}
+
+/// How the purge job runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgeSettings {
+    /// Ended sessions are kept this long before they are deleted.
+    pub ended_retention_ms: Millis,
+    /// Used refresh tokens are remembered this long for reuse detection.
+    pub reuse_window_ms: Millis,
+    pub batch: u32,
+}
+
+/// Session and device operations over storage.
+pub struct SessionService {
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    purge: PurgeSettings,
+}
+
+impl SessionService {
+    pub fn new(storage: Arc<dyn Storage>, clock: Arc<dyn Clock>, purge: PurgeSettings) -> Self {
+        Self { storage, clock, purge }
+    }
+
+    fn view(&self, s: &Session, current: Option<&str>, devices: &[Device]) -> SessionView {
+        SessionView {
+            id: s.id.clone(),
+            client_id: s.client_id.clone(),
+            scope: s.scope.clone(),
+            active: s.is_active(self.clock.now_ms()),
+            current: current == Some(s.id.as_str()),
+            created_at: rfc3339(s.created_at),
+            last_used_at: rfc3339(s.last_used_at),
+            idle_expires_at: rfc3339(s.idle_expires_at),
+            expires_at: rfc3339(s.expires_at),
+            ip: s.ip.clone(),
+            user_agent: s.user_agent.clone(),
+            revoked_at: s.revoked_at.map(rfc3339),
+            revoke_reason: s.revoke_reason.clone(),
+            device: s
+                .device_id
+                .as_deref()
+                .and_then(|id| devices.iter().find(|d| d.id == id))
+                .map(DeviceView::from),
+        }
+    }
+
+    /// The user's active sessions, most recently used first, `current` marked.
+    pub async fn list(
+        &self,
+        user_id: &str,
+        current: Option<&str>,
+    ) -> StorageResult<Vec<SessionView>> {
+        let (sessions, devices) = tokio::try_join!(
+            self.storage.user_sessions(user_id, self.clock.now_ms()),
+            self.storage.user_devices(user_id),
+        )?;
+        Ok(sessions.iter().map(|s| self.view(s, current, &devices)).collect())
+    }
+
+    /// One of the user's sessions (active or ended); `None` when it is not theirs.
+    pub async fn get(
+        &self,
+        user_id: &str,
+        id: &str,
+        current: Option<&str>,
+    ) -> StorageResult<Option<SessionView>> {
+        let Some(session) = self.storage.session(id).await?.filter(|s| s.user_id == user_id) else {
+            return Ok(None);
+        };
+        let devices = match session.device_id.as_deref() {
+            Some(device_id) => self.storage.device(user_id, device_id).await?.into_iter().collect(),
+            None => Vec::new(),
+        };
+        Ok(Some(self.view(&session, current, &devices)))
+    }
+
+    /// Ends one of the user's sessions. `false` when the user has no such session; ending an
+    /// ended session again succeeds.
+    pub async fn end(&self, user_id: &str, id: &str, reason: &str) -> StorageResult<bool> {
+        let owned = self.storage.session(id).await?.is_some_and(|s| s.user_id == user_id);
+        if owned {
+            self.storage.revoke_session(id, self.clock.now_ms(), reason).await?;
+        }
+        Ok(owned)
+    }
+
+    /// Ends every active session of the user but `except`; returns how many ended.
+    pub async fn end_all(
+        &self,
+        user_id: &str,
+        except: Option<&str>,
+        reason: &str,
+    ) -> StorageResult<usize> {
+        let ended =
+            self.storage.revoke_user_sessions(user_id, except, self.clock.now_ms(), reason).await?;
+        Ok(ended.len())
+    }
+
+    pub async fn devices(&self, user_id: &str) -> StorageResult<Vec<DeviceView>> {
+        Ok(self.storage.user_devices(user_id).await?.iter().map(DeviceView::from).collect())
+    }
+
+    pub async fn update_device(
+        &self,
+        user_id: &str,
+        id: &str,
+        name: Option<&str>,
+        trusted: Option<bool>,
+    ) -> StorageResult<Option<DeviceView>> {
+        let device = self.storage.update_device(user_id, id, name, trusted).await?;
+        Ok(device.as_ref().map(DeviceView::from))
+    }
+
+    /// Deletes a device and ends its sessions; `None` when the user has no such device.
+    pub async fn delete_device(&self, user_id: &str, id: &str) -> StorageResult<Option<usize>> {
+        let ended = self.storage.delete_device(user_id, id, self.clock.now_ms()).await?;
+        Ok(ended.map(|e| e.len()))
+    }
+
+    /// Ends every session of a user, and with them their refresh families and access tokens.
+    /// `None` when there is no such user.
+    pub async fn revoke_user(&self, user_id: &str) -> StorageResult<Option<usize>> {
+        if self.storage.user_by_id(user_id).await?.is_none() {
+            return Ok(None);
+        }
+        self.end_all(user_id, None, revoke_reason::USER_REVOKED).await.map(Some)
+    }
+
+    /// One purge pass over every kind of record, at most one batch each.
+    pub async fn purge_once(&self) -> StorageResult<PurgeReport> {
+        let now = self.clock.now_ms();
+        let policy = PurgePolicy {
+            now,
+            ended_before: now - self.purge.ended_retention_ms,
+            used_before: now - self.purge.reuse_window_ms,
+            batch: self.purge.batch,
+        };
+        self.storage.purge(&policy).await
+    }
+
+    /// Purge passes until a pass finds less than a batch of any kind.
+    pub async fn purge(&self) -> StorageResult<PurgeReport> {
+        let mut total = PurgeReport::default();
+        loop {
+            let pass = self.purge_once().await?;
+            total.sessions += pass.sessions;
+            total.refresh_tokens += pass.refresh_tokens;
+            total.revocations += pass.revocations;
+            let batch = u64::from(self.purge.batch);
+            if pass.sessions < batch && pass.refresh_tokens < batch && pass.revocations < batch {
+                return Ok(total);
+            }
+            // Let requests through between batches.
+            tokio::task::yield_now().await;
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The end-user API: a user's own sessions and devices, logout and userinfo, authenticated
+//! by the user's bearer access token. Another user's ids answer 404, as unknown ones do.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::UserToken;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::storage::revoke_reason;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/sessions", get(list_sessions).delete(end_sessions))
+        .route("/auth/sessions/{id}", get(get_session).delete(end_session))
+        .route("/auth/logout", post(logout))
+        .route("/auth/devices", get(list_devices))
+        .route("/auth/devices/{id}", axum::routing::patch(update_device).delete(delete_device))
+        .route("/auth/userinfo", get(userinfo))
+}
+
+const NO_SESSION: ApiError = ApiError::NotFound("no such session");
+const NO_DEVICE: ApiError = ApiError::NotFound("no such device");
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn list_sessions(
+    State(state): State<AppState>,
+    user: UserToken,
+) -> Result<Response, ApiError> {
+    let sessions = state.sessions.list(&user.user_id, Some(&user.session_id)).await?;
+    Ok(Json(json!({ "sessions": sessions })).into_response())
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn get_session(
+    State(state): State<AppState>,
+    user: UserToken,
+    ApiPath(id): ApiPath,
+) -> Result<Response, ApiError> {
+    let session = state.sessions.get(&user.user_id, &id, Some(&user.session_id)).await?;
+    Ok(Json(session.ok_or(NO_SESSION)?).into_response())
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn end_session(
+    State(state): State<AppState>,
+    user: UserToken,
+    ApiPath(id): ApiPath,
+) -> Result<StatusCode, ApiError> {
+    if state.sessions.end(&user.user_id, &id, revoke_reason::REVOKED_BY_USER).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(NO_SESSION)
+    }
+}
+
+#[derive(Deserialize)]
+struct EndSessionsQuery {
+    #[serde(default)]
+    except_current: bool,
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn end_sessions(
+    State(state): State<AppState>,
+    user: UserToken,
+    ApiQuery(query): ApiQuery<EndSessionsQuery>,
+) -> Result<Response, ApiError> {
+    let except = query.except_current.then_some(user.session_id.as_str());
+    let ended =
+        state.sessions.end_all(&user.user_id, except, revoke_reason::REVOKED_BY_USER).await?;
+    Ok(Json(json!({ "revoked": ended })).into_response())
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn logout(State(state): State<AppState>, user: UserToken) -> Result<StatusCode, ApiError> {
+    state.sessions.end(&user.user_id, &user.session_id, revoke_reason::LOGOUT).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn list_devices(
+    State(state): State<AppState>,
+    user: UserToken,
+) -> Result<Response, ApiError> {
+    let devices = state.sessions.devices(&user.user_id).await?;
+    Ok(Json(json!({ "devices": devices })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicePatch {
+    name: Option<String>,
+    trusted: Option<bool>,
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn update_device(
+    State(state): State<AppState>,
+    user: UserToken,
+    ApiPath(id): ApiPath,
+    ApiJson(patch): ApiJson<DevicePatch>,
+) -> Result<Response, ApiError> {
+    let name = patch.name.as_deref().map(str::trim);
+    if name.is_some_and(|n| n.is_empty() || n.chars().count() > 100 || n.contains('\0')) {
+        return Err(ApiError::BadRequest("name must have 1 to 100 characters".into()));
+    }
+    if name.is_none() && patch.trusted.is_none() {
+        return Err(ApiError::BadRequest("nothing to change: give name and/or trusted".into()));
+    }
+    let device = state.sessions.update_device(&user.user_id, &id, name, patch.trusted).await?;
+    Ok(Json(device.ok_or(NO_DEVICE)?).into_response())
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn delete_device(
+    State(state): State<AppState>,
+    user: UserToken,
+    ApiPath(id): ApiPath,
+) -> Result<Response, ApiError> {
+    let ended = state.sessions.delete_device(&user.user_id, &id).await?.ok_or(NO_DEVICE)?;
+    Ok(Json(json!({ "revoked_sessions": ended })).into_response())
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
+async fn userinfo(State(state): State<AppState>, user: UserToken) -> Result<Response, ApiError> {
+    let found = state.storage.user_by_id(&user.user_id).await?;
+    let found = found.ok_or(ApiError::Unauthorized("the user no longer exists"))?;
+    Ok(Json(json!({
+        "sub": found.id,
+        "preferred_username": found.username,
+        "sid": user.session_id,
+        "client_id": user.claims.client_id,
+        "scope": user.claims.scope,
+    }))
+    .into_response())
+}

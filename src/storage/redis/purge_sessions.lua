@@ -1,0 +1,12 @@
+-- Deletes up to ARGV[3] sessions that ended before ARGV[2]. ARGV[1]: key prefix.
+-- The index session_ends scores each session by when it ends (idle expiry, or revocation).
+local P = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', P .. 'session_ends', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  local skey = P .. 'session:' .. id
+  local uid = redis.call('HGET', skey, 'user_id')
+  if uid then redis.call('ZREM', P .. 'user_sessions:' .. uid, id) end
+  redis.call('DEL', skey)
+  redis.call('ZREM', P .. 'session_ends', id)
+end
+return #ids
