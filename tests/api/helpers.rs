@@ -348,3 +348,45 @@ macro_rules! backend_tests {
         }
     };
 }
+
+impl TestApp {
+    /// A request with a bearer token and an optional JSON body.
+    pub async fn bearer(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request =
+            self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        answer(request.send().await.expect("request")).await
+    }
+
+    /// Logs `username` in through `client` with extra form fields and headers.
+    pub async fn login_with(
+        &self,
+        client: &TestClient,
+        username: &str,
+        password: &str,
+        extra: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut form =
+            vec![("grant_type", "password"), ("username", username), ("password", password)];
+        form.extend_from_slice(extra);
+        let mut request = self
+            .http
+            .post(format!("{}/auth/token", self.base))
+            .basic_auth(&client.id, client.secret.as_deref())
+            .form(&form);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        answer(request.send().await.expect("request")).await
+    }
+}

@@ -1,7 +1,9 @@
 //! The integration suite: one binary, every test against its own server and database.
 
+mod account;
 mod cli;
 mod contract;
+mod contract_sessions;
 mod helpers;
 mod oauth;
 mod oauth_errors;

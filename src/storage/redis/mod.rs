@@ -266,7 +266,11 @@ impl RevocationStore for RedisStorage {
 /// The versions of the Redis key layout: what each added, and the key kinds it owns.
 const LAYOUT: &[(i64, &str, &[&str])] = &[
     (1, "init", &["user", "username", "client", "key", "keys", "session", "rt", "revoked", "meta"]),
-    (2, "sessions devices", &["device", "device_fp", "user_devices", "user_sessions", "session_ends"]),
+    (
+        2,
+        "sessions devices",
+        &["device", "device_fp", "user_devices", "user_sessions", "session_ends"],
+    ),
 ];
 
 impl RedisStorage {
