@@ -48,6 +48,9 @@ pub struct Config {
     pub purge_interval_secs: u64,
     /// Rows of each kind the purge job deletes per batch.
     pub purge_batch: u32,
+    /// How long a client record is cached in memory: changes to a client reach a running
+    /// instance within this time.
+    pub client_cache_ttl_secs: u64,
     /// Peers whose `X-Forwarded-For` is believed: comma-separated addresses or CIDR ranges.
     pub trusted_proxies: String,
     /// Algorithm of newly generated signing keys: `EdDSA`, `ES256` or `RS256`.
@@ -80,6 +83,7 @@ impl Default for Config {
             ended_session_retention_secs: 24 * 3600,
             purge_interval_secs: 60,
             purge_batch: 1000,
+            client_cache_ttl_secs: 30,
             trusted_proxies: String::new(),
             signing_algorithm: SigningAlgorithm::EdDSA,
             key_rotation_interval_secs: 30 * 24 * 3600,

@@ -109,6 +109,7 @@ impl App {
             max_sessions: config.max_sessions_per_user,
             reuse_window_ms: secs_to_ms(config.refresh_reuse_window_secs)
                 .max(secs_to_ms(config.refresh_grace_secs)),
+            client_cache_ttl_ms: secs_to_ms(config.client_cache_ttl_secs),
         };
         let purge = PurgeSettings {
             ended_retention_ms: secs_to_ms(config.ended_session_retention_secs),

@@ -61,6 +61,8 @@ pub struct TokenPolicy {
     pub max_sessions: usize,
     /// How long a used refresh token is remembered, so that presenting it is detected as reuse.
     pub reuse_window_ms: Millis,
+    /// How long a client record is cached.
+    pub client_cache_ttl_ms: Millis,
 }
 
 /// The token rules over storage, keys and a clock.
@@ -70,6 +72,7 @@ pub struct TokenService {
     clock: Arc<dyn Clock>,
     policy: TokenPolicy,
     validation: Validation,
+    clients: moka::future::Cache<String, Client>,
 }
 
 impl TokenService {
@@ -86,11 +89,30 @@ impl TokenService {
         validation.set_issuer(&[&policy.issuer]);
         validation.set_audience(&[&policy.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        Self { storage, keys, clock, policy, validation }
+        let clients = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(
+                std::time::Duration::from_millis(policy.client_cache_ttl_ms.max(1) as u64),
+            )
+            .build();
+        Self { storage, keys, clock, policy, validation, clients }
     }
 
     pub fn policy(&self) -> &TokenPolicy {
         &self.policy
+    }
+
+    /// A registered client. Found clients are cached for a short while so the token hot
+    /// paths stay at one storage operation; unknown ids are always looked up.
+    async fn client(&self, client_id: &str) -> Result<Option<Client>, OAuthError> {
+        if let Some(client) = self.clients.get(client_id).await {
+            return Ok(Some(client));
+        }
+        let client = self.storage.client(client_id).await?;
+        if let Some(client) = &client {
+            self.clients.insert(client_id.to_owned(), client.clone()).await;
+        }
+        Ok(client)
     }
 
     /// Authenticates a client by id and, for a confidential client, its secret.
@@ -99,7 +121,7 @@ impl TokenService {
         client_id: &str,
         secret: Option<Secret>,
     ) -> Result<Client, OAuthError> {
-        let client = self.storage.client(client_id).await?.ok_or(OAuthError::InvalidClient)?;
+        let client = self.client(client_id).await?.ok_or(OAuthError::InvalidClient)?;
         let ok = match (&client.secret_hash, secret) {
             (Some(hash), Some(secret)) => secret.matches_hex(hash),
             (None, None) => true,
