@@ -5,57 +5,17 @@ use atoms_auth::storage::*;
 use uuid::Uuid;
 
 use crate::backend_tests;
+use crate::fixtures::*;
 use crate::helpers::{Backend, TestDb};
-
-const DAY: i64 = 24 * 3600 * 1000;
 
 fn base() -> i64 {
     SystemClock.now_ms()
 }
 
 async fn new_user(storage: &dyn Storage) -> String {
-    let u = User {
-        id: Uuid::now_v7().to_string(),
-        username: format!("user-{}", Uuid::new_v4()),
-        password_hash: "$argon2id$fake".into(),
-        created_at: 1,
-        disabled: false,
-    };
+    let u = user(&format!("user-{}", Uuid::new_v4()));
     storage.create_user(&u).await.expect("user");
     u.id
-}
-
-fn session(user_id: &str, now: i64) -> Session {
-    Session {
-        id: Uuid::now_v7().to_string(),
-        user_id: user_id.into(),
-        client_id: "app".into(),
-        scope: "read".into(),
-        created_at: now,
-        last_used_at: now,
-        idle_expires_at: now + 7 * DAY,
-        expires_at: now + 30 * DAY,
-        ip: None,
-        user_agent: None,
-        revoked_at: None,
-        revoke_reason: None,
-        device_id: None,
-    }
-}
-
-fn device(user_id: &str, fingerprint: &str, name: &str, now: i64) -> Device {
-    Device {
-        id: Uuid::now_v7().to_string(),
-        user_id: user_id.into(),
-        fingerprint: fingerprint.into(),
-        name: name.into(),
-        platform: None,
-        user_agent: Some("agent/1.0".into()),
-        last_ip: Some("192.0.2.1".into()),
-        first_seen_at: now,
-        last_seen_at: now,
-        trusted: false,
-    }
 }
 
 async fn login_at(
@@ -65,17 +25,8 @@ async fn login_at(
     now: i64,
     max: usize,
 ) -> LoginOutcome {
-    let s = session(user_id, now);
-    let d = device(user_id, fp, "Laptop", now);
     let hash: [u8; 32] = *Uuid::new_v4().as_bytes().repeat(2).first_chunk().expect("32 bytes");
-    let login = Login {
-        session: &s,
-        refresh_hash: &hash,
-        device: &d,
-        device_named_by_client: false,
-        max_sessions: max,
-    };
-    storage.create_session(&login).await.expect("login")
+    login(storage, &session(user_id, now), &hash, fp, max).await
 }
 
 async fn the_eleventh_login_evicts_the_least_recently_used(backend: Backend) {
@@ -242,16 +193,7 @@ async fn purge_forgets_used_refresh_tokens_and_stale_revocations(backend: Backen
     let storage = db.storage().await;
     let user = new_user(storage.as_ref()).await;
     let t0 = base();
-    let s = session(&user, t0);
-    let d = device(&user, "fp", "Laptop", t0);
-    let login = Login {
-        session: &s,
-        refresh_hash: &[1; 32],
-        device: &d,
-        device_named_by_client: false,
-        max_sessions: 10,
-    };
-    storage.create_session(&login).await.expect("login");
+    login(storage.as_ref(), &session(&user, t0), &[1; 32], "fp", 10).await;
     let rotate = |presented: &'static [u8; 32], new: &'static [u8; 32], now: i64| Rotation {
         presented_hash: presented,
         new_hash: new,

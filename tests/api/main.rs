@@ -4,6 +4,7 @@ mod account;
 mod cli;
 mod contract;
 mod contract_sessions;
+mod fixtures;
 mod helpers;
 mod oauth;
 mod oauth_errors;
