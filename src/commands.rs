@@ -5,11 +5,13 @@ use std::sync::Arc;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, Millis, SystemClock};
+use crate::domain::audit::{entry, events, record_json};
+use crate::domain::keys::key_rotated;
 use crate::config::Config;
 use crate::domain::secrets::{Secret, hash_password};
 use crate::domain::tokens::GRANT_TYPES;
-use crate::storage::{Client, MigrationStatus, User};
+use crate::storage::{AuditQuery, Client, MigrationStatus, User};
 use crate::{App, key_manager, open_storage};
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -61,6 +63,11 @@ pub async fn create_user(
         disabled: false,
     };
     storage.create_user(&user).await?;
+    let created = entry(events::USER_CREATED)
+        .actor("cli")
+        .user(&user.id)
+        .detail("username", user.username.as_str());
+    storage.append_audit(&[created.at(user.created_at)]).await?;
     Ok(user.id)
 }
 
@@ -94,6 +101,14 @@ pub async fn create_client(config: &Config, new: NewClient) -> anyhow::Result<se
         created_at: SystemClock.now_ms(),
     };
     storage.create_client(&client).await?;
+    let created = entry(events::CLIENT_CREATED)
+        .actor("cli")
+        .client(&client.client_id)
+        .detail("name", client.name.as_str())
+        .detail("public", client.is_public())
+        .detail("grant_types", client.grant_types.as_str())
+        .detail("scopes", client.scopes.as_str());
+    storage.append_audit(&[created.at(client.created_at)]).await?;
     Ok(json!({
         "client_id": client.client_id,
         "client_secret": secret.as_ref().map(Secret::expose),
@@ -107,5 +122,53 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<String> {
     let storage = open_storage(config).await?;
     storage.migrate_up().await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    key_manager(config, storage, clock)?.rotate().await
+    let keys = key_manager(config, storage.clone(), clock)?;
+    keys.reload().await?;
+    let previous = keys.signer().map(|s| s.kid.clone());
+    let kid = keys.rotate().await?;
+    if previous.as_deref() != Some(kid.as_str()) {
+        let record = key_rotated(&kid, config.signing_algorithm, previous.as_deref()).actor("cli");
+        storage.append_audit(&[record.at(SystemClock.now_ms())]).await?;
+    }
+    Ok(kid)
+}
+
+/// Which audit records to export.
+pub struct AuditExport {
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+    pub event: Option<String>,
+    pub user_id: Option<String>,
+}
+
+/// Writes the matching audit records as JSON lines, oldest first; returns how many.
+pub async fn export_audit(
+    config: &Config,
+    export: AuditExport,
+    out: &mut (dyn std::io::Write + Send),
+) -> anyhow::Result<u64> {
+    let storage = open_storage(config).await?;
+    let mut query = AuditQuery {
+        user_id: export.user_id,
+        event: export.event,
+        since: export.since,
+        until: export.until,
+        cursor: None,
+        ascending: true,
+        limit: 1000,
+    };
+    let mut written = 0;
+    loop {
+        let page = storage.query_audit(&query).await?;
+        for record in &page {
+            writeln!(out, "{}", record_json(record))?;
+        }
+        written += page.len() as u64;
+        match page.last() {
+            Some(last) if page.len() == query.limit as usize => query.cursor = Some(last.id.clone()),
+            _ => break,
+        }
+    }
+    out.flush()?;
+    Ok(written)
 }

@@ -53,6 +53,22 @@ pub struct Config {
     pub client_cache_ttl_secs: u64,
     /// Peers whose `X-Forwarded-For` is believed: comma-separated addresses or CIDR ranges.
     pub trusted_proxies: String,
+    /// Audit records (and finished webhook deliveries) are kept this long.
+    pub audit_retention_secs: u64,
+    /// Timeout of one webhook delivery attempt.
+    pub webhook_timeout_secs: u64,
+    /// Webhook deliveries in flight at once, per instance.
+    pub webhook_concurrency: usize,
+    /// Attempts before a delivery is marked failed.
+    pub webhook_max_attempts: i32,
+    /// Delay before the first retry; each further retry doubles it (with jitter).
+    pub webhook_retry_base_ms: u64,
+    /// Longest delay between two attempts.
+    pub webhook_retry_max_ms: u64,
+    /// How often the queue is checked for due deliveries.
+    pub webhook_poll_interval_ms: u64,
+    /// Allow webhook URLs on loopback, private and link-local addresses (development only).
+    pub webhook_allow_private_targets: bool,
     /// Algorithm of newly generated signing keys: `EdDSA`, `ES256` or `RS256`.
     pub signing_algorithm: SigningAlgorithm,
     /// Rotate the active signing key when it is older than this (0 disables).
@@ -85,6 +101,14 @@ impl Default for Config {
             purge_batch: 1000,
             client_cache_ttl_secs: 30,
             trusted_proxies: String::new(),
+            audit_retention_secs: 30 * 24 * 3600,
+            webhook_timeout_secs: 10,
+            webhook_concurrency: 16,
+            webhook_max_attempts: 8,
+            webhook_retry_base_ms: 5_000,
+            webhook_retry_max_ms: 3_600_000,
+            webhook_poll_interval_ms: 500,
+            webhook_allow_private_targets: false,
             signing_algorithm: SigningAlgorithm::EdDSA,
             key_rotation_interval_secs: 30 * 24 * 3600,
             master_key: None,

@@ -22,7 +22,9 @@ use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::domain::audit::Audit;
 use crate::domain::keys::KeyManager;
+use crate::domain::webhooks::{WebhookSettings, Webhooks};
 use crate::domain::sessions::{PurgeSettings, SessionService};
 use crate::domain::tokens::{TokenPolicy, TokenService};
 use crate::storage::{ConnectOptions, Storage};
@@ -47,6 +49,8 @@ pub struct App {
     pub keys: Arc<KeyManager>,
     pub tokens: TokenService,
     pub sessions: SessionService,
+    pub audit: Arc<Audit>,
+    pub webhooks: Arc<Webhooks>,
     pub clock: Arc<dyn Clock>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -75,6 +79,19 @@ pub fn key_manager(
         secs_to_ms(config.access_token_ttl_secs),
         secs_to_ms(config.key_rotation_interval_secs),
     )
+}
+
+/// The webhook delivery settings of a configuration.
+pub fn webhook_settings(config: &Config) -> WebhookSettings {
+    WebhookSettings {
+        timeout: Duration::from_secs(config.webhook_timeout_secs.max(1)),
+        concurrency: config.webhook_concurrency.max(1),
+        max_attempts: config.webhook_max_attempts.max(1),
+        retry_base: Duration::from_millis(config.webhook_retry_base_ms.max(1)),
+        retry_max: Duration::from_millis(config.webhook_retry_max_ms.max(1)),
+        poll_interval: Duration::from_millis(config.webhook_poll_interval_ms.max(10)),
+        allow_private_targets: config.webhook_allow_private_targets,
+    }
 }
 
 fn secs_to_ms(secs: u64) -> i64 {
@@ -114,37 +131,83 @@ impl App {
         let purge = PurgeSettings {
             ended_retention_ms: secs_to_ms(config.ended_session_retention_secs),
             reuse_window_ms: policy.reuse_window_ms,
+            audit_retention_ms: secs_to_ms(config.audit_retention_secs),
             batch: config.purge_batch.max(1),
         };
-        let tokens = TokenService::new(storage.clone(), keys.clone(), clock.clone(), policy);
-        let sessions = SessionService::new(storage.clone(), clock.clone(), purge);
-        let app = App { config, storage, keys, tokens, sessions, clock, trusted_proxies };
+        let webhooks = Arc::new(Webhooks::new(storage.clone(), webhook_settings(&config))?);
+        let audit = Arc::new(Audit::start(storage.clone(), clock.clone(), webhooks.clone()));
+        keys.set_audit(audit.clone());
+        let tokens =
+            TokenService::new(storage.clone(), keys.clone(), clock.clone(), policy, audit.clone());
+        let sessions = SessionService::new(storage.clone(), clock.clone(), purge, audit.clone());
+        let app = App {
+            config,
+            storage,
+            keys,
+            tokens,
+            sessions,
+            audit,
+            webhooks,
+            clock,
+            trusted_proxies,
+        };
         Ok(AppState(Arc::new(app)))
     }
 }
 
 /// Serves the application on `listener` until `shutdown` completes, then drains in-flight
-/// requests. Background jobs (key reload and scheduled rotation) stop with it.
+/// requests. The background jobs (key maintenance, purge, webhook delivery) stop with it, and
+/// the audit records still queued are stored before it returns.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let keys = state.keys.clone();
-    let background = tokio::spawn(async move {
+    let jobs = [spawn_key_maintenance(state.clone()), spawn_purge(state.clone())];
+    let stop_delivery = tokio_util::sync::CancellationToken::new();
+    let deliverer = state.webhooks.clone().spawn_deliverer(stop_delivery.clone());
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    for job in jobs {
+        job.abort();
+    }
+    // In-flight deliveries finish; queued ones wait in storage for the next start.
+    stop_delivery.cancel();
+    let _ = deliverer.await;
+    // Every request has answered: store the audit records still queued.
+    state.audit.close().await;
+    served
+}
+
+/// Picks up keys rotated elsewhere and rotates on schedule.
+fn spawn_key_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = keys.rotate_if_due().await {
+            if let Err(e) = state.keys.rotate_if_due().await {
                 tracing::warn!(error = %e, "signing key maintenance failed");
             }
         }
-    });
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    background.abort();
-    served
+    })
+}
+
+/// Deletes ended sessions, forgotten refresh tokens, stale revocation entries, and audit
+/// records and webhook deliveries past retention.
+fn spawn_purge(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = Duration::from_secs(state.config.purge_interval_secs.max(1));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match state.sessions.purge().await {
+                Ok(report) if report.total() > 0 => tracing::info!(?report, "purged"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purge failed"),
+            }
+        }
+    })
 }
 
 /// Completes on SIGTERM or Ctrl-C.

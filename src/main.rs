@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use atoms_auth::commands::{self, MigrateAction, NewClient};
+use atoms_auth::commands::{self, AuditExport, MigrateAction, NewClient};
 use atoms_auth::config::Config;
 use clap::{Parser, Subcommand};
 
@@ -41,6 +41,41 @@ enum Command {
         #[command(subcommand)]
         action: Keys,
     },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        action: Audit,
+    },
+}
+
+#[derive(Subcommand)]
+enum Audit {
+    /// Write audit records as JSON lines, oldest first.
+    Export {
+        /// RFC 3339 time, inclusive.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 time, exclusive.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        event: Option<String>,
+        #[arg(long)]
+        user_id: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn parse_time(value: Option<String>) -> anyhow::Result<Option<i64>> {
+    value
+        .map(|v| {
+            let t = time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| anyhow::anyhow!("{v} is not an RFC 3339 time"))?;
+            Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
+        })
+        .transpose()
 }
 
 #[derive(Subcommand)]
@@ -151,6 +186,15 @@ async fn main() -> anyhow::Result<()> {
                 scopes: list(&scopes),
             };
             println!("{}", commands::create_client(&config, new).await?);
+        }
+        Command::Audit { action: Audit::Export { since, until, event, user_id, output } } => {
+            let export = AuditExport { since: parse_time(since)?, until: parse_time(until)?, event, user_id };
+            let mut out: Box<dyn std::io::Write + Send> = match output {
+                Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+            };
+            let written = commands::export_audit(&config, export, out.as_mut()).await?;
+            tracing::info!(records = written, "audit exported");
         }
         Command::Keys { action: Keys::Rotate } => {
             println!(

@@ -20,6 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use super::audit::{Audit, Entry, entry, events};
 use crate::clock::{Clock, Millis};
 use crate::config::SigningAlgorithm;
 use crate::storage::{Storage, StoredKey};
@@ -83,6 +84,7 @@ pub struct KeyManager {
     rotation_interval_ms: Millis,
     set: RwLock<Arc<KeySet>>,
     last_reload: AtomicI64,
+    audit: std::sync::OnceLock<Arc<Audit>>,
 }
 
 /// Derives the AES-256-GCM key that wraps private keys from the configured master key.
@@ -116,7 +118,13 @@ impl KeyManager {
                 jwks: serde_json::json!({ "keys": [] }),
             })),
             last_reload: AtomicI64::new(0),
+            audit: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Audits rotations from now on (a server sets this; the CLI audits on its own).
+    pub fn set_audit(&self, audit: Arc<Audit>) {
+        let _ = self.audit.set(audit);
     }
 
     fn current(&self) -> Arc<KeySet> {
@@ -228,6 +236,9 @@ impl KeyManager {
         self.reload().await?;
         if rotated {
             tracing::info!(kid = %key.kid, alg = alg.as_str(), "signing key rotated");
+            if let Some(audit) = self.audit.get() {
+                audit.record(key_rotated(&key.kid, alg, expected.as_deref())).await?;
+            }
         }
         self.signer().map(|s| s.kid.clone()).ok_or_else(|| anyhow!("no active signing key"))
     }
@@ -256,6 +267,15 @@ impl KeyManager {
         open(cipher, &key.kid, &key.private_key)
             .with_context(|| format!("key {} does not decrypt with the master key", key.kid))
     }
+}
+
+/// The `key.rotated` audit record.
+pub fn key_rotated(kid: &str, alg: SigningAlgorithm, previous: Option<&str>) -> Entry {
+    entry(events::KEY_ROTATED)
+        .actor("system")
+        .detail("kid", kid)
+        .detail("alg", alg.as_str())
+        .detail("previous_kid", previous.map(str::to_owned))
 }
 
 fn generate_pkcs8(alg: SigningAlgorithm) -> anyhow::Result<Vec<u8>> {

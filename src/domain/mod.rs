@@ -1,7 +1,9 @@
 //! The rules of the server, independent of HTTP: tokens, keys, secrets, sessions and devices.
 
+pub mod audit;
 pub mod devices;
 pub mod keys;
 pub mod secrets;
 pub mod sessions;
 pub mod tokens;
+pub mod webhooks;

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::audit::{Audit, entry, events};
+use super::tokens::session_revoked;
 use crate::clock::{Clock, Millis, rfc3339};
 use crate::storage::{
     Device, PurgePolicy, PurgeReport, Session, Storage, StorageResult, revoke_reason,
@@ -67,6 +69,8 @@ pub struct PurgeSettings {
     pub ended_retention_ms: Millis,
     /// Used refresh tokens are remembered this long for reuse detection.
     pub reuse_window_ms: Millis,
+    /// Audit records and finished webhook deliveries are kept this long.
+    pub audit_retention_ms: Millis,
     pub batch: u32,
 }
 
@@ -75,11 +79,17 @@ pub struct SessionService {
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
     purge: PurgeSettings,
+    audit: Arc<Audit>,
 }
 
 impl SessionService {
-    pub fn new(storage: Arc<dyn Storage>, clock: Arc<dyn Clock>, purge: PurgeSettings) -> Self {
-        Self { storage, clock, purge }
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+        purge: PurgeSettings,
+        audit: Arc<Audit>,
+    ) -> Self {
+        Self { storage, clock, purge, audit }
     }
 
     fn view(&self, s: &Session, current: Option<&str>, devices: &[Device]) -> SessionView {
@@ -135,12 +145,20 @@ impl SessionService {
         Ok(Some(self.view(&session, current, &devices)))
     }
 
+    async fn audit_ended(&self, ended: &[Session], actor: &str) -> StorageResult<()> {
+        for session in ended {
+            self.audit.record(session_revoked(session, actor)).await?;
+        }
+        Ok(())
+    }
+
     /// Ends one of the user's sessions. `false` when the user has no such session; ending an
     /// ended session again succeeds.
     pub async fn end(&self, user_id: &str, id: &str, reason: &str) -> StorageResult<bool> {
         let owned = self.storage.session(id).await?.is_some_and(|s| s.user_id == user_id);
         if owned {
-            self.storage.revoke_session(id, self.clock.now_ms(), reason).await?;
+            let ended = self.storage.revoke_session(id, self.clock.now_ms(), reason).await?;
+            self.audit_ended(ended.as_slice(), &format!("user:{user_id}")).await?;
         }
         Ok(owned)
     }
@@ -151,9 +169,11 @@ impl SessionService {
         user_id: &str,
         except: Option<&str>,
         reason: &str,
+        actor: &str,
     ) -> StorageResult<usize> {
-        let ended =
-            self.storage.revoke_user_sessions(user_id, except, self.clock.now_ms(), reason).await?;
+        let now = self.clock.now_ms();
+        let ended = self.storage.revoke_user_sessions(user_id, except, now, reason).await?;
+        self.audit_ended(&ended, actor).await?;
         Ok(ended.len())
     }
 
@@ -174,41 +194,54 @@ impl SessionService {
 
     /// Deletes a device and ends its sessions; `None` when the user has no such device.
     pub async fn delete_device(&self, user_id: &str, id: &str) -> StorageResult<Option<usize>> {
-        let ended = self.storage.delete_device(user_id, id, self.clock.now_ms()).await?;
-        Ok(ended.map(|e| e.len()))
+        let Some(ended) = self.storage.delete_device(user_id, id, self.clock.now_ms()).await? else {
+            return Ok(None);
+        };
+        self.audit_ended(&ended, &format!("user:{user_id}")).await?;
+        Ok(Some(ended.len()))
     }
 
     /// Ends every session of a user, and with them their refresh families and access tokens.
     /// `None` when there is no such user.
-    pub async fn revoke_user(&self, user_id: &str) -> StorageResult<Option<usize>> {
+    pub async fn revoke_user(&self, user_id: &str, actor: &str) -> StorageResult<Option<usize>> {
         if self.storage.user_by_id(user_id).await?.is_none() {
             return Ok(None);
         }
-        self.end_all(user_id, None, revoke_reason::USER_REVOKED).await.map(Some)
+        self.end_all(user_id, None, revoke_reason::USER_REVOKED, actor).await.map(Some)
     }
 
-    /// One purge pass over every kind of record, at most one batch each.
+    /// One purge pass over every kind of record, at most one batch each; sessions that
+    /// ended by a timeout are audited as expired.
     pub async fn purge_once(&self) -> StorageResult<PurgeReport> {
         let now = self.clock.now_ms();
         let policy = PurgePolicy {
             now,
             ended_before: now - self.purge.ended_retention_ms,
             used_before: now - self.purge.reuse_window_ms,
+            audit_before: now - self.purge.audit_retention_ms,
             batch: self.purge.batch,
         };
-        self.storage.purge(&policy).await
+        let report = self.storage.purge(&policy).await?;
+        for s in &report.expired {
+            let expired = entry(events::SESSION_EXPIRED)
+                .actor("system")
+                .user(&s.user_id)
+                .session(&s.id)
+                .client(&s.client_id)
+                .detail("expired_at", rfc3339(s.idle_expires_at.min(s.expires_at)));
+            self.audit.record(expired).await?;
+        }
+        Ok(report)
     }
 
-    /// Purge passes until a pass finds less than a batch of any kind.
+    /// Purge passes until a pass finds less than a batch of every kind.
     pub async fn purge(&self) -> StorageResult<PurgeReport> {
         let mut total = PurgeReport::default();
         loop {
             let pass = self.purge_once().await?;
-            total.sessions += pass.sessions;
-            total.refresh_tokens += pass.refresh_tokens;
-            total.revocations += pass.revocations;
-            let batch = u64::from(self.purge.batch);
-            if pass.sessions < batch && pass.refresh_tokens < batch && pass.revocations < batch {
+            let full = pass.full(self.purge.batch);
+            total.add(pass);
+            if !full {
                 return Ok(total);
             }
             // Let requests through between batches.

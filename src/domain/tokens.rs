@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::audit::{Audit, Entry, entry, events};
 use super::devices::{self, DeviceHints};
 use super::keys::{KeyManager, b64};
 use super::secrets::{Secret, verify_password};
-use crate::clock::{Clock, Millis};
+use crate::clock::{Clock, Millis, rfc3339};
 use crate::error::OAuthError;
 use crate::storage::{Client, Login, Rotation, RotationOutcome, Session, Storage, revoke_reason};
 
@@ -73,6 +74,7 @@ pub struct TokenService {
     policy: TokenPolicy,
     validation: Validation,
     clients: moka::future::Cache<String, Client>,
+    audit: Arc<Audit>,
 }
 
 impl TokenService {
@@ -81,6 +83,7 @@ impl TokenService {
         keys: Arc<KeyManager>,
         clock: Arc<dyn Clock>,
         policy: TokenPolicy,
+        audit: Arc<Audit>,
     ) -> Self {
         let mut validation = Validation::new(jsonwebtoken::Algorithm::EdDSA);
         // Expiry is checked against the injectable clock below, not the system time.
@@ -95,7 +98,7 @@ impl TokenService {
                 std::time::Duration::from_millis(policy.client_cache_ttl_ms.max(1) as u64),
             )
             .build();
-        Self { storage, keys, clock, policy, validation, clients }
+        Self { storage, keys, clock, policy, validation, clients, audit }
     }
 
     pub fn policy(&self) -> &TokenPolicy {
@@ -143,11 +146,25 @@ impl TokenService {
         let scope = resolve_scope(scope, client.scope_list())?;
         let user = self.storage.user_by_username(username).await?;
         let hash = user.as_ref().map(|u| u.password_hash.clone());
+        let failed = |reason: &str| {
+            let mut e = entry(events::LOGIN_FAILED)
+                .client(&client.client_id)
+                .actor(format!("client:{}", client.client_id))
+                .detail("username", username.chars().take(256).collect::<String>())
+                .detail("reason", reason);
+            if let Some(u) = &user {
+                e = e.user(&u.id);
+            }
+            e
+        };
         if !verify_password(password, hash).await {
+            let reason = if user.is_some() { "wrong_password" } else { "unknown_user" };
+            self.audit.record(failed(reason)).await?;
             return Err(OAuthError::InvalidGrant("invalid username or password"));
         }
-        let user = user.ok_or(OAuthError::InvalidGrant("invalid username or password"))?;
+        let user = user.clone().ok_or(OAuthError::InvalidGrant("invalid username or password"))?;
         if user.disabled {
+            self.audit.record(failed("disabled")).await?;
             return Err(OAuthError::InvalidGrant("the account is disabled"));
         }
         let now = self.clock.now_ms();
@@ -177,13 +194,34 @@ impl TokenService {
             max_sessions: self.policy.max_sessions,
         };
         let outcome = self.storage.create_session(&login).await?;
-        for evicted in &outcome.evicted {
-            tracing::info!(session_id = %evicted.id, user_id = %user.id, "session evicted");
-        }
+        let actor = format!("user:{}", user.id);
+        let by_user = |event| entry(event).actor(&actor).user(&user.id).client(&client.client_id);
+        self.audit.record(by_user(events::LOGIN_SUCCEEDED).session(&session.id)).await?;
         if outcome.new_device {
-            tracing::info!(device_id = %outcome.device.id, user_id = %user.id, "device registered");
+            let d = &outcome.device;
+            let registered = by_user(events::DEVICE_REGISTERED)
+                .detail("device_id", d.id.as_str())
+                .detail("name", d.name.as_str())
+                .detail("platform", d.platform.clone())
+                .detail("first_seen_at", rfc3339(d.first_seen_at));
+            self.audit.record(registered).await?;
+        }
+        let created = by_user(events::SESSION_CREATED)
+            .session(&session.id)
+            .detail("device_id", outcome.device.id.as_str())
+            .detail("user_agent", session.user_agent.clone())
+            .detail("created_at", rfc3339(session.created_at))
+            .detail("expires_at", rfc3339(session.expires_at));
+        self.audit.record(created).await?;
+        for evicted in &outcome.evicted {
+            self.audit.record(session_revoked(evicted, "system")).await?;
         }
         let refresh = client.allows_grant("refresh_token").then_some(refresh);
+        let issued = by_user(events::TOKEN_ISSUED)
+            .session(&session.id)
+            .detail("grant_type", "password")
+            .detail("scope", scope.as_str());
+        self.audit.record(issued).await?;
         self.respond(&user.id, client, scope, Some(&session.id), refresh)
     }
 
@@ -200,6 +238,12 @@ impl TokenService {
         }
         require_grant(client, "client_credentials")?;
         let scope = resolve_scope(scope, client.scope_list())?;
+        let issued = entry(events::TOKEN_ISSUED)
+            .actor(format!("client:{}", client.client_id))
+            .client(&client.client_id)
+            .detail("grant_type", "client_credentials")
+            .detail("scope", scope.as_str());
+        self.audit.record(issued).await?;
         self.respond(&client.client_id, client, scope, None, None)
     }
 
@@ -226,10 +270,19 @@ impl TokenService {
             ip,
             reuse_window_ms: self.policy.reuse_window_ms,
         };
-        let session = match self.storage.rotate_refresh(&rotation).await? {
-            RotationOutcome::Rotated(s) | RotationOutcome::Grace(s) => s,
+        let (session, grace) = match self.storage.rotate_refresh(&rotation).await? {
+            RotationOutcome::Rotated(s) => (s, false),
+            RotationOutcome::Grace(s) => (s, true),
             RotationOutcome::Reused(s) => {
                 tracing::warn!(session_id = %s.id, user_id = %s.user_id, "refresh token reuse detected; session revoked");
+                let reuse = entry(events::TOKEN_REUSE_DETECTED)
+                    .actor(format!("client:{}", client.client_id))
+                    .user(&s.user_id)
+                    .session(&s.id)
+                    .client(&s.client_id)
+                    .detail("detected_at", rfc3339(rotation.now));
+                self.audit.record(reuse).await?;
+                self.audit.record(session_revoked(&s, "system")).await?;
                 return Err(OAuthError::InvalidGrant(
                     "refresh token reuse detected; the session is revoked",
                 ));
@@ -242,6 +295,14 @@ impl TokenService {
             }
         };
         let scope = resolve_scope(scope, session.scope.split_whitespace())?;
+        let refreshed = entry(events::TOKEN_REFRESHED)
+            .actor(format!("user:{}", session.user_id))
+            .user(&session.user_id)
+            .session(&session.id)
+            .client(&client.client_id)
+            .detail("grace_retry", grace)
+            .detail("scope", scope.as_str());
+        self.audit.record(refreshed).await?;
         self.respond(&session.user_id, client, scope, Some(&session.id), Some(next))
     }
 
@@ -365,6 +426,15 @@ impl TokenService {
                 // Listed until the token would have expired, and never longer than 7 days.
                 let until = (claims.exp * 1000).min(self.clock.now_ms() + MAX_REVOCATION_MS);
                 self.storage.revoke_access_token(&claims.jti, until).await?;
+                let mut revoked = entry(events::TOKEN_REVOKED)
+                    .actor(format!("client:{}", client.client_id))
+                    .client(&client.client_id)
+                    .detail("token_type", "access_token")
+                    .detail("jti", claims.jti.as_str());
+                if let Some(sid) = &claims.sid {
+                    revoked = revoked.session(sid).user(&claims.sub);
+                }
+                self.audit.record(revoked).await?;
             }
             return Ok(());
         }
@@ -373,12 +443,34 @@ impl TokenService {
             if session.client_id != client.client_id {
                 return Err(not_yours);
             }
-            self.storage
-                .revoke_session(&session.id, self.clock.now_ms(), revoke_reason::REVOKED_BY_CLIENT)
-                .await?;
+            let actor = format!("client:{}", client.client_id);
+            let revoked = entry(events::TOKEN_REVOKED)
+                .actor(&actor)
+                .client(&client.client_id)
+                .user(&session.user_id)
+                .session(&session.id)
+                .detail("token_type", "refresh_token");
+            self.audit.record(revoked).await?;
+            let now = self.clock.now_ms();
+            let reason = revoke_reason::REVOKED_BY_CLIENT;
+            if let Some(ended) = self.storage.revoke_session(&session.id, now, reason).await? {
+                self.audit.record(session_revoked(&ended, &actor)).await?;
+            }
         }
         Ok(())
     }
+}
+
+/// The `session.revoked` record of a session that just ended.
+pub fn session_revoked(s: &Session, actor: &str) -> Entry {
+    entry(events::SESSION_REVOKED)
+        .actor(actor)
+        .user(&s.user_id)
+        .session(&s.id)
+        .client(&s.client_id)
+        .detail("reason", s.revoke_reason.clone())
+        .detail("revoked_at", s.revoked_at.map(rfc3339))
+        .detail("device_id", s.device_id.clone())
 }
 
 /// Refresh tokens are base64url, which has no dot; a JWT has two.

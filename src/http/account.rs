@@ -73,8 +73,9 @@ async fn end_sessions(
     ApiQuery(query): ApiQuery<EndSessionsQuery>,
 ) -> Result<Response, ApiError> {
     let except = query.except_current.then_some(user.session_id.as_str());
+    let actor = format!("user:{}", user.user_id);
     let ended =
-        state.sessions.end_all(&user.user_id, except, revoke_reason::REVOKED_BY_USER).await?;
+        state.sessions.end_all(&user.user_id, except, revoke_reason::REVOKED_BY_USER, &actor).await?;
     Ok(Json(json!({ "revoked": ended })).into_response())
 }
 

@@ -1,18 +1,35 @@
-//! The admin API, authenticated by an access token with the admin scope.
+//! The admin API, authenticated by an access token with the admin scope: user revocation,
+//! the audit log and webhook subscriptions.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 use super::auth::AdminToken;
-use super::extract::ApiPath;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::AppState;
+use crate::clock::{Millis, rfc3339};
+use crate::domain::audit::record_json;
+use crate::domain::webhooks::WebhookError;
 use crate::error::ApiError;
+use crate::storage::{AuditQuery, WebhookAttempt, WebhookDelivery, WebhookSubscription};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/admin/users/{id}/revoke", post(revoke_user))
+    Router::new()
+        .route("/admin/users/{id}/revoke", post(revoke_user))
+        .route("/admin/audit", get(audit))
+        .route("/admin/webhooks", post(create_webhook).get(list_webhooks))
+        .route("/admin/webhooks/{id}", get(get_webhook).delete(delete_webhook))
+        .route("/admin/webhooks/{id}/test", post(test_webhook))
+        .route("/admin/webhooks/{id}/deliveries", get(deliveries))
+}
+
+fn actor(admin: &AdminToken) -> String {
+    format!("client:{}", admin.0.client_id)
 }
 
 /// Ends every session of the user: their refresh families and access tokens stop working.
@@ -22,6 +39,166 @@ async fn revoke_user(
     admin: AdminToken,
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
-    let ended = state.sessions.revoke_user(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
+    let ended = state.sessions.revoke_user(&id, &actor(&admin)).await?;
+    let ended = ended.ok_or(ApiError::NotFound("no such user"))?;
     Ok(Json(json!({ "user_id": id, "revoked_sessions": ended })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    user_id: Option<String>,
+    event: Option<String>,
+    /// RFC 3339, inclusive.
+    since: Option<String>,
+    /// RFC 3339, exclusive.
+    until: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+    /// `desc` (newest first, the default) or `asc`.
+    order: Option<String>,
+}
+
+/// Parses an RFC 3339 time to milliseconds.
+pub fn parse_time(name: &str, value: &str) -> Result<Millis, ApiError> {
+    let t = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| ApiError::BadRequest(format!("{name} must be an RFC 3339 time")))?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as Millis)
+}
+
+#[tracing::instrument(skip_all)]
+async fn audit(
+    State(state): State<AppState>,
+    _admin: AdminToken,
+    ApiQuery(p): ApiQuery<AuditParams>,
+) -> Result<Response, ApiError> {
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
+    }
+    let ascending = match p.order.as_deref() {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(_) => return Err(ApiError::BadRequest("order must be asc or desc".into())),
+    };
+    if [&p.user_id, &p.event, &p.cursor].iter().any(|v| v.as_ref().is_some_and(|v| v.contains('\0'))) {
+        return Err(ApiError::BadRequest("parameters must not contain NUL".into()));
+    }
+    let query = AuditQuery {
+        user_id: p.user_id,
+        event: p.event,
+        since: p.since.as_deref().map(|v| parse_time("since", v)).transpose()?,
+        until: p.until.as_deref().map(|v| parse_time("until", v)).transpose()?,
+        cursor: p.cursor,
+        ascending,
+        limit,
+    };
+    let records = state.storage.query_audit(&query).await?;
+    let next_cursor = (records.len() == limit as usize).then(|| records.last().map(|r| r.id.clone()));
+    let events: Vec<Value> = records.iter().map(record_json).collect();
+    Ok(Json(json!({ "events": events, "next_cursor": next_cursor.flatten() })).into_response())
+}
+
+fn subscription_json(s: &WebhookSubscription) -> Value {
+    json!({
+        "id": s.id,
+        "url": s.url,
+        "events": s.events.split_whitespace().collect::<Vec<_>>(),
+        "created_at": rfc3339(s.created_at),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewWebhook {
+    url: String,
+    events: Vec<String>,
+}
+
+#[tracing::instrument(skip_all)]
+async fn create_webhook(
+    State(state): State<AppState>,
+    _admin: AdminToken,
+    ApiJson(body): ApiJson<NewWebhook>,
+) -> Result<Response, ApiError> {
+    let created = state.webhooks.create(&body.url, &body.events, state.clock.now_ms()).await;
+    let subscription = created.map_err(|e| match e {
+        WebhookError::Invalid(why) => ApiError::BadRequest(why),
+        WebhookError::Storage(e) => ApiError::Storage(e),
+    })?;
+    let mut answer = subscription_json(&subscription);
+    // The only time the secret is shown.
+    answer["secret"] = json!(subscription.secret);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+#[tracing::instrument(skip_all)]
+async fn list_webhooks(State(state): State<AppState>, _admin: AdminToken) -> Result<Response, ApiError> {
+    let list: Vec<Value> = state.storage.webhooks().await?.iter().map(subscription_json).collect();
+    Ok(Json(json!({ "webhooks": list })).into_response())
+}
+
+const NO_WEBHOOK: ApiError = ApiError::NotFound("no such webhook");
+
+#[tracing::instrument(skip_all)]
+async fn get_webhook(
+    State(state): State<AppState>,
+    _admin: AdminToken,
+    ApiPath(id): ApiPath,
+) -> Result<Response, ApiError> {
+    let found = state.storage.webhook(&id).await?.ok_or(NO_WEBHOOK)?;
+    Ok(Json(subscription_json(&found)).into_response())
+}
+
+#[tracing::instrument(skip_all)]
+async fn delete_webhook(
+    State(state): State<AppState>,
+    _admin: AdminToken,
+    ApiPath(id): ApiPath,
+) -> Result<StatusCode, ApiError> {
+    if state.storage.delete_webhook(&id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(NO_WEBHOOK) }
+}
+
+#[tracing::instrument(skip_all)]
+async fn test_webhook(
+    State(state): State<AppState>,
+    _admin: AdminToken,
+    ApiPath(id): ApiPath,
+) -> Result<Response, ApiError> {
+    let event_id = state.webhooks.send_test(&id).await?.ok_or(NO_WEBHOOK)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": event_id }))).into_response())
+}
+
+fn delivery_json(d: &WebhookDelivery, attempts: &[WebhookAttempt]) -> Value {
+    json!({
+        "id": d.id,
+        "event_id": d.event_id,
+        "event": d.event,
+        "status": d.status,
+        "attempts": d.attempts,
+        "last_status_code": d.last_status_code,
+        "last_error": d.last_error,
+        "next_attempt_at": d.next_attempt_at.filter(|_| d.status == "pending").map(rfc3339),
+        "created_at": rfc3339(d.created_at),
+        "finished_at": d.finished_at.map(rfc3339),
+        "log": attempts.iter().map(|a| json!({
+            "attempt": a.attempt,
+            "at": rfc3339(a.at),
+            "status_code": a.status_code,
+            "error": a.error,
+            "duration_ms": a.duration_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[tracing::instrument(skip_all)]
+async fn deliveries(
+    State(state): State<AppState>,
+    _admin: AdminToken,
+    ApiPath(id): ApiPath,
+) -> Result<Response, ApiError> {
+    state.storage.webhook(&id).await?.ok_or(NO_WEBHOOK)?;
+    let list = state.storage.deliveries(&id, 100).await?;
+    let list: Vec<Value> = list.iter().map(|(d, a)| delivery_json(d, a)).collect();
+    Ok(Json(json!({ "deliveries": list })).into_response())
 }

@@ -20,6 +20,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
+use crate::domain::audit::{REQUEST, RequestMeta};
 use crate::error::problem;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -34,8 +35,9 @@ pub fn router(state: AppState) -> Router {
         .merge(wellknown::router())
         .merge(ops::router())
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state.clone())
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state, request_meta))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -55,6 +57,24 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         )
+}
+
+/// Makes the request's id, client address and user agent available to the audit records
+/// the request causes.
+async fn request_meta(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+    let meta = RequestMeta {
+        request_id: text(&REQUEST_ID),
+        ip: peer.map(|p| auth::client_ip(p.0.ip(), headers, &state.trusted_proxies).to_string()),
+        user_agent: text(&axum::http::header::USER_AGENT).map(|ua| ua.chars().take(512).collect()),
+    };
+    REQUEST.scope(meta, next.run(request)).await
 }
 
 async fn not_found() -> Response {

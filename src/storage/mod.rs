@@ -2,10 +2,12 @@
 //! makes it atomic in its own way: a PostgreSQL function call, a Redis Lua script, a SQLite
 //! `BEGIN IMMEDIATE` transaction. Nothing outside this module knows which backend runs.
 
+mod events;
 mod models;
 pub mod postgres;
 pub mod redis;
 mod sql_common;
+mod sql_events;
 mod sql_migrate;
 mod sql_sessions;
 pub mod sqlite;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::clock::Millis;
+pub use events::*;
 pub use models::*;
 
 /// Errors of the storage layer.
@@ -132,6 +135,46 @@ pub trait Maintenance {
     async fn purge(&self, policy: &PurgePolicy) -> StorageResult<PurgeReport>;
 }
 
+/// The audit log.
+#[async_trait]
+pub trait AuditStore {
+    /// Appends records (one batch, one round trip where the backend allows).
+    async fn append_audit(&self, records: &[AuditRecord]) -> StorageResult<()>;
+    /// Records matching the query, newest first, at most `limit`.
+    async fn query_audit(&self, query: &AuditQuery) -> StorageResult<Vec<AuditRecord>>;
+}
+
+/// Webhook subscriptions and the durable delivery queue.
+#[async_trait]
+pub trait WebhookStore {
+    async fn create_webhook(&self, subscription: &WebhookSubscription) -> StorageResult<()>;
+    async fn webhooks(&self) -> StorageResult<Vec<WebhookSubscription>>;
+    async fn webhook(&self, id: &str) -> StorageResult<Option<WebhookSubscription>>;
+    /// Deletes a subscription and its deliveries; false when there was none.
+    async fn delete_webhook(&self, id: &str) -> StorageResult<bool>;
+    /// Fans an event out, atomically, to every subscription of its type (or the one named):
+    /// one pending delivery each. Returns how many were queued.
+    async fn enqueue_webhook(&self, event: &WebhookEvent<'_>) -> StorageResult<u64>;
+    /// Claims up to `limit` due deliveries until `lease_until`, starting an attempt of each.
+    /// A claimed delivery is invisible to every other claimer until its lease ends, so no two
+    /// instances deliver the same attempt at once.
+    async fn claim_deliveries(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> StorageResult<Vec<WebhookDelivery>>;
+    /// Logs an attempt and moves its delivery to its next state.
+    async fn finish_attempt(&self, result: &AttemptResult<'_>) -> StorageResult<()>;
+    /// A subscription's newest deliveries with their attempts.
+    async fn deliveries(
+        &self,
+        subscription_id: &str,
+        limit: u32,
+    ) -> StorageResult<Vec<(WebhookDelivery, Vec<WebhookAttempt>)>>;
+    async fn webhook_backlog(&self) -> StorageResult<WebhookBacklog>;
+}
+
 /// Revoked access-token ids, kept until the token would have expired.
 #[async_trait]
 pub trait RevocationStore {
@@ -164,6 +207,8 @@ pub trait Storage:
     + SessionStore
     + DeviceStore
     + RevocationStore
+    + AuditStore
+    + WebhookStore
     + Maintenance
     + Migrations
     + Send

@@ -172,16 +172,39 @@ pub struct LoginOutcome {
 }
 
 /// Rows removed by one purge pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PurgeReport {
     pub sessions: u64,
     pub refresh_tokens: u64,
     pub revocations: u64,
+    pub audit_events: u64,
+    pub webhook_deliveries: u64,
+    /// The deleted sessions that ended by a timeout rather than a revocation.
+    #[serde(skip)]
+    pub expired: Vec<Session>,
 }
 
 impl PurgeReport {
+    /// Whether any kind reached a full batch (so another pass may find more).
+    pub fn full(&self, batch: u32) -> bool {
+        let batch = u64::from(batch);
+        [self.sessions, self.refresh_tokens, self.revocations, self.audit_events, self.webhook_deliveries]
+            .iter()
+            .any(|n| *n >= batch)
+    }
+
+    /// Adds another pass.
+    pub fn add(&mut self, other: PurgeReport) {
+        self.sessions += other.sessions;
+        self.refresh_tokens += other.refresh_tokens;
+        self.revocations += other.revocations;
+        self.audit_events += other.audit_events;
+        self.webhook_deliveries += other.webhook_deliveries;
+        self.expired.extend(other.expired);
+    }
+
     pub fn total(&self) -> u64 {
-        self.sessions + self.refresh_tokens + self.revocations
+        self.sessions + self.refresh_tokens + self.revocations + self.audit_events + self.webhook_deliveries
     }
 }
 
@@ -193,6 +216,8 @@ pub struct PurgePolicy {
     pub ended_before: Millis,
     /// Refresh tokens used before this are forgotten (reuse of them is no longer detected).
     pub used_before: Millis,
+    /// Audit records and finished webhook deliveries older than this are deleted.
+    pub audit_before: Millis,
     /// At most this many rows of each kind per pass.
     pub batch: u32,
 }

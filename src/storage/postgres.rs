@@ -26,6 +26,12 @@ const SCRIPTS: &[Script] = &[
         up: include_str!("../../migrations/postgres/0002_sessions_devices.up.sql"),
         down: include_str!("../../migrations/postgres/0002_sessions_devices.down.sql"),
     },
+    Script {
+        version: 3,
+        description: "audit webhooks",
+        up: include_str!("../../migrations/postgres/0003_audit_webhooks.up.sql"),
+        down: include_str!("../../migrations/postgres/0003_audit_webhooks.down.sql"),
+    },
 ];
 
 /// PostgreSQL storage.
@@ -97,4 +103,4 @@ impl PgStorage {
     }
 }
 
-sql_storage!(PgStorage, "postgres", SCRIPTS);
+sql_storage!(PgStorage, "postgres", SCRIPTS, "FOR UPDATE SKIP LOCKED");

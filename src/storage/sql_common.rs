@@ -16,7 +16,7 @@ pub fn unique(what: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {
 /// pools, a `rotate(&Rotation)` method, `begin_exclusive()` and `begin_for_user(user_id)`
 /// transactions and the migration scripts `$scripts`.
 macro_rules! sql_storage {
-    ($ty:ty, $name:literal, $scripts:expr) => {
+    ($ty:ty, $name:literal, $scripts:expr, $skip_locked:literal) => {
         #[async_trait::async_trait]
         impl $crate::storage::UserStore for $ty {
             async fn create_user(&self, user: &User) -> StorageResult<()> {
@@ -131,6 +131,7 @@ macro_rules! sql_storage {
         }
 
         $crate::storage::sql_sessions::sql_session_stores!($ty);
+        $crate::storage::sql_events::sql_event_stores!($ty, $skip_locked);
 
         #[async_trait::async_trait]
         impl $crate::storage::RevocationStore for $ty {

@@ -266,34 +266,55 @@ macro_rules! sql_session_stores {
         #[async_trait::async_trait]
         impl $crate::storage::Maintenance for $ty {
             async fn purge(&self, p: &PurgePolicy) -> StorageResult<PurgeReport> {
-                let sessions = sqlx::query(
+                let batch = i64::from(p.batch);
+                let deleted: Vec<Session> = sqlx::query_as(
                     "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
-                     WHERE revoked_at <= $1 OR expires_at <= $1 OR idle_expires_at <= $1 LIMIT $2)",
+                     WHERE revoked_at <= $1 OR expires_at <= $1 OR idle_expires_at <= $1 LIMIT $2) \
+                     RETURNING *",
                 )
                 .bind(p.ended_before)
-                .bind(i64::from(p.batch))
-                .execute(self.writer())
-                .await?
-                .rows_affected();
-                let refresh_tokens = sqlx::query(
+                .bind(batch)
+                .fetch_all(self.writer())
+                .await?;
+                let delete = |sql: &'static str, before: Millis| {
+                    sqlx::query(sql).bind(before).bind(batch).execute(self.writer())
+                };
+                let refresh_tokens = delete(
                     "DELETE FROM refresh_tokens WHERE hash IN (SELECT hash FROM refresh_tokens \
                      WHERE used_at <= $1 LIMIT $2)",
+                    p.used_before,
                 )
-                .bind(p.used_before)
-                .bind(i64::from(p.batch))
-                .execute(self.writer())
                 .await?
                 .rows_affected();
-                let revocations = sqlx::query(
+                let revocations = delete(
                     "DELETE FROM revoked_tokens WHERE jti IN (SELECT jti FROM revoked_tokens \
                      WHERE expires_at <= $1 LIMIT $2)",
+                    p.now,
                 )
-                .bind(p.now)
-                .bind(i64::from(p.batch))
-                .execute(self.writer())
                 .await?
                 .rows_affected();
-                Ok(PurgeReport { sessions, refresh_tokens, revocations })
+                let audit_events = delete(
+                    "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
+                     WHERE at < $1 LIMIT $2)",
+                    p.audit_before,
+                )
+                .await?
+                .rows_affected();
+                let webhook_deliveries = delete(
+                    "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries \
+                     WHERE finished_at < $1 LIMIT $2)",
+                    p.audit_before,
+                )
+                .await?
+                .rows_affected();
+                Ok(PurgeReport {
+                    sessions: deleted.len() as u64,
+                    refresh_tokens,
+                    revocations,
+                    audit_events,
+                    webhook_deliveries,
+                    expired: deleted.into_iter().filter(|s| s.revoked_at.is_none()).collect(),
+                })
             }
         }
     };

@@ -26,6 +26,12 @@ const SCRIPTS: &[Script] = &[
         up: include_str!("../../migrations/sqlite/0002_sessions_devices.up.sql"),
         down: include_str!("../../migrations/sqlite/0002_sessions_devices.down.sql"),
     },
+    Script {
+        version: 3,
+        description: "audit webhooks",
+        up: include_str!("../../migrations/sqlite/0003_audit_webhooks.up.sql"),
+        down: include_str!("../../migrations/sqlite/0003_audit_webhooks.down.sql"),
+    },
 ];
 
 /// SQLite storage.
@@ -152,4 +158,4 @@ impl SqliteStorage {
     }
 }
 
-sql_storage!(SqliteStorage, "sqlite", SCRIPTS);
+sql_storage!(SqliteStorage, "sqlite", SCRIPTS, "");

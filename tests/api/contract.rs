@@ -235,13 +235,13 @@ async fn migrations_report_status_and_revert(backend: Backend) {
         assert!(status.iter().all(|m| m.checksum_ok), "{status:?}");
         status.iter().map(|m| m.applied).collect()
     };
-    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, true]);
+    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, true, true]);
     storage.migrate_down(1).await.expect("down one");
-    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, false]);
+    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, true, false]);
     storage.migrate_down(5).await.expect("down all");
-    assert_eq!(applied(storage.migration_status().await.expect("status")), [false, false]);
+    assert_eq!(applied(storage.migration_status().await.expect("status")), [false, false, false]);
     storage.migrate_up().await.expect("up again");
-    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, true]);
+    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, true, true]);
     storage.create_user(&user("after")).await.expect("works after re-migration");
 }
 

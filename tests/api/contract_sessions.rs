@@ -153,14 +153,12 @@ async fn purge_removes_ended_records_and_keeps_live_ones(backend: Backend) {
 
     // At t0 + 8 days the idle session has timed out; the revoked one ended at t0 + 10.
     let now = t0 + 8 * DAY;
-    let policy = PurgePolicy { now, ended_before: now, used_before: now, batch: 1 };
+    let policy = PurgePolicy { now, ended_before: now, used_before: now, audit_before: 0, batch: 1 };
     let mut total = PurgeReport::default();
     for _ in 0..10 {
-        let pass = storage.purge(&policy).await.expect("purge");
-        total.sessions += pass.sessions;
-        total.refresh_tokens += pass.refresh_tokens;
-        total.revocations += pass.revocations;
+        total.add(storage.purge(&policy).await.expect("purge"));
     }
+    assert_eq!(total.expired.len(), 2, "the idle ones expired; the revoked one did not");
     // Every session of this user was idle for 8 days: all three are gone, in batches of one.
     assert_eq!(total.sessions, 3);
     for id in [&revoked.id, &idle.id, &other.id] {
@@ -179,7 +177,7 @@ async fn purge_keeps_live_sessions_and_unexpired_entries(backend: Backend) {
     storage.revoke_session(&ended.id, t0 + 1, "test").await.expect("revoke");
     storage.revoke_access_token("fresh", t0 + DAY).await.expect("revoke");
     let now = t0 + 2;
-    let policy = PurgePolicy { now, ended_before: now, used_before: now, batch: 100 };
+    let policy = PurgePolicy { now, ended_before: now, used_before: now, audit_before: 0, batch: 100 };
     let report = storage.purge(&policy).await.expect("purge");
     assert_eq!(report.sessions, 1);
     assert_eq!(storage.session(&ended.id).await.expect("get"), None);
@@ -213,7 +211,7 @@ async fn purge_forgets_used_refresh_tokens_and_stale_revocations(backend: Backen
     storage.revoke_access_token("stale", t0 + 5).await.expect("revoke");
 
     let now = t0 + 2_000;
-    let policy = PurgePolicy { now, ended_before: now - DAY, used_before: now - 1_000, batch: 100 };
+    let policy = PurgePolicy { now, ended_before: now - DAY, used_before: now - 1_000, audit_before: 0, batch: 100 };
     let report = storage.purge(&policy).await.expect("purge");
     if backend != Backend::Redis {
         // Redis expires these by TTL instead of in the purge pass.

@@ -75,6 +75,12 @@ impl TestDb {
             database_pool_size: 8,
             redis_key_prefix: self.redis_prefix.clone(),
             issuer: Some("http://atoms-auth.test".into()),
+            // Tests receive webhooks on loopback, and retry fast.
+            webhook_allow_private_targets: true,
+            webhook_retry_base_ms: 100,
+            webhook_retry_max_ms: 400,
+            webhook_poll_interval_ms: 25,
+            webhook_timeout_secs: 2,
             ..Config::default()
         }
     }

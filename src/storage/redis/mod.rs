@@ -15,10 +15,11 @@ use async_trait::async_trait;
 
 use super::*;
 
+mod events;
 mod sessions;
 
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Redis storage.
 #[derive(Clone)]
@@ -39,6 +40,11 @@ struct Scripts {
     update_device: Script,
     delete_device: Script,
     purge_sessions: Script,
+    enqueue_webhook: Script,
+    claim_deliveries: Script,
+    finish_attempt: Script,
+    delete_webhook: Script,
+    purge_events: Script,
 }
 
 impl RedisStorage {
@@ -62,6 +68,11 @@ impl RedisStorage {
                 update_device: Script::new(include_str!("update_device.lua")),
                 delete_device: Script::new(include_str!("delete_device.lua")),
                 purge_sessions: Script::new(include_str!("purge_sessions.lua")),
+                enqueue_webhook: Script::new(include_str!("enqueue_webhook.lua")),
+                claim_deliveries: Script::new(include_str!("claim_deliveries.lua")),
+                finish_attempt: Script::new(include_str!("finish_attempt.lua")),
+                delete_webhook: Script::new(include_str!("delete_webhook.lua")),
+                purge_events: Script::new(include_str!("purge_events.lua")),
             }),
         })
     }
@@ -271,6 +282,24 @@ const LAYOUT: &[(i64, &str, &[&str])] = &[
         "sessions devices",
         &["device", "device_fp", "user_devices", "user_sessions", "session_ends"],
     ),
+    (
+        3,
+        "audit webhooks",
+        &[
+            "audit",
+            "audit_all",
+            "audit_user",
+            "audit_event",
+            "webhook",
+            "webhooks",
+            "delivery",
+            "delivery_attempts",
+            "webhook_deliveries",
+            "deliveries_due",
+            "deliveries_finished",
+            "deliveries_failed",
+        ],
+    ),
 ];
 
 impl RedisStorage {
@@ -284,7 +313,8 @@ impl RedisStorage {
         for kind in kinds {
             let pattern = format!("{}:{kind}:*", self.prefix);
             let mut conn = self.conn();
-            let mut keys = Vec::new();
+            // Index keys without an id part are named by the kind alone.
+            let mut keys = vec![format!("{}:{kind}", self.prefix)];
             {
                 let mut iter = conn.scan_match::<_, String>(&pattern).await?;
                 while let Some(key) = iter.next_item().await {

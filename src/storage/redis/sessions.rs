@@ -298,7 +298,7 @@ impl Maintenance for RedisStorage {
     /// Ended sessions go in batches; used refresh tokens and revocation entries carry TTLs, so
     /// Redis removes them by itself.
     async fn purge(&self, p: &PurgePolicy) -> StorageResult<PurgeReport> {
-        let sessions: u64 = self
+        let deleted: Vec<Fields> = self
             .scripts
             .purge_sessions
             .arg(self.script_prefix())
@@ -306,6 +306,22 @@ impl Maintenance for RedisStorage {
             .arg(p.batch)
             .invoke_async(&mut self.conn())
             .await?;
-        Ok(PurgeReport { sessions, ..PurgeReport::default() })
-    }
+        let deleted = sessions_from_maps(&deleted)?;
+        let (audit_events, webhook_deliveries): (u64, u64) = self
+            .scripts
+            .purge_events
+            .arg(self.script_prefix())
+            .arg(super::events::uuid_v7_floor(p.audit_before))
+            .arg(p.audit_before)
+            .arg(p.batch)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(PurgeReport {
+            sessions: deleted.len() as u64,
+            audit_events,
+            webhook_deliveries,
+            expired: deleted.into_iter().filter(|s| s.revoked_at.is_none()).collect(),
+            ..PurgeReport::default()
+        })
+}
 }

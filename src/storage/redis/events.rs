@@ -1,0 +1,267 @@
+//! The audit log and the webhook queue on Redis. Audit records are indexed in sorted sets of
+//! equal scores ordered by member, the UUIDv7 id, so that a lexicographic range is a time
+//! range and a cursor. Deliveries wait in a sorted set scored by when they are due; claiming
+//! one moves its score to the end of its lease.
+
+use async_trait::async_trait;
+use ::redis::AsyncCommands;
+
+use super::{Fields, RedisStorage};
+use crate::clock::Millis;
+use crate::storage::*;
+
+fn field<T: std::str::FromStr>(map: &Fields, name: &str) -> StorageResult<T> {
+    map.get(name).and_then(|v| v.parse().ok()).ok_or_else(|| StorageError::Corrupt(format!("field {name}")))
+}
+
+fn optional<T: std::str::FromStr>(map: &Fields, name: &str) -> Option<T> {
+    map.get(name).and_then(|v| v.parse().ok())
+}
+
+fn delivery_from_map(map: &Fields) -> StorageResult<WebhookDelivery> {
+    Ok(WebhookDelivery {
+        id: field(map, "id")?,
+        subscription_id: field(map, "subscription_id")?,
+        event_id: field(map, "event_id")?,
+        event: field(map, "event")?,
+        payload: field(map, "payload")?,
+        status: field(map, "status")?,
+        attempts: field(map, "attempts")?,
+        next_attempt_at: optional(map, "next_attempt_at"),
+        locked_until: optional(map, "locked_until"),
+        last_status_code: optional(map, "last_status_code"),
+        last_error: optional(map, "last_error"),
+        created_at: field(map, "created_at")?,
+        finished_at: optional(map, "finished_at"),
+    })
+}
+
+fn json<T: serde::Serialize>(value: &T) -> StorageResult<String> {
+    serde_json::to_string(value).map_err(|e| StorageError::Corrupt(e.to_string()))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(raw: &str) -> StorageResult<T> {
+    serde_json::from_str(raw).map_err(|e| StorageError::Corrupt(e.to_string()))
+}
+
+/// The smallest UUIDv7 string of millisecond `ms`: ids below it are older.
+pub(super) fn uuid_v7_floor(ms: Millis) -> String {
+    let hex = format!("{:012x}", ms.max(0));
+    format!("{}-{}-0000-0000-000000000000", &hex[..8], &hex[8..12])
+}
+
+#[async_trait]
+impl AuditStore for RedisStorage {
+    async fn append_audit(&self, records: &[AuditRecord]) -> StorageResult<()> {
+        for chunk in records.chunks(500) {
+            let mut pipe = ::redis::pipe();
+            for r in chunk {
+                pipe.set(self.key("audit", &r.id), json(r)?).ignore();
+                pipe.zadd(self.key("audit_all", "ids"), &r.id, 0).ignore();
+                pipe.zadd(self.key("audit_event", &r.event), &r.id, 0).ignore();
+                if let Some(user_id) = &r.user_id {
+                    pipe.zadd(self.key("audit_user", user_id), &r.id, 0).ignore();
+                }
+            }
+            let _: () = pipe.query_async(&mut self.conn()).await?;
+        }
+        Ok(())
+    }
+
+    async fn query_audit(&self, q: &AuditQuery) -> StorageResult<Vec<AuditRecord>> {
+        let index = match (&q.user_id, &q.event) {
+            (Some(user_id), _) => self.key("audit_user", user_id),
+            (None, Some(event)) => self.key("audit_event", event),
+            (None, None) => self.key("audit_all", "ids"),
+        };
+        // Lexicographic bounds: "[x" includes x, "(x" excludes it.
+        let mut low = q.since.map(|s| format!("[{}", uuid_v7_floor(s))).unwrap_or_else(|| "-".into());
+        let mut high = q.until.map(|u| format!("({}", uuid_v7_floor(u))).unwrap_or_else(|| "+".into());
+        if let Some(cursor) = &q.cursor {
+            if q.ascending {
+                if low == "-" || cursor.as_str() >= &low[1..] {
+                    low = format!("({cursor}");
+                }
+            } else if high == "+" || cursor.as_str() < &high[1..] {
+                high = format!("({cursor}");
+            }
+        }
+        let (command, first, second) =
+            if q.ascending { ("ZRANGEBYLEX", &low, &high) } else { ("ZREVRANGEBYLEX", &high, &low) };
+        let want = q.limit as usize;
+        let page = (want * 2).clamp(50, 1000) as isize;
+        let mut found = Vec::new();
+        let mut offset = 0isize;
+        while found.len() < want {
+            let ids: Vec<String> = ::redis::cmd(command)
+                .arg(&index)
+                .arg(first)
+                .arg(second)
+                .arg("LIMIT")
+                .arg(offset)
+                .arg(page)
+                .query_async(&mut self.conn())
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            offset += ids.len() as isize;
+            let keys: Vec<String> = ids.iter().map(|id| self.key("audit", id)).collect();
+            let raws: Vec<Option<String>> = self.conn().mget(&keys).await?;
+            for raw in raws.into_iter().flatten() {
+                let record: AuditRecord = parse(&raw)?;
+                if q.matches(&record) && found.len() < want {
+                    found.push(record);
+                }
+            }
+            if (ids.len() as isize) < page {
+                break;
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl WebhookStore for RedisStorage {
+    async fn create_webhook(&self, w: &WebhookSubscription) -> StorageResult<()> {
+        let created: Option<String> = ::redis::cmd("SET")
+            .arg(self.key("webhook", &w.id))
+            .arg(json(w)?)
+            .arg("NX")
+            .query_async(&mut self.conn())
+            .await?;
+        if created.is_none() {
+            return Err(StorageError::Conflict("webhook"));
+        }
+        let _: () = self.conn().sadd(self.key("webhooks", "all"), &w.id).await?;
+        Ok(())
+    }
+
+    async fn webhooks(&self) -> StorageResult<Vec<WebhookSubscription>> {
+        let ids: Vec<String> = self.conn().smembers(self.key("webhooks", "all")).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.key("webhook", id)).collect();
+        let raws: Vec<Option<String>> = self.conn().mget(&keys).await?;
+        let mut subs: Vec<WebhookSubscription> =
+            raws.iter().flatten().map(|raw| parse(raw)).collect::<StorageResult<_>>()?;
+        subs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(subs)
+    }
+
+    async fn webhook(&self, id: &str) -> StorageResult<Option<WebhookSubscription>> {
+        let raw: Option<String> = self.conn().get(self.key("webhook", id)).await?;
+        raw.map(|r| parse(&r)).transpose()
+    }
+
+    async fn delete_webhook(&self, id: &str) -> StorageResult<bool> {
+        let done: i64 = self
+            .scripts
+            .delete_webhook
+            .arg(self.script_prefix())
+            .arg(id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn enqueue_webhook(&self, e: &WebhookEvent<'_>) -> StorageResult<u64> {
+        Ok(self
+            .scripts
+            .enqueue_webhook
+            .arg(self.script_prefix())
+            .arg(e.id)
+            .arg(e.event)
+            .arg(e.payload)
+            .arg(e.now)
+            .arg(e.only_subscription.unwrap_or_default())
+            .invoke_async(&mut self.conn())
+            .await?)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> StorageResult<Vec<WebhookDelivery>> {
+        let claimed: Vec<Fields> = self
+            .scripts
+            .claim_deliveries
+            .arg(self.script_prefix())
+            .arg(now)
+            .arg(lease_until)
+            .arg(limit)
+            .invoke_async(&mut self.conn())
+            .await?;
+        claimed.iter().map(delivery_from_map).collect()
+    }
+
+    async fn finish_attempt(&self, r: &AttemptResult<'_>) -> StorageResult<()> {
+        let a = r.attempt;
+        let _: i64 = self
+            .scripts
+            .finish_attempt
+            .arg(self.script_prefix())
+            .arg(&a.delivery_id)
+            .arg(r.status)
+            .arg(r.next_attempt_at.map(|n| n.to_string()).unwrap_or_default())
+            .arg(a.status_code.map(|c| c.to_string()).unwrap_or_default())
+            .arg(a.error.clone().unwrap_or_default())
+            .arg(json(a)?)
+            .arg(a.at)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn deliveries(
+        &self,
+        subscription_id: &str,
+        limit: u32,
+    ) -> StorageResult<Vec<(WebhookDelivery, Vec<WebhookAttempt>)>> {
+        let ids: Vec<String> = self
+            .conn()
+            .zrevrange(self.key("webhook_deliveries", subscription_id), 0, limit as isize - 1)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for id in &ids {
+            pipe.hgetall(self.key("delivery", id));
+            pipe.lrange(self.key("delivery_attempts", id), 0, -1);
+        }
+        let rows: Vec<(Fields, Vec<String>)> = {
+            let flat: Vec<::redis::Value> = pipe.query_async(&mut self.conn()).await?;
+            let mut rows = Vec::with_capacity(ids.len());
+            let mut values = flat.into_iter();
+            while let (Some(hash), Some(list)) = (values.next(), values.next()) {
+                let corrupt = |e: ::redis::ParsingError| StorageError::Corrupt(e.to_string());
+                rows.push((
+                    ::redis::from_redis_value(hash).map_err(corrupt)?,
+                    ::redis::from_redis_value(list).map_err(corrupt)?,
+                ));
+            }
+            rows
+        };
+        rows.iter()
+            .filter(|(hash, _)| !hash.is_empty())
+            .map(|(hash, attempts)| {
+                let attempts = attempts.iter().map(|a| parse(a)).collect::<StorageResult<_>>()?;
+                Ok((delivery_from_map(hash)?, attempts))
+            })
+            .collect()
+    }
+
+    async fn webhook_backlog(&self) -> StorageResult<WebhookBacklog> {
+        let (pending, failed): (u64, u64) = ::redis::pipe()
+            .zcard(self.key("deliveries_due", "all"))
+            .zcard(self.key("deliveries_failed", "all"))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(WebhookBacklog { pending, failed })
+    }
+}
