@@ -6,9 +6,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::clock::{Clock, Millis, SystemClock};
+use crate::config::Config;
 use crate::domain::audit::{entry, events, record_json};
 use crate::domain::keys::key_rotated;
-use crate::config::Config;
 use crate::domain::secrets::{Secret, hash_password};
 use crate::domain::tokens::GRANT_TYPES;
 use crate::storage::{AuditQuery, Client, MigrationStatus, User};
@@ -165,7 +165,9 @@ pub async fn export_audit(
         }
         written += page.len() as u64;
         match page.last() {
-            Some(last) if page.len() == query.limit as usize => query.cursor = Some(last.id.clone()),
+            Some(last) if page.len() == query.limit as usize => {
+                query.cursor = Some(last.id.clone())
+            }
             _ => break,
         }
     }

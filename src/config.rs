@@ -53,6 +53,11 @@ pub struct Config {
     pub client_cache_ttl_secs: u64,
     /// Peers whose `X-Forwarded-For` is believed: comma-separated addresses or CIDR ranges.
     pub trusted_proxies: String,
+    /// Failed logins within `lockout_window_secs` that lock an account (0 disables).
+    pub lockout_threshold: i32,
+    pub lockout_window_secs: u64,
+    /// How long a locked account stays locked.
+    pub lockout_duration_secs: u64,
     /// Audit records (and finished webhook deliveries) are kept this long.
     pub audit_retention_secs: u64,
     /// Timeout of one webhook delivery attempt.
@@ -101,6 +106,9 @@ impl Default for Config {
             purge_batch: 1000,
             client_cache_ttl_secs: 30,
             trusted_proxies: String::new(),
+            lockout_threshold: 5,
+            lockout_window_secs: 15 * 60,
+            lockout_duration_secs: 15 * 60,
             audit_retention_secs: 30 * 24 * 3600,
             webhook_timeout_secs: 10,
             webhook_concurrency: 16,

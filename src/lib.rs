@@ -24,9 +24,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::domain::audit::Audit;
 use crate::domain::keys::KeyManager;
-use crate::domain::webhooks::{WebhookSettings, Webhooks};
 use crate::domain::sessions::{PurgeSettings, SessionService};
 use crate::domain::tokens::{TokenPolicy, TokenService};
+use crate::domain::webhooks::{WebhookSettings, Webhooks};
 use crate::storage::{ConnectOptions, Storage};
 
 pub use http::router;
@@ -127,6 +127,9 @@ impl App {
             reuse_window_ms: secs_to_ms(config.refresh_reuse_window_secs)
                 .max(secs_to_ms(config.refresh_grace_secs)),
             client_cache_ttl_ms: secs_to_ms(config.client_cache_ttl_secs),
+            lockout_threshold: config.lockout_threshold,
+            lockout_window_ms: secs_to_ms(config.lockout_window_secs),
+            lockout_ms: secs_to_ms(config.lockout_duration_secs),
         };
         let purge = PurgeSettings {
             ended_retention_ms: secs_to_ms(config.ended_session_retention_secs),

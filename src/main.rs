@@ -188,7 +188,12 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", commands::create_client(&config, new).await?);
         }
         Command::Audit { action: Audit::Export { since, until, event, user_id, output } } => {
-            let export = AuditExport { since: parse_time(since)?, until: parse_time(until)?, event, user_id };
+            let export = AuditExport {
+                since: parse_time(since)?,
+                until: parse_time(until)?,
+                event,
+                user_id,
+            };
             let mut out: Box<dyn std::io::Write + Send> = match output {
                 Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout())),

@@ -1,3 +1,4 @@
+DROP TABLE IF EXISTS login_failures;
 DROP TABLE IF EXISTS webhook_attempts;
 DROP TABLE IF EXISTS webhook_deliveries;
 DROP TABLE IF EXISTS webhook_subscriptions;

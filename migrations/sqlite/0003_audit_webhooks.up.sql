@@ -53,3 +53,11 @@ CREATE TABLE webhook_attempts (
     duration_ms INTEGER NOT NULL,
     PRIMARY KEY (delivery_id, attempt)
 );
+
+-- Failed logins per account, for the lockout.
+CREATE TABLE login_failures (
+    user_id      TEXT PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    failures     INTEGER NOT NULL,
+    window_start INTEGER NOT NULL,
+    locked_until INTEGER
+);

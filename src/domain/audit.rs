@@ -76,7 +76,14 @@ pub struct Entry {
 
 /// Starts a record of `event`.
 pub fn entry(event: &'static str) -> Entry {
-    Entry { event, actor: None, user_id: None, session_id: None, client_id: None, details: Map::new() }
+    Entry {
+        event,
+        actor: None,
+        user_id: None,
+        session_id: None,
+        client_id: None,
+        details: Map::new(),
+    }
 }
 
 impl Entry {
@@ -156,7 +163,11 @@ pub struct Audit {
 
 impl Audit {
     /// Starts the background writer.
-    pub fn start(storage: Arc<dyn Storage>, clock: Arc<dyn Clock>, webhooks: Arc<Webhooks>) -> Self {
+    pub fn start(
+        storage: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+        webhooks: Arc<Webhooks>,
+    ) -> Self {
         let (sender, receiver) = mpsc::channel(65_536);
         let writer = tokio::spawn(write_batches(storage, receiver));
         Self { sender, clock, webhooks, writer: Mutex::new(Some(writer)) }

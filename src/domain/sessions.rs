@@ -194,7 +194,8 @@ impl SessionService {
 
     /// Deletes a device and ends its sessions; `None` when the user has no such device.
     pub async fn delete_device(&self, user_id: &str, id: &str) -> StorageResult<Option<usize>> {
-        let Some(ended) = self.storage.delete_device(user_id, id, self.clock.now_ms()).await? else {
+        let Some(ended) = self.storage.delete_device(user_id, id, self.clock.now_ms()).await?
+        else {
             return Ok(None);
         };
         self.audit_ended(&ended, &format!("user:{user_id}")).await?;

@@ -15,7 +15,9 @@ use super::keys::{KeyManager, b64};
 use super::secrets::{Secret, verify_password};
 use crate::clock::{Clock, Millis, rfc3339};
 use crate::error::OAuthError;
-use crate::storage::{Client, Login, Rotation, RotationOutcome, Session, Storage, revoke_reason};
+use crate::storage::{
+    Client, LockoutPolicy, Login, Rotation, RotationOutcome, Session, Storage, User, revoke_reason,
+};
 
 /// The longest a revoked access-token id is kept.
 const MAX_REVOCATION_MS: Millis = 7 * 24 * 3600 * 1000;
@@ -64,6 +66,10 @@ pub struct TokenPolicy {
     pub reuse_window_ms: Millis,
     /// How long a client record is cached.
     pub client_cache_ttl_ms: Millis,
+    /// Failed logins that lock an account (0: never), within `lockout_window_ms`.
+    pub lockout_threshold: i32,
+    pub lockout_window_ms: Millis,
+    pub lockout_ms: Millis,
 }
 
 /// The token rules over storage, keys and a clock.
@@ -157,9 +163,22 @@ impl TokenService {
             }
             e
         };
-        if !verify_password(password, hash).await {
-            let reason = if user.is_some() { "wrong_password" } else { "unknown_user" };
+        let now = self.clock.now_ms();
+        // A locked account answers like a wrong password, so locks reveal no account.
+        let locked = match (&user, self.policy.lockout_threshold > 0) {
+            (Some(u), true) => self.storage.locked_until(&u.id, now).await?,
+            _ => None,
+        };
+        if locked.is_some() || !verify_password(password, hash).await {
+            let reason = match (&user, locked) {
+                (None, _) => "unknown_user",
+                (Some(_), Some(_)) => "locked",
+                (Some(_), None) => "wrong_password",
+            };
             self.audit.record(failed(reason)).await?;
+            if let (Some(u), None) = (&user, locked) {
+                self.count_failure(u, client).await?;
+            }
             return Err(OAuthError::InvalidGrant("invalid username or password"));
         }
         let user = user.clone().ok_or(OAuthError::InvalidGrant("invalid username or password"))?;
@@ -167,7 +186,9 @@ impl TokenService {
             self.audit.record(failed("disabled")).await?;
             return Err(OAuthError::InvalidGrant("the account is disabled"));
         }
-        let now = self.clock.now_ms();
+        if self.policy.lockout_threshold > 0 {
+            self.storage.clear_login_failures(&user.id).await?;
+        }
         let expires_at = now + self.policy.session_lifetime_ms;
         let session = Session {
             id: Uuid::now_v7().to_string(),
@@ -223,6 +244,31 @@ impl TokenService {
             .detail("scope", scope.as_str());
         self.audit.record(issued).await?;
         self.respond(&user.id, client, scope, Some(&session.id), refresh)
+    }
+
+    /// Counts a failed login; the failure that reaches the threshold locks the account.
+    async fn count_failure(&self, user: &User, client: &Client) -> Result<(), OAuthError> {
+        if self.policy.lockout_threshold <= 0 {
+            return Ok(());
+        }
+        let policy = LockoutPolicy {
+            now: self.clock.now_ms(),
+            window_ms: self.policy.lockout_window_ms,
+            threshold: self.policy.lockout_threshold,
+            lock_ms: self.policy.lockout_ms,
+        };
+        if let Some(until) = self.storage.record_login_failure(&user.id, &policy).await? {
+            tracing::warn!(user_id = %user.id, "account locked after repeated login failures");
+            let locked = entry(events::USER_LOCKED)
+                .actor("system")
+                .user(&user.id)
+                .client(&client.client_id)
+                .detail("username", user.username.as_str())
+                .detail("failures", policy.threshold)
+                .detail("locked_until", rfc3339(until));
+            self.audit.record(locked).await?;
+        }
+        Ok(())
     }
 
     /// The `client_credentials` grant (RFC 6749 §4.4): confidential clients only.

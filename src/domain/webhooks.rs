@@ -23,13 +23,18 @@ use uuid::Uuid;
 
 use crate::clock::{Clock, Millis, SystemClock, rfc3339};
 use crate::storage::{
-    AttemptResult, AuditRecord, Storage, StorageError, StorageResult, WebhookAttempt, WebhookDelivery,
-    WebhookEvent, WebhookSubscription, delivery_status,
+    AttemptResult, AuditRecord, Storage, StorageError, StorageResult, WebhookAttempt,
+    WebhookDelivery, WebhookEvent, WebhookSubscription, delivery_status,
 };
 
 /// The events a subscription may ask for.
-pub const EVENTS: [&str; 5] =
-    ["session.created", "session.revoked", "token.reuse_detected", "device.registered", "user.locked"];
+pub const EVENTS: [&str; 5] = [
+    "session.created",
+    "session.revoked",
+    "token.reuse_detected",
+    "device.registered",
+    "user.locked",
+];
 
 /// The event `POST /admin/webhooks/{id}/test` sends.
 pub const TEST_EVENT: &str = "webhook.test";
@@ -132,19 +137,29 @@ impl Webhooks {
             .map_err(|_| invalid("the url's host does not resolve"))?;
         for addr in addrs {
             if !is_public(addr.ip()) {
-                return Err(invalid("the url resolves to a loopback, private or link-local address"));
+                return Err(invalid(
+                    "the url resolves to a loopback, private or link-local address",
+                ));
             }
         }
         Ok(parsed)
     }
 
     /// Creates a subscription with a new signing secret.
-    pub async fn create(&self, url: &str, events: &[String], now: Millis) -> Result<WebhookSubscription, WebhookError> {
+    pub async fn create(
+        &self,
+        url: &str,
+        events: &[String],
+        now: Millis,
+    ) -> Result<WebhookSubscription, WebhookError> {
         if events.is_empty() {
             return Err(WebhookError::Invalid("events must name at least one event".into()));
         }
         if let Some(unknown) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
-            return Err(WebhookError::Invalid(format!("unknown event {unknown}; known: {}", EVENTS.join(", "))));
+            return Err(WebhookError::Invalid(format!(
+                "unknown event {unknown}; known: {}",
+                EVENTS.join(", ")
+            )));
         }
         if url.len() > 2048 {
             return Err(WebhookError::Invalid("the url is too long".into()));
@@ -182,7 +197,8 @@ impl Webhooks {
                 data[key] = json!(value);
             }
         }
-        let payload = json!({ "type": record.event, "timestamp": rfc3339(record.at), "data": data });
+        let payload =
+            json!({ "type": record.event, "timestamp": rfc3339(record.at), "data": data });
         let event = WebhookEvent {
             id: &record.id,
             event: &record.event,
@@ -218,7 +234,10 @@ impl Webhooks {
     }
 
     /// Works the queue until `stop`, then lets in-flight deliveries finish.
-    pub fn spawn_deliverer(self: Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_deliverer(
+        self: Arc<Self>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 let worked = match self.deliver_due().await {
@@ -264,7 +283,11 @@ impl Webhooks {
         Ok(count)
     }
 
-    async fn deliver(&self, d: WebhookDelivery, subscription: Option<&WebhookSubscription>) -> StorageResult<()> {
+    async fn deliver(
+        &self,
+        d: WebhookDelivery,
+        subscription: Option<&WebhookSubscription>,
+    ) -> StorageResult<()> {
         let started = Instant::now();
         let at = SystemClock.now_ms();
         let (status_code, error, permanent) = match subscription {
@@ -288,11 +311,17 @@ impl Webhooks {
             (delivery_status::PENDING, Some(SystemClock.now_ms() + self.backoff(d.attempts)))
         };
         tracing::debug!(delivery = %d.id, attempt = d.attempts, status, ?status_code, "webhook attempt");
-        self.storage.finish_attempt(&AttemptResult { attempt: &attempt, status, next_attempt_at: next }).await
+        self.storage
+            .finish_attempt(&AttemptResult { attempt: &attempt, status, next_attempt_at: next })
+            .await
     }
 
     /// Sends one attempt: (status code, error, whether retrying is pointless).
-    async fn post(&self, s: &WebhookSubscription, d: &WebhookDelivery) -> (Option<i32>, Option<String>, bool) {
+    async fn post(
+        &self,
+        s: &WebhookSubscription,
+        d: &WebhookDelivery,
+    ) -> (Option<i32>, Option<String>, bool) {
         if let Err(e) = self.check_target(&s.url).await {
             return (None, Some(e.to_string()), true);
         }
@@ -318,7 +347,11 @@ impl Webhooks {
                 // 410 Gone: the receiver asks not to be sent this again.
                 (Some(i32::from(code)), error, code == 410)
             }
-            Err(e) => (None, Some(if e.is_timeout() { "timed out".to_owned() } else { e.to_string() }), false),
+            Err(e) => (
+                None,
+                Some(if e.is_timeout() { "timed out".to_owned() } else { e.to_string() }),
+                false,
+            ),
         }
     }
 
@@ -348,7 +381,19 @@ mod tests {
 
     #[test]
     fn private_and_special_addresses_are_not_public() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(!is_public(ip.parse().expect("ip")), "{ip}");
         }
         for ip in ["93.184.216.34", "2606:4700::1111"] {

@@ -74,8 +74,10 @@ async fn end_sessions(
 ) -> Result<Response, ApiError> {
     let except = query.except_current.then_some(user.session_id.as_str());
     let actor = format!("user:{}", user.user_id);
-    let ended =
-        state.sessions.end_all(&user.user_id, except, revoke_reason::REVOKED_BY_USER, &actor).await?;
+    let ended = state
+        .sessions
+        .end_all(&user.user_id, except, revoke_reason::REVOKED_BY_USER, &actor)
+        .await?;
     Ok(Json(json!({ "revoked": ended })).into_response())
 }
 

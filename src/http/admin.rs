@@ -81,7 +81,10 @@ async fn audit(
         Some("asc") => true,
         Some(_) => return Err(ApiError::BadRequest("order must be asc or desc".into())),
     };
-    if [&p.user_id, &p.event, &p.cursor].iter().any(|v| v.as_ref().is_some_and(|v| v.contains('\0'))) {
+    if [&p.user_id, &p.event, &p.cursor]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| v.contains('\0')))
+    {
         return Err(ApiError::BadRequest("parameters must not contain NUL".into()));
     }
     let query = AuditQuery {
@@ -94,7 +97,8 @@ async fn audit(
         limit,
     };
     let records = state.storage.query_audit(&query).await?;
-    let next_cursor = (records.len() == limit as usize).then(|| records.last().map(|r| r.id.clone()));
+    let next_cursor =
+        (records.len() == limit as usize).then(|| records.last().map(|r| r.id.clone()));
     let events: Vec<Value> = records.iter().map(record_json).collect();
     Ok(Json(json!({ "events": events, "next_cursor": next_cursor.flatten() })).into_response())
 }
@@ -133,7 +137,10 @@ async fn create_webhook(
 }
 
 #[tracing::instrument(skip_all)]
-async fn list_webhooks(State(state): State<AppState>, _admin: AdminToken) -> Result<Response, ApiError> {
+async fn list_webhooks(
+    State(state): State<AppState>,
+    _admin: AdminToken,
+) -> Result<Response, ApiError> {
     let list: Vec<Value> = state.storage.webhooks().await?.iter().map(subscription_json).collect();
     Ok(Json(json!({ "webhooks": list })).into_response())
 }
@@ -156,7 +163,11 @@ async fn delete_webhook(
     _admin: AdminToken,
     ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
-    if state.storage.delete_webhook(&id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(NO_WEBHOOK) }
+    if state.storage.delete_webhook(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(NO_WEBHOOK)
+    }
 }
 
 #[tracing::instrument(skip_all)]

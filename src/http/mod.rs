@@ -67,7 +67,8 @@ async fn request_meta(
     next: axum::middleware::Next,
 ) -> Response {
     let headers = request.headers();
-    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let text =
+        |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
     let meta = RequestMeta {
         request_id: text(&REQUEST_ID),

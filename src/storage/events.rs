@@ -44,7 +44,10 @@ impl AuditQuery {
             && self.event.as_ref().is_none_or(|e| &r.event == e)
             && self.since.is_none_or(|s| r.at >= s)
             && self.until.is_none_or(|u| r.at < u)
-            && self.cursor.as_ref().is_none_or(|c| if self.ascending { r.id > *c } else { r.id < *c })
+            && self
+                .cursor
+                .as_ref()
+                .is_none_or(|c| if self.ascending { r.id > *c } else { r.id < *c })
     }
 }
 

@@ -135,6 +135,22 @@ pub trait Maintenance {
     async fn purge(&self, policy: &PurgePolicy) -> StorageResult<PurgeReport>;
 }
 
+/// Failed logins per account, for the lockout.
+#[async_trait]
+pub trait LockoutStore {
+    /// Until when the account is locked, if it is at `now`.
+    async fn locked_until(&self, user_id: &str, now: Millis) -> StorageResult<Option<Millis>>;
+    /// Counts a failed login, atomically. When it reaches the threshold the account is locked
+    /// and the lock's end is returned (by exactly one of several concurrent failures).
+    async fn record_login_failure(
+        &self,
+        user_id: &str,
+        policy: &LockoutPolicy,
+    ) -> StorageResult<Option<Millis>>;
+    /// Forgets the failures of an account (after a successful login).
+    async fn clear_login_failures(&self, user_id: &str) -> StorageResult<()>;
+}
+
 /// The audit log.
 #[async_trait]
 pub trait AuditStore {
@@ -207,6 +223,7 @@ pub trait Storage:
     + SessionStore
     + DeviceStore
     + RevocationStore
+    + LockoutStore
     + AuditStore
     + WebhookStore
     + Maintenance

@@ -188,9 +188,15 @@ impl PurgeReport {
     /// Whether any kind reached a full batch (so another pass may find more).
     pub fn full(&self, batch: u32) -> bool {
         let batch = u64::from(batch);
-        [self.sessions, self.refresh_tokens, self.revocations, self.audit_events, self.webhook_deliveries]
-            .iter()
-            .any(|n| *n >= batch)
+        [
+            self.sessions,
+            self.refresh_tokens,
+            self.revocations,
+            self.audit_events,
+            self.webhook_deliveries,
+        ]
+        .iter()
+        .any(|n| *n >= batch)
     }
 
     /// Adds another pass.
@@ -204,8 +210,24 @@ impl PurgeReport {
     }
 
     pub fn total(&self) -> u64 {
-        self.sessions + self.refresh_tokens + self.revocations + self.audit_events + self.webhook_deliveries
+        self.sessions
+            + self.refresh_tokens
+            + self.revocations
+            + self.audit_events
+            + self.webhook_deliveries
     }
+}
+
+/// When failed logins lock an account.
+#[derive(Debug, Clone, Copy)]
+pub struct LockoutPolicy {
+    pub now: Millis,
+    /// Failures within this window count together.
+    pub window_ms: Millis,
+    /// Failures that lock the account.
+    pub threshold: i32,
+    /// How long the lock lasts.
+    pub lock_ms: Millis,
 }
 
 /// What the purge job removes.

@@ -134,6 +134,65 @@ macro_rules! sql_storage {
         $crate::storage::sql_events::sql_event_stores!($ty, $skip_locked);
 
         #[async_trait::async_trait]
+        impl $crate::storage::LockoutStore for $ty {
+            async fn locked_until(&self, user_id: &str, now: Millis) -> StorageResult<Option<Millis>> {
+                let until: Option<Option<Millis>> = sqlx::query_scalar(
+                    "SELECT locked_until FROM login_failures WHERE user_id = $1 AND locked_until > $2",
+                )
+                .bind(user_id)
+                .bind(now)
+                .fetch_optional(self.reader())
+                .await?;
+                Ok(until.flatten())
+            }
+
+            async fn record_login_failure(
+                &self,
+                user_id: &str,
+                p: &$crate::storage::LockoutPolicy,
+            ) -> StorageResult<Option<Millis>> {
+                let failures: i32 = sqlx::query_scalar(
+                    "INSERT INTO login_failures (user_id, failures, window_start) VALUES ($1, 1, $2) \
+                     ON CONFLICT (user_id) DO UPDATE SET \
+                     failures = CASE WHEN login_failures.window_start <= $3 THEN 1 \
+                     ELSE login_failures.failures + 1 END, \
+                     window_start = CASE WHEN login_failures.window_start <= $3 THEN $2 \
+                     ELSE login_failures.window_start END \
+                     RETURNING failures",
+                )
+                .bind(user_id)
+                .bind(p.now)
+                .bind(p.now - p.window_ms)
+                .fetch_one(self.writer())
+                .await?;
+                if failures < p.threshold {
+                    return Ok(None);
+                }
+                let until = p.now + p.lock_ms;
+                let locked = sqlx::query(
+                    "UPDATE login_failures SET locked_until = $1, failures = 0, window_start = $2 \
+                     WHERE user_id = $3 AND failures >= $4 \
+                     AND (locked_until IS NULL OR locked_until <= $2)",
+                )
+                .bind(until)
+                .bind(p.now)
+                .bind(user_id)
+                .bind(p.threshold)
+                .execute(self.writer())
+                .await?;
+                Ok((locked.rows_affected() > 0).then_some(until))
+            }
+
+            async fn clear_login_failures(&self, user_id: &str) -> StorageResult<()> {
+                sqlx::query("DELETE FROM login_failures WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
         impl $crate::storage::RevocationStore for $ty {
             async fn revoke_access_token(
                 &self,

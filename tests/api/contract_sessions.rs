@@ -153,7 +153,8 @@ async fn purge_removes_ended_records_and_keeps_live_ones(backend: Backend) {
 
     // At t0 + 8 days the idle session has timed out; the revoked one ended at t0 + 10.
     let now = t0 + 8 * DAY;
-    let policy = PurgePolicy { now, ended_before: now, used_before: now, audit_before: 0, batch: 1 };
+    let policy =
+        PurgePolicy { now, ended_before: now, used_before: now, audit_before: 0, batch: 1 };
     let mut total = PurgeReport::default();
     for _ in 0..10 {
         total.add(storage.purge(&policy).await.expect("purge"));
@@ -177,7 +178,8 @@ async fn purge_keeps_live_sessions_and_unexpired_entries(backend: Backend) {
     storage.revoke_session(&ended.id, t0 + 1, "test").await.expect("revoke");
     storage.revoke_access_token("fresh", t0 + DAY).await.expect("revoke");
     let now = t0 + 2;
-    let policy = PurgePolicy { now, ended_before: now, used_before: now, audit_before: 0, batch: 100 };
+    let policy =
+        PurgePolicy { now, ended_before: now, used_before: now, audit_before: 0, batch: 100 };
     let report = storage.purge(&policy).await.expect("purge");
     assert_eq!(report.sessions, 1);
     assert_eq!(storage.session(&ended.id).await.expect("get"), None);
@@ -211,7 +213,13 @@ async fn purge_forgets_used_refresh_tokens_and_stale_revocations(backend: Backen
     storage.revoke_access_token("stale", t0 + 5).await.expect("revoke");
 
     let now = t0 + 2_000;
-    let policy = PurgePolicy { now, ended_before: now - DAY, used_before: now - 1_000, audit_before: 0, batch: 100 };
+    let policy = PurgePolicy {
+        now,
+        ended_before: now - DAY,
+        used_before: now - 1_000,
+        audit_before: 0,
+        batch: 100,
+    };
     let report = storage.purge(&policy).await.expect("purge");
     if backend != Backend::Redis {
         // Redis expires these by TTL instead of in the purge pass.

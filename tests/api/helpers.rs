@@ -396,3 +396,14 @@ impl TestApp {
         answer(request.send().await.expect("request")).await
     }
 }
+
+/// The test clock's time, in RFC 3339.
+pub trait ClockExt {
+    fn now_rfc3339(&self) -> String;
+}
+
+impl ClockExt for ManualClock {
+    fn now_rfc3339(&self) -> String {
+        atoms_auth::clock::rfc3339(self.now_ms())
+    }
+}

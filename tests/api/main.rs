@@ -1,6 +1,7 @@
 //! The integration suite: one binary, every test against its own server and database.
 
 mod account;
+mod audit;
 mod cli;
 mod contract;
 mod contract_sessions;

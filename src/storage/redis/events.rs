@@ -3,15 +3,17 @@
 //! range and a cursor. Deliveries wait in a sorted set scored by when they are due; claiming
 //! one moves its score to the end of its lease.
 
-use async_trait::async_trait;
 use ::redis::AsyncCommands;
+use async_trait::async_trait;
 
 use super::{Fields, RedisStorage};
 use crate::clock::Millis;
 use crate::storage::*;
 
 fn field<T: std::str::FromStr>(map: &Fields, name: &str) -> StorageResult<T> {
-    map.get(name).and_then(|v| v.parse().ok()).ok_or_else(|| StorageError::Corrupt(format!("field {name}")))
+    map.get(name)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| StorageError::Corrupt(format!("field {name}")))
 }
 
 fn optional<T: std::str::FromStr>(map: &Fields, name: &str) -> Option<T> {
@@ -75,8 +77,10 @@ impl AuditStore for RedisStorage {
             (None, None) => self.key("audit_all", "ids"),
         };
         // Lexicographic bounds: "[x" includes x, "(x" excludes it.
-        let mut low = q.since.map(|s| format!("[{}", uuid_v7_floor(s))).unwrap_or_else(|| "-".into());
-        let mut high = q.until.map(|u| format!("({}", uuid_v7_floor(u))).unwrap_or_else(|| "+".into());
+        let mut low =
+            q.since.map(|s| format!("[{}", uuid_v7_floor(s))).unwrap_or_else(|| "-".into());
+        let mut high =
+            q.until.map(|u| format!("({}", uuid_v7_floor(u))).unwrap_or_else(|| "+".into());
         if let Some(cursor) = &q.cursor {
             if q.ascending {
                 if low == "-" || cursor.as_str() >= &low[1..] {
@@ -86,8 +90,11 @@ impl AuditStore for RedisStorage {
                 high = format!("({cursor}");
             }
         }
-        let (command, first, second) =
-            if q.ascending { ("ZRANGEBYLEX", &low, &high) } else { ("ZREVRANGEBYLEX", &high, &low) };
+        let (command, first, second) = if q.ascending {
+            ("ZRANGEBYLEX", &low, &high)
+        } else {
+            ("ZREVRANGEBYLEX", &high, &low)
+        };
         let want = q.limit as usize;
         let page = (want * 2).clamp(50, 1000) as isize;
         let mut found = Vec::new();

@@ -45,6 +45,7 @@ struct Scripts {
     finish_attempt: Script,
     delete_webhook: Script,
     purge_events: Script,
+    login_failure: Script,
 }
 
 impl RedisStorage {
@@ -73,6 +74,7 @@ impl RedisStorage {
                 finish_attempt: Script::new(include_str!("finish_attempt.lua")),
                 delete_webhook: Script::new(include_str!("delete_webhook.lua")),
                 purge_events: Script::new(include_str!("purge_events.lua")),
+                login_failure: Script::new(include_str!("login_failure.lua")),
             }),
         })
     }
@@ -298,6 +300,7 @@ const LAYOUT: &[(i64, &str, &[&str])] = &[
             "deliveries_due",
             "deliveries_finished",
             "deliveries_failed",
+            "login_failures",
         ],
     ),
 ];

@@ -323,5 +323,37 @@ impl Maintenance for RedisStorage {
             expired: deleted.into_iter().filter(|s| s.revoked_at.is_none()).collect(),
             ..PurgeReport::default()
         })
+    }
 }
+
+#[async_trait]
+impl LockoutStore for RedisStorage {
+    async fn locked_until(&self, user_id: &str, now: Millis) -> StorageResult<Option<Millis>> {
+        let until: Option<Millis> =
+            self.conn().hget(self.key("login_failures", user_id), "locked_until").await?;
+        Ok(until.filter(|u| *u > now))
+    }
+
+    async fn record_login_failure(
+        &self,
+        user_id: &str,
+        p: &LockoutPolicy,
+    ) -> StorageResult<Option<Millis>> {
+        let until: Millis = self
+            .scripts
+            .login_failure
+            .key(self.key("login_failures", user_id))
+            .arg(p.now)
+            .arg(p.now - p.window_ms)
+            .arg(p.threshold)
+            .arg(p.now + p.lock_ms)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok((until > 0).then_some(until))
+    }
+
+    async fn clear_login_failures(&self, user_id: &str) -> StorageResult<()> {
+        let _: () = self.conn().del(self.key("login_failures", user_id)).await?;
+        Ok(())
+    }
 }
