@@ -149,7 +149,7 @@ pub fn record_json(r: &AuditRecord) -> Value {
 }
 
 enum Message {
-    Record(AuditRecord),
+    Record(Box<AuditRecord>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -181,7 +181,7 @@ impl Audit {
             self.webhooks.publish(&record).await?;
         }
         // A full queue waits: records are never dropped.
-        if self.sender.send(Message::Record(record)).await.is_err() {
+        if self.sender.send(Message::Record(Box::new(record))).await.is_err() {
             tracing::error!("audit writer has stopped; record lost");
         }
         Ok(())
@@ -215,7 +215,7 @@ async fn write_batches(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<M
         let mut waiting = Vec::new();
         for message in messages.drain(..) {
             match message {
-                Message::Record(r) => batch.push(r),
+                Message::Record(r) => batch.push(*r),
                 Message::Flush(done) => waiting.push(done),
             }
         }

@@ -36,6 +36,8 @@ pub struct TestDb {
     pub redis_prefix: String,
     schema: Option<String>,
     _dir: Option<tempfile::TempDir>,
+    /// Whether dropping this handle removes the database.
+    owner: bool,
 }
 
 impl TestDb {
@@ -45,7 +47,14 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}/atoms.db?mode=rwc", dir.path().display());
-                Self { backend, url, redis_prefix: String::new(), schema: None, _dir: Some(dir) }
+                Self {
+                    backend,
+                    url,
+                    redis_prefix: String::new(),
+                    schema: None,
+                    _dir: Some(dir),
+                    owner: true,
+                }
             }
             Backend::Postgres => {
                 let schema = format!("t_{id}");
@@ -58,11 +67,25 @@ impl TestDb {
                     .expect("create schema");
                 pool.close().await;
                 let url = format!("{}?options[search_path]={schema}", postgres_base());
-                Self { backend, url, redis_prefix: String::new(), schema: Some(schema), _dir: None }
+                Self {
+                    backend,
+                    url,
+                    redis_prefix: String::new(),
+                    schema: Some(schema),
+                    _dir: None,
+                    owner: true,
+                }
             }
             Backend::Redis => {
                 let prefix = format!("test:{id}");
-                Self { backend, url: redis_base(), redis_prefix: prefix, schema: None, _dir: None }
+                Self {
+                    backend,
+                    url: redis_base(),
+                    redis_prefix: prefix,
+                    schema: None,
+                    _dir: None,
+                    owner: true,
+                }
             }
         }
     }
@@ -102,7 +125,7 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let (backend, schema, url, prefix) =
             (self.backend, self.schema.clone(), self.url.clone(), self.redis_prefix.clone());
-        if backend == Backend::Sqlite {
+        if backend == Backend::Sqlite || !self.owner {
             return;
         }
         // Drop runs outside any runtime guarantee: clean up on a thread with its own.
@@ -120,7 +143,7 @@ impl Drop for TestDb {
                 } else if backend == Backend::Redis {
                     let options = ConnectOptions { pool_size: 1, redis_key_prefix: prefix };
                     if let Ok(storage) = atoms_auth::storage::connect(&url, &options).await {
-                        let _ = storage.migrate_down(1).await;
+                        let _ = storage.migrate_down(usize::MAX).await;
                     }
                 }
             });
@@ -312,6 +335,18 @@ impl TestApp {
 }
 
 impl TestDb {
+    /// A second handle on the same database that does not clean it up on drop.
+    pub fn shared(other: &TestDb) -> Self {
+        Self {
+            backend: other.backend,
+            url: other.url.clone(),
+            redis_prefix: other.redis_prefix.clone(),
+            schema: None,
+            _dir: None,
+            owner: false,
+        }
+    }
+
     fn placeholder() -> Self {
         Self {
             backend: Backend::Sqlite,
@@ -319,6 +354,7 @@ impl TestDb {
             redis_prefix: String::new(),
             schema: None,
             _dir: None,
+            owner: false,
         }
     }
 }

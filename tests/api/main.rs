@@ -9,3 +9,5 @@ mod fixtures;
 mod helpers;
 mod oauth;
 mod oauth_errors;
+mod receiver;
+mod webhooks;

@@ -313,20 +313,24 @@ impl RedisStorage {
 
     /// Deletes every key of the given kinds, in batches.
     async fn delete_kinds(&self, kinds: &[&str]) -> StorageResult<()> {
-        for kind in kinds {
-            let pattern = format!("{}:{kind}:*", self.prefix);
-            let mut conn = self.conn();
-            // Index keys without an id part are named by the kind alone.
-            let mut keys = vec![format!("{}:{kind}", self.prefix)];
-            {
-                let mut iter = conn.scan_match::<_, String>(&pattern).await?;
-                while let Some(key) = iter.next_item().await {
-                    keys.push(key?);
+        // One pass over the prefix's keys, a thousand a step; the kind is the name's first
+        // part after the prefix.
+        let own = format!("{}:", self.prefix);
+        let options = ::redis::ScanOptions::default().with_pattern(format!("{own}*")).with_count(1000);
+        let mut conn = self.conn();
+        let mut keys = Vec::new();
+        {
+            let mut iter = conn.scan_options::<String>(options).await?;
+            while let Some(key) = iter.next_item().await {
+                let key = key?;
+                let kind = key.strip_prefix(&own).and_then(|rest| rest.split(':').next());
+                if kind.is_some_and(|k| kinds.contains(&k)) {
+                    keys.push(key);
                 }
             }
-            for chunk in keys.chunks(500) {
-                let _: () = self.conn().del(chunk).await?;
-            }
+        }
+        for chunk in keys.chunks(500) {
+            let _: () = self.conn().del(chunk).await?;
         }
         Ok(())
     }
