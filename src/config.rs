@@ -58,6 +58,9 @@ pub struct Config {
     pub lockout_window_secs: u64,
     /// How long a locked account stays locked.
     pub lockout_duration_secs: u64,
+    /// Event types not written to the audit log (comma separated), for very high volumes:
+    /// e.g. `token.issued,token.refreshed`. Webhooks still receive their events.
+    pub audit_exclude: String,
     /// Audit records (and finished webhook deliveries) are kept this long.
     pub audit_retention_secs: u64,
     /// Timeout of one webhook delivery attempt.
@@ -109,6 +112,7 @@ impl Default for Config {
             lockout_threshold: 5,
             lockout_window_secs: 15 * 60,
             lockout_duration_secs: 15 * 60,
+            audit_exclude: String::new(),
             audit_retention_secs: 30 * 24 * 3600,
             webhook_timeout_secs: 10,
             webhook_concurrency: 16,

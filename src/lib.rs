@@ -138,7 +138,12 @@ impl App {
             batch: config.purge_batch.max(1),
         };
         let webhooks = Arc::new(Webhooks::new(storage.clone(), webhook_settings(&config))?);
-        let audit = Arc::new(Audit::start(storage.clone(), clock.clone(), webhooks.clone()));
+        let audit = Arc::new(Audit::start(
+            storage.clone(),
+            clock.clone(),
+            webhooks.clone(),
+            &config.audit_exclude,
+        ));
         keys.set_audit(audit.clone());
         let tokens =
             TokenService::new(storage.clone(), keys.clone(), clock.clone(), policy, audit.clone());

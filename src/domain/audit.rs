@@ -148,6 +148,9 @@ pub fn record_json(r: &AuditRecord) -> Value {
     })
 }
 
+/// How long the writer waits for more records before writing a batch.
+const LINGER: Duration = Duration::from_millis(20);
+
 enum Message {
     Record(Box<AuditRecord>),
     Flush(oneshot::Sender<()>),
@@ -159,6 +162,8 @@ pub struct Audit {
     clock: Arc<dyn Clock>,
     webhooks: Arc<Webhooks>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Event types not written (the operator's choice, for volume).
+    excluded: Vec<String>,
 }
 
 impl Audit {
@@ -167,10 +172,17 @@ impl Audit {
         storage: Arc<dyn Storage>,
         clock: Arc<dyn Clock>,
         webhooks: Arc<Webhooks>,
+        excluded: &str,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(65_536);
         let writer = tokio::spawn(write_batches(storage, receiver));
-        Self { sender, clock, webhooks, writer: Mutex::new(Some(writer)) }
+        let excluded = excluded
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Self { sender, clock, webhooks, writer: Mutex::new(Some(writer)), excluded }
     }
 
     /// Records an event. When webhooks subscribe to its type, it is on the durable webhook
@@ -179,6 +191,9 @@ impl Audit {
         let record = entry.at(self.clock.now_ms());
         if super::webhooks::EVENTS.contains(&record.event.as_str()) {
             self.webhooks.publish(&record).await?;
+        }
+        if self.excluded.contains(&record.event) {
+            return Ok(());
         }
         // A full queue waits: records are never dropped.
         if self.sender.send(Message::Record(Box::new(record))).await.is_err() {
@@ -212,6 +227,17 @@ async fn write_batches(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<M
     let mut messages = Vec::with_capacity(512);
     let mut batch = Vec::with_capacity(512);
     while receiver.recv_many(&mut messages, 512).await > 0 {
+        // Linger briefly so a busy server writes a few large batches rather than many small
+        // ones: each batch is one commit.
+        if messages.len() < 512 {
+            tokio::time::sleep(LINGER).await;
+            while messages.len() < 512 {
+                match receiver.try_recv() {
+                    Ok(message) => messages.push(message),
+                    Err(_) => break,
+                }
+            }
+        }
         let mut waiting = Vec::new();
         for message in messages.drain(..) {
             match message {

@@ -78,6 +78,34 @@ impl PgStorage {
         Ok(tx)
     }
 
+    /// One statement per batch, whatever its size: the columns go as arrays through UNNEST.
+    async fn append_audit_batch(&self, records: &[AuditRecord]) -> StorageResult<()> {
+        fn column<T>(records: &[AuditRecord], f: impl Fn(&AuditRecord) -> T) -> Vec<T> {
+            records.iter().map(f).collect()
+        }
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, event, actor, user_id, session_id, client_id, ip, \
+             user_agent, request_id, details) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(column(records, |r| r.id.clone()))
+        .bind(column(records, |r| r.at))
+        .bind(column(records, |r| r.event.clone()))
+        .bind(column(records, |r| r.actor.clone()))
+        .bind(column(records, |r| r.user_id.clone()))
+        .bind(column(records, |r| r.session_id.clone()))
+        .bind(column(records, |r| r.client_id.clone()))
+        .bind(column(records, |r| r.ip.clone()))
+        .bind(column(records, |r| r.user_agent.clone()))
+        .bind(column(records, |r| r.request_id.clone()))
+        .bind(column(records, |r| r.details.clone()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn rotate(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
         let (outcome, session): (String, Option<Json<Session>>) = sqlx::query_as(
             "SELECT outcome, session FROM atoms_rotate_refresh($1, $2, $3, $4, $5, $6, $7)",

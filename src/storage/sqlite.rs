@@ -74,6 +74,34 @@ impl SqliteStorage {
         self.begin_exclusive().await
     }
 
+    /// One transaction of single-row inserts: the statement is prepared once and cached,
+    /// which SQLite runs faster than a large multi-row insert prepared anew for each size.
+    async fn append_audit_batch(&self, records: &[AuditRecord]) -> StorageResult<()> {
+        let mut tx = self.writer.begin().await?;
+        for r in records {
+            sqlx::query(
+                "INSERT INTO audit_events (id, at, event, actor, user_id, session_id, client_id, \
+                 ip, user_agent, request_id, details) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&r.id)
+            .bind(r.at)
+            .bind(&r.event)
+            .bind(&r.actor)
+            .bind(&r.user_id)
+            .bind(&r.session_id)
+            .bind(&r.client_id)
+            .bind(&r.ip)
+            .bind(&r.user_agent)
+            .bind(&r.request_id)
+            .bind(&r.details)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn rotate(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
         use sqlx::{FromRow, Row};
         let mut tx = self.begin_exclusive().await?;

@@ -316,7 +316,8 @@ impl RedisStorage {
         // One pass over the prefix's keys, a thousand a step; the kind is the name's first
         // part after the prefix.
         let own = format!("{}:", self.prefix);
-        let options = ::redis::ScanOptions::default().with_pattern(format!("{own}*")).with_count(1000);
+        let options =
+            ::redis::ScanOptions::default().with_pattern(format!("{own}*")).with_count(1000);
         let mut conn = self.conn();
         let mut keys = Vec::new();
         {
