@@ -12,13 +12,6 @@ use crate::helpers::*;
 
 const PASSWORD: &str = "correct horse battery";
 
-async fn admin_token(app: &TestApp) -> String {
-    let admin = app.create_client("client_credentials", "admin", false).await;
-    app.post_form("/auth/token", &admin, &[("grant_type", "client_credentials")])
-        .await
-        .str("access_token")
-}
-
 async fn audit_page(app: &TestApp, token: &str, query: &str) -> Answer {
     app.state.audit.flush().await;
     let a = app.bearer("GET", &format!("/admin/audit?{query}"), token, None).await;
@@ -86,7 +79,7 @@ async fn every_event_type_is_recorded_with_its_context(backend: Backend) {
     app.clock.advance_secs(8 * 24 * 3600 + 24 * 3600 + 1);
     app.state.sessions.purge().await.expect("purge");
 
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let page = audit_page(&app, &token, "limit=1000").await;
     let seen: HashSet<String> = event_names(&page).into_iter().collect();
     for event in events::ALL {
@@ -138,7 +131,7 @@ async fn audit_filters_and_pagination_stay_stable(backend: Backend) {
     let middle = app.clock.now_rfc3339();
     app.clock.advance_secs(10);
     app.login(&client, "alice", "wrong").await;
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
 
     let by_event = audit_page(&app, &token, "event=token.refreshed&limit=100").await;
     assert_eq!(event_names(&by_event), vec!["token.refreshed"; 6]);
@@ -245,7 +238,7 @@ async fn audit_retention_purges_old_records_in_batches(backend: Backend) {
     app.state.audit.flush().await;
     let report = app.state.sessions.purge().await.expect("purge");
     assert_eq!(report.audit_events, 3);
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let names = event_names(&audit_page(&app, &token, "limit=1000").await);
     assert!(!names.contains(&events::LOGIN_FAILED.to_owned()), "{names:?}");
     assert!(names.contains(&events::LOGIN_SUCCEEDED.to_owned()), "recent records stay");
@@ -283,7 +276,7 @@ async fn repeated_failures_lock_the_account(backend: Backend) {
         (locked.status, locked.str("error_description").as_str()),
         (400, "invalid username or password")
     );
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let page = audit_page(&app, &token, "event=user.locked").await;
     assert_eq!(event_names(&page).len(), 1);
     assert_eq!(page.body["events"][0]["details"]["failures"], 5);

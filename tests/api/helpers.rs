@@ -324,6 +324,14 @@ impl TestApp {
         self.post_form("/auth/revoke", client, &[("token", token)]).await
     }
 
+    /// An access token with the admin scope.
+    pub async fn admin_token(&self) -> String {
+        let admin = self.create_client("client_credentials", "admin", false).await;
+        let a =
+            self.post_form("/auth/token", &admin, &[("grant_type", "client_credentials")]).await;
+        a.str("access_token")
+    }
+
     /// A user `alice`, a confidential client, and a login of alice through it.
     pub async fn logged_in(&self) -> (TestClient, Answer) {
         self.create_user("alice", "correct horse battery").await;

@@ -11,13 +11,6 @@ use crate::receiver::Receiver;
 
 const PASSWORD: &str = "correct horse battery";
 
-async fn admin_token(app: &TestApp) -> String {
-    let admin = app.create_client("client_credentials", "admin", false).await;
-    app.post_form("/auth/token", &admin, &[("grant_type", "client_credentials")])
-        .await
-        .str("access_token")
-}
-
 /// Subscribes `url` to `events`; returns (id, secret).
 async fn subscribe(app: &TestApp, token: &str, url: &str, events: &[&str]) -> (String, String) {
     let a = app
@@ -59,7 +52,7 @@ async fn wait_for_delivery(
 async fn signed_deliveries_verify_with_an_independent_verifier(backend: Backend) {
     let app = spawn_app(backend).await;
     let receiver = Receiver::start().await;
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let (_, secret) =
         subscribe(&app, &token, &receiver.url, &["session.created", "device.registered"]).await;
     assert!(secret.starts_with("whsec_"));
@@ -100,7 +93,7 @@ async fn failing_receivers_are_retried_with_growing_delays(backend: Backend) {
     let app = spawn_app(backend).await;
     let receiver = Receiver::start().await;
     receiver.answer(&[500, 500, 503]);
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let (id, _) = subscribe(&app, &token, &receiver.url, &["session.created"]).await;
     let a = app.bearer("POST", &format!("/admin/webhooks/{id}/test"), &token, None).await;
     assert_eq!(a.status, 202, "{}", a.body);
@@ -133,7 +126,7 @@ fn parse_ms(rfc3339: &str) -> i64 {
 async fn a_receiver_that_is_down_gets_the_delivery_when_it_comes_back(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.webhook_max_attempts = 30).await;
     let addr = Receiver::unused_addr().await;
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let (id, secret) =
         subscribe(&app, &token, &format!("http://{addr}/hook"), &["session.created"]).await;
     app.bearer("POST", &format!("/admin/webhooks/{id}/test"), &token, None).await;
@@ -155,7 +148,7 @@ async fn deliveries_give_up_after_the_last_attempt(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.webhook_max_attempts = 3).await;
     let receiver = Receiver::start().await;
     receiver.answer(&[500; 10]);
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let (id, _) = subscribe(&app, &token, &receiver.url, &["session.created"]).await;
     app.bearer("POST", &format!("/admin/webhooks/{id}/test"), &token, None).await;
     let failed = wait_for_delivery(&app, &token, &id, |d| d["status"] == "failed").await;
@@ -177,7 +170,7 @@ async fn queued_deliveries_survive_a_restart(backend: Backend) {
     .await;
     let receiver = Receiver::start().await;
     receiver.answer(&[500; 1000]);
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let (id, secret) = subscribe(&app, &token, &receiver.url, &["session.created"]).await;
     app.create_user("alice", PASSWORD).await;
     let client = app.confidential_client().await;
@@ -199,7 +192,7 @@ async fn queued_deliveries_survive_a_restart(backend: Backend) {
         .expect("secret")
         .verify(delivered[0].body.as_bytes(), &delivered[0].headers)
         .expect("signed");
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let d = wait_for_delivery(&app, &token, &id, |d| d["status"] == "delivered").await;
     assert!(d["attempts"].as_i64().unwrap_or_default() as usize > attempts_before.min(1));
 }
@@ -207,7 +200,7 @@ async fn queued_deliveries_survive_a_restart(backend: Backend) {
 async fn the_webhook_admin_api_checks_what_it_is_given(backend: Backend) {
     let app = spawn_app(backend).await;
     let receiver = Receiver::start().await;
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let bad = [
         json!({ "url": "ftp://example.com/x", "events": ["session.created"] }),
         json!({ "url": "not a url", "events": ["session.created"] }),
@@ -251,7 +244,7 @@ async fn the_webhook_admin_api_checks_what_it_is_given(backend: Backend) {
 
 async fn private_targets_are_refused_unless_allowed(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.webhook_allow_private_targets = false).await;
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     for url in [
         "http://127.0.0.1:9/hook",
         "http://localhost/hook",
@@ -284,7 +277,7 @@ async fn two_instances_never_deliver_one_attempt_twice(backend: Backend) {
     let second_db = TestDb::shared(&first.db);
     let second = spawn_on(second_db, config).await;
     let receiver = Receiver::start().await;
-    let token = admin_token(&first).await;
+    let token = first.admin_token().await;
     subscribe(&first, &token, &receiver.url, &["session.created"]).await;
     first.create_user("alice", PASSWORD).await;
     let client = first.confidential_client().await;

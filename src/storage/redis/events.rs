@@ -6,19 +6,9 @@
 use ::redis::AsyncCommands;
 use async_trait::async_trait;
 
-use super::{Fields, RedisStorage};
+use super::{Fields, RedisStorage, field, optional};
 use crate::clock::Millis;
 use crate::storage::*;
-
-fn field<T: std::str::FromStr>(map: &Fields, name: &str) -> StorageResult<T> {
-    map.get(name)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| StorageError::Corrupt(format!("field {name}")))
-}
-
-fn optional<T: std::str::FromStr>(map: &Fields, name: &str) -> Option<T> {
-    map.get(name).and_then(|v| v.parse().ok())
-}
 
 fn delivery_from_map(map: &Fields) -> StorageResult<WebhookDelivery> {
     Ok(WebhookDelivery {

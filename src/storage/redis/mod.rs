@@ -113,6 +113,18 @@ fn hex(bytes: &[u8]) -> String {
 /// A Redis hash as field → value.
 type Fields = HashMap<String, String>;
 
+/// A required field of a hash.
+fn field<T: std::str::FromStr>(map: &Fields, name: &str) -> StorageResult<T> {
+    map.get(name)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| StorageError::Corrupt(format!("field {name}")))
+}
+
+/// An optional field of a hash.
+fn optional<T: std::str::FromStr>(map: &Fields, name: &str) -> Option<T> {
+    map.get(name).and_then(|v| v.parse().ok())
+}
+
 #[async_trait]
 impl UserStore for RedisStorage {
     async fn create_user(&self, user: &User) -> StorageResult<()> {
