@@ -78,7 +78,7 @@ pub struct TokenService {
     keys: Arc<KeyManager>,
     clock: Arc<dyn Clock>,
     policy: TokenPolicy,
-    validation: Validation,
+    validations: [Validation; 3],
     clients: moka::future::Cache<String, Client>,
     audit: Arc<Audit>,
 }
@@ -91,20 +91,29 @@ impl TokenService {
         policy: TokenPolicy,
         audit: Arc<Audit>,
     ) -> Self {
-        let mut validation = Validation::new(jsonwebtoken::Algorithm::EdDSA);
-        // Expiry is checked against the injectable clock below, not the system time.
-        validation.validate_exp = false;
-        validation.leeway = 0;
-        validation.set_issuer(&[&policy.issuer]);
-        validation.set_audience(&[&policy.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // One validation per algorithm, built once: verifying a token allocates none.
+        let validations = [
+            jsonwebtoken::Algorithm::EdDSA,
+            jsonwebtoken::Algorithm::ES256,
+            jsonwebtoken::Algorithm::RS256,
+        ]
+        .map(|alg| {
+            let mut validation = Validation::new(alg);
+            // Expiry is checked against the injectable clock, not the system time.
+            validation.validate_exp = false;
+            validation.leeway = 0;
+            validation.set_issuer(&[&policy.issuer]);
+            validation.set_audience(&[&policy.audience]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            validation
+        });
         let clients = moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(
                 std::time::Duration::from_millis(policy.client_cache_ttl_ms.max(1) as u64),
             )
             .build();
-        Self { storage, keys, clock, policy, validation, clients, audit }
+        Self { storage, keys, clock, policy, validations, clients, audit }
     }
 
     pub fn policy(&self) -> &TokenPolicy {
@@ -413,10 +422,9 @@ impl TokenService {
         if header.alg != verifier.alg {
             return None;
         }
-        let mut validation = self.validation.clone();
-        validation.algorithms = vec![verifier.alg];
+        let validation = self.validations.iter().find(|v| v.algorithms == [verifier.alg])?;
         let claims =
-            jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation).ok()?.claims;
+            jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, validation).ok()?.claims;
         (claims.exp * 1000 > self.clock.now_ms()).then_some(claims)
     }
 

@@ -13,26 +13,7 @@ use super::sql_common::sql_storage;
 use super::sql_migrate::Script;
 use super::*;
 
-const SCRIPTS: &[Script] = &[
-    Script {
-        version: 1,
-        description: "init",
-        up: include_str!("../../migrations/postgres/0001_init.up.sql"),
-        down: include_str!("../../migrations/postgres/0001_init.down.sql"),
-    },
-    Script {
-        version: 2,
-        description: "sessions devices",
-        up: include_str!("../../migrations/postgres/0002_sessions_devices.up.sql"),
-        down: include_str!("../../migrations/postgres/0002_sessions_devices.down.sql"),
-    },
-    Script {
-        version: 3,
-        description: "audit webhooks",
-        up: include_str!("../../migrations/postgres/0003_audit_webhooks.up.sql"),
-        down: include_str!("../../migrations/postgres/0003_audit_webhooks.down.sql"),
-    },
-];
+const SCRIPTS: &[Script] = super::sql_migrate::scripts!("postgres");
 
 /// PostgreSQL storage.
 #[derive(Debug, Clone)]

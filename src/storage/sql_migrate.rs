@@ -91,3 +91,47 @@ where
         })
         .collect())
 }
+
+/// The embedded up and down scripts of one dialect's migrations, in order.
+macro_rules! scripts {
+    ($dialect:literal) => {
+        &[
+            $crate::storage::sql_migrate::Script {
+                version: 1,
+                description: "init",
+                up: include_str!(concat!("../../migrations/", $dialect, "/0001_init.up.sql")),
+                down: include_str!(concat!("../../migrations/", $dialect, "/0001_init.down.sql")),
+            },
+            $crate::storage::sql_migrate::Script {
+                version: 2,
+                description: "sessions devices",
+                up: include_str!(concat!(
+                    "../../migrations/",
+                    $dialect,
+                    "/0002_sessions_devices.up.sql"
+                )),
+                down: include_str!(concat!(
+                    "../../migrations/",
+                    $dialect,
+                    "/0002_sessions_devices.down.sql"
+                )),
+            },
+            $crate::storage::sql_migrate::Script {
+                version: 3,
+                description: "audit webhooks",
+                up: include_str!(concat!(
+                    "../../migrations/",
+                    $dialect,
+                    "/0003_audit_webhooks.up.sql"
+                )),
+                down: include_str!(concat!(
+                    "../../migrations/",
+                    $dialect,
+                    "/0003_audit_webhooks.down.sql"
+                )),
+            },
+        ]
+    };
+}
+
+pub(crate) use scripts;

@@ -120,6 +120,11 @@ fn field<T: std::str::FromStr>(map: &Fields, name: &str) -> StorageResult<T> {
         .ok_or_else(|| StorageError::Corrupt(format!("field {name}")))
 }
 
+/// A record read as a hash, or `None` when the hash is empty (missing).
+fn present<T>(map: &Fields, read: fn(&Fields) -> StorageResult<T>) -> StorageResult<Option<T>> {
+    if map.is_empty() { Ok(None) } else { read(map).map(Some) }
+}
+
 /// An optional field of a hash.
 fn optional<T: std::str::FromStr>(map: &Fields, name: &str) -> Option<T> {
     map.get(name).and_then(|v| v.parse().ok())

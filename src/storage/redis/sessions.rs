@@ -5,7 +5,7 @@
 use ::redis::AsyncCommands;
 use async_trait::async_trait;
 
-use super::{Fields, RedisStorage, field, hex, optional};
+use super::{Fields, RedisStorage, field, hex, optional, present};
 use crate::clock::Millis;
 use crate::storage::*;
 
@@ -112,10 +112,7 @@ impl SessionStore for RedisStorage {
 
     async fn session(&self, id: &str) -> StorageResult<Option<Session>> {
         let map: Fields = self.conn().hgetall(self.key("session", id)).await?;
-        if map.is_empty() {
-            return Ok(None);
-        }
-        session_from_map(&map).map(Some)
+        present(&map, session_from_map)
     }
 
     async fn user_sessions(&self, user_id: &str, now: Millis) -> StorageResult<Vec<Session>> {
@@ -207,10 +204,7 @@ impl SessionStore for RedisStorage {
             .arg(id)
             .invoke_async(&mut self.conn())
             .await?;
-        if map.is_empty() {
-            return Ok(None);
-        }
-        session_from_map(&map).map(Some)
+        present(&map, session_from_map)
     }
 }
 
@@ -255,10 +249,7 @@ impl DeviceStore for RedisStorage {
             .arg(or_empty(trusted))
             .invoke_async(&mut self.conn())
             .await?;
-        if map.is_empty() {
-            return Ok(None);
-        }
-        device_from_map(&map).map(Some)
+        present(&map, device_from_map)
     }
 
     async fn delete_device(
