@@ -131,6 +131,13 @@ impl Entry {
     }
 }
 
+/// The smallest record id of time `at`: ids are UUIDv7, whose text starts with the Unix time
+/// in milliseconds (48 bits of hex), so comparing ids against it compares times.
+pub fn id_floor(at: Millis) -> String {
+    let ms = at.clamp(0, (1 << 48) - 1);
+    format!("{:08x}-{:04x}-0000-0000-000000000000", ms >> 16, ms & 0xffff)
+}
+
 /// A record as the API and exports show it.
 pub fn record_json(r: &AuditRecord) -> Value {
     json!({
@@ -149,7 +156,7 @@ pub fn record_json(r: &AuditRecord) -> Value {
 }
 
 /// How long the writer waits for more records before writing a batch.
-const LINGER: Duration = Duration::from_millis(20);
+const LINGER: Duration = Duration::from_millis(50);
 
 enum Message {
     Record(Box<AuditRecord>),
@@ -259,5 +266,21 @@ async fn write_batches(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<M
         for done in waiting {
             let _ = done.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_floor_orders_like_time() {
+        for at in [0, 1, 999, 1_700_000_000_123, 1_700_000_065_535, 1_700_000_065_536] {
+            let id = entry(events::KEY_ROTATED).at(at).id;
+            assert!(id_floor(at) <= id, "{at}: {id}");
+            assert!(id < id_floor(at + 1), "{at}: {id}");
+            assert!(id_floor(at) < id_floor(at + 1));
+        }
+        assert_eq!(id_floor(-5), id_floor(0));
     }
 }

@@ -21,11 +21,12 @@ macro_rules! sql_event_stores {
                 if let Some(event) = &q.event {
                     select.push(" AND event = ").push_bind(event);
                 }
+                // Ids are UUIDv7 and start with their time, so a time range is an id range.
                 if let Some(since) = q.since {
-                    select.push(" AND at >= ").push_bind(since);
+                    select.push(" AND id >= ").push_bind($crate::domain::audit::id_floor(since));
                 }
                 if let Some(until) = q.until {
-                    select.push(" AND at < ").push_bind(until);
+                    select.push(" AND id < ").push_bind($crate::domain::audit::id_floor(until));
                 }
                 let (past, order) = if q.ascending { (" AND id > ", " ORDER BY id ASC") } else { (" AND id < ", " ORDER BY id DESC") };
                 if let Some(cursor) = &q.cursor {

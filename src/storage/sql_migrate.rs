@@ -95,42 +95,20 @@ where
 /// The embedded up and down scripts of one dialect's migrations, in order.
 macro_rules! scripts {
     ($dialect:literal) => {
-        &[
-            $crate::storage::sql_migrate::Script {
-                version: 1,
-                description: "init",
-                up: include_str!(concat!("../../migrations/", $dialect, "/0001_init.up.sql")),
-                down: include_str!(concat!("../../migrations/", $dialect, "/0001_init.down.sql")),
-            },
-            $crate::storage::sql_migrate::Script {
-                version: 2,
-                description: "sessions devices",
-                up: include_str!(concat!(
-                    "../../migrations/",
-                    $dialect,
-                    "/0002_sessions_devices.up.sql"
-                )),
-                down: include_str!(concat!(
-                    "../../migrations/",
-                    $dialect,
-                    "/0002_sessions_devices.down.sql"
-                )),
-            },
-            $crate::storage::sql_migrate::Script {
-                version: 3,
-                description: "audit webhooks",
-                up: include_str!(concat!(
-                    "../../migrations/",
-                    $dialect,
-                    "/0003_audit_webhooks.up.sql"
-                )),
-                down: include_str!(concat!(
-                    "../../migrations/",
-                    $dialect,
-                    "/0003_audit_webhooks.down.sql"
-                )),
-            },
-        ]
+        $crate::storage::sql_migrate::scripts!(@list $dialect;
+            1 "0001_init" "init",
+            2 "0002_sessions_devices" "sessions devices",
+            3 "0003_audit_webhooks" "audit webhooks",
+            4 "0004_audit_indexes" "audit indexes",
+        )
+    };
+    (@list $dialect:literal; $($version:literal $file:literal $description:literal,)*) => {
+        &[$($crate::storage::sql_migrate::Script {
+            version: $version,
+            description: $description,
+            up: include_str!(concat!("../../migrations/", $dialect, "/", $file, ".up.sql")),
+            down: include_str!(concat!("../../migrations/", $dialect, "/", $file, ".down.sql")),
+        },)*]
     };
 }
 

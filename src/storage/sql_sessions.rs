@@ -293,11 +293,14 @@ macro_rules! sql_session_stores {
                 )
                 .await?
                 .rows_affected();
-                let audit_events = delete(
+                // Ids are UUIDv7 and start with their time: the id order is the time order.
+                let audit_events = sqlx::query(
                     "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
-                     WHERE at < $1 LIMIT $2)",
-                    p.audit_before,
+                     WHERE id < $1 LIMIT $2)",
                 )
+                .bind($crate::domain::audit::id_floor(p.audit_before))
+                .bind(batch)
+                .execute(self.writer())
                 .await?
                 .rows_affected();
                 let webhook_deliveries = delete(

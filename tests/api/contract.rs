@@ -235,13 +235,16 @@ async fn migrations_report_status_and_revert(backend: Backend) {
         assert!(status.iter().all(|m| m.checksum_ok), "{status:?}");
         status.iter().map(|m| m.applied).collect()
     };
-    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, true, true]);
+    let all = applied(storage.migration_status().await.expect("status"));
+    let n = all.len();
+    assert!(n >= 3 && all.iter().all(|a| *a), "{all:?}");
+    let upto = |k: usize| (0..n).map(|i| i < k).collect::<Vec<_>>();
     storage.migrate_down(1).await.expect("down one");
-    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, true, false]);
-    storage.migrate_down(5).await.expect("down all");
-    assert_eq!(applied(storage.migration_status().await.expect("status")), [false, false, false]);
+    assert_eq!(applied(storage.migration_status().await.expect("status")), upto(n - 1));
+    storage.migrate_down(n + 2).await.expect("down all");
+    assert_eq!(applied(storage.migration_status().await.expect("status")), upto(0));
     storage.migrate_up().await.expect("up again");
-    assert_eq!(applied(storage.migration_status().await.expect("status")), [true, true, true]);
+    assert_eq!(applied(storage.migration_status().await.expect("status")), upto(n));
     storage.create_user(&user("after")).await.expect("works after re-migration");
 }
 
