@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL (127.0.0.1:5432, user postgres without password, database "test") and
-# Redis (127.0.0.1:6379) are up: starts them when stopped, installs them on a fresh Debian
-# machine. Needs root for installing and starting.
+# Redis (127.0.0.1:6379) are up, starting them when stopped and installing them on a fresh
+# Debian machine, and that promtool is installed. Needs root for installing and starting.
 set -euo pipefail
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -68,5 +68,15 @@ ensure_redis() {
   wait_for Redis redis_up
 }
 
+# promtool lints the /metrics exposition in the tests (Debian's prometheus package).
+ensure_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    return
+  fi
+  log "installing promtool"
+  apt_install prometheus
+}
+
 ensure_postgres
 ensure_redis
+ensure_promtool

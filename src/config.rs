@@ -86,6 +86,19 @@ pub struct Config {
     pub master_key: Option<SecretString>,
     /// Largest accepted request body in bytes.
     pub max_body_bytes: usize,
+    /// A request that takes longer is answered 503.
+    pub request_timeout_secs: u64,
+    /// Origins allowed by CORS, comma separated (`*` for any); empty: no CORS headers at all.
+    pub cors_origins: String,
+    /// Redis for state shared by instances (rate limits), and the health check's cache.
+    /// Unset with a Redis storage URL: that Redis is used.
+    pub redis_url: Option<String>,
+    /// Requests per second per client id on each OAuth endpoint (0: no limit).
+    pub rate_limit_client_per_sec: u32,
+    pub rate_limit_client_burst: u32,
+    /// Requests per second per client address on each OAuth endpoint (0: no limit).
+    pub rate_limit_ip_per_sec: u32,
+    pub rate_limit_ip_burst: u32,
 }
 
 impl Default for Config {
@@ -125,6 +138,13 @@ impl Default for Config {
             key_rotation_interval_secs: 30 * 24 * 3600,
             master_key: None,
             max_body_bytes: 64 * 1024,
+            request_timeout_secs: 30,
+            cors_origins: String::new(),
+            redis_url: None,
+            rate_limit_client_per_sec: 1000,
+            rate_limit_client_burst: 2000,
+            rate_limit_ip_per_sec: 200,
+            rate_limit_ip_burst: 400,
         }
     }
 }
@@ -202,6 +222,14 @@ impl Config {
     }
 
     /// The access-token audience.
+    /// The Redis shared by instances: the configured one, else the storage's when it is Redis.
+    pub fn shared_redis_url(&self) -> Option<&str> {
+        self.redis_url.as_deref().filter(|u| !u.is_empty()).or_else(|| {
+            let scheme = self.database_url.split(':').next().unwrap_or_default();
+            matches!(scheme, "redis" | "rediss").then_some(self.database_url.as_str())
+        })
+    }
+
     pub fn audience(&self) -> String {
         self.audience.clone().unwrap_or_else(|| self.issuer())
     }

@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::domain::ratelimit::Verdict;
 use crate::storage::StorageError;
 
 /// Errors of the OAuth endpoints.
@@ -26,6 +27,8 @@ pub enum OAuthError {
     InvalidScope(String),
     #[error("the request body is too large")]
     PayloadTooLarge,
+    #[error("too many requests; retry later")]
+    RateLimited(Verdict),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -42,6 +45,7 @@ impl OAuthError {
             Self::UnauthorizedClient(_) => "unauthorized_client",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
+            Self::RateLimited(_) => "temporarily_unavailable",
             Self::Storage(_) | Self::Internal(_) => "server_error",
         }
     }
@@ -50,9 +54,23 @@ impl OAuthError {
         match self {
             Self::InvalidClient => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Storage(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
+    }
+}
+
+/// The `RateLimit-*` headers of a verdict (the tightest limit), and `Retry-After` when it
+/// refused the request.
+pub fn rate_limit_headers(response: &mut Response, v: &Verdict) {
+    let headers = response.headers_mut();
+    let number = |n: u64| HeaderValue::from(n);
+    headers.insert("ratelimit-limit", number(u64::from(v.limit)));
+    headers.insert("ratelimit-remaining", number(u64::from(v.remaining)));
+    headers.insert("ratelimit-reset", number(v.reset_secs));
+    if let Some(retry) = v.retry_after_secs {
+        headers.insert(header::RETRY_AFTER, number(retry));
     }
 }
 
@@ -79,6 +97,9 @@ impl IntoResponse for OAuthError {
         let body = json!({ "error": self.code(), "error_description": description });
         let mut response = (self.status_code(), Json(body)).into_response();
         no_store(&mut response);
+        if let Self::RateLimited(verdict) = &self {
+            rate_limit_headers(&mut response, verdict);
+        }
         if matches!(self, Self::InvalidClient) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -159,13 +180,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// An RFC 9457 problem response.
+/// An RFC 9457 problem response, with the id of the request it answers.
 pub fn problem(status: StatusCode, detail: &str) -> Response {
+    let request_id =
+        crate::domain::audit::REQUEST.try_with(|r| r.request_id.clone()).ok().flatten();
     let body = json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "detail": detail,
+        "request_id": request_id,
     });
     let mut response = (status, Json(body)).into_response();
     response

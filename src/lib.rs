@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 mod http;
+pub mod metrics;
 pub mod storage;
 
 use std::future::Future;
@@ -24,9 +25,11 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::domain::audit::Audit;
 use crate::domain::keys::KeyManager;
+use crate::domain::ratelimit::{RateLimits, Rule};
 use crate::domain::sessions::{PurgeSettings, SessionService};
 use crate::domain::tokens::{TokenPolicy, TokenService};
 use crate::domain::webhooks::{WebhookSettings, Webhooks};
+use crate::metrics::Metrics;
 use crate::storage::{ConnectOptions, Storage};
 
 pub use http::router;
@@ -52,6 +55,12 @@ pub struct App {
     pub audit: Arc<Audit>,
     pub webhooks: Arc<Webhooks>,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub limits: RateLimits,
+    /// The Redis shared by instances, when one is configured.
+    pub shared_redis: Option<redis::aio::ConnectionManager>,
+    /// When the server started.
+    pub started: std::time::Instant,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -94,6 +103,20 @@ pub fn webhook_settings(config: &Config) -> WebhookSettings {
     }
 }
 
+/// A Redis connection that fails within five seconds when nothing answers.
+async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    Ok(tokio::time::timeout(
+        Duration::from_secs(5),
+        redis::aio::ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("redis at the shared redis url does not answer"))??)
+}
+
 fn secs_to_ms(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
 }
@@ -111,6 +134,8 @@ impl App {
     ) -> anyhow::Result<AppState> {
         let trusted_proxies = config.trusted_proxy_nets().map_err(anyhow::Error::msg)?;
         let storage = open_storage(&config).await?;
+        let metrics = Arc::new(Metrics::new(storage.backend()));
+        let storage = storage::Instrumented::wrap(storage, metrics.clone());
         if config.auto_migrate {
             storage.migrate_up().await?;
         }
@@ -137,17 +162,41 @@ impl App {
             audit_retention_ms: secs_to_ms(config.audit_retention_secs),
             batch: config.purge_batch.max(1),
         };
-        let webhooks = Arc::new(Webhooks::new(storage.clone(), webhook_settings(&config))?);
+        let webhooks =
+            Arc::new(Webhooks::new(storage.clone(), webhook_settings(&config), metrics.clone())?);
         let audit = Arc::new(Audit::start(
             storage.clone(),
             clock.clone(),
             webhooks.clone(),
+            metrics.clone(),
             &config.audit_exclude,
         ));
         keys.set_audit(audit.clone());
-        let tokens =
-            TokenService::new(storage.clone(), keys.clone(), clock.clone(), policy, audit.clone());
+        let tokens = TokenService::new(
+            storage.clone(),
+            keys.clone(),
+            clock.clone(),
+            policy,
+            audit.clone(),
+            metrics.clone(),
+        );
         let sessions = SessionService::new(storage.clone(), clock.clone(), purge, audit.clone());
+        let shared_redis = match config.shared_redis_url() {
+            Some(url) => Some(connect_redis(url).await?),
+            None => None,
+        };
+        let client_rule =
+            Rule::new(config.rate_limit_client_per_sec, config.rate_limit_client_burst);
+        let ip_rule = Rule::new(config.rate_limit_ip_per_sec, config.rate_limit_ip_burst);
+        let limits = match &shared_redis {
+            Some(conn) => RateLimits::redis(
+                client_rule,
+                ip_rule,
+                conn.clone(),
+                format!("{}:", config.redis_key_prefix),
+            ),
+            None => RateLimits::local(client_rule, ip_rule),
+        };
         let app = App {
             config,
             storage,
@@ -157,6 +206,10 @@ impl App {
             audit,
             webhooks,
             clock,
+            metrics,
+            limits,
+            shared_redis,
+            started: std::time::Instant::now(),
             trusted_proxies,
         };
         Ok(AppState(Arc::new(app)))
@@ -171,7 +224,11 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let jobs = [spawn_key_maintenance(state.clone()), spawn_purge(state.clone())];
+    let jobs = [
+        spawn_key_maintenance(state.clone()),
+        spawn_purge(state.clone()),
+        spawn_gauges(state.clone()),
+    ];
     let stop_delivery = tokio_util::sync::CancellationToken::new();
     let deliverer = state.webhooks.clone().spawn_deliverer(stop_delivery.clone());
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -209,10 +266,26 @@ fn spawn_purge(state: AppState) -> tokio::task::JoinHandle<()> {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
+            state.limits.housekeeping();
             match state.sessions.purge().await {
                 Ok(report) if report.total() > 0 => tracing::info!(?report, "purged"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "purge failed"),
+            }
+        }
+    })
+}
+
+/// Samples the gauges that need a storage query (active sessions) every 15 seconds, off the
+/// scrape path so rendering `/metrics` stays cheap.
+fn spawn_gauges(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            tick.tick().await;
+            match state.storage.count_active_sessions(state.clock.now_ms()).await {
+                Ok(n) => state.metrics.active_sessions.set(i64::try_from(n).unwrap_or(i64::MAX)),
+                Err(e) => tracing::warn!(error = %e, "counting active sessions failed"),
             }
         }
     })

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::webhooks::Webhooks;
 use crate::clock::{Clock, Millis, rfc3339};
+use crate::metrics::Metrics;
 use crate::storage::{AuditRecord, Storage, StorageResult};
 
 /// Every event the audit log records.
@@ -168,6 +169,7 @@ pub struct Audit {
     sender: mpsc::Sender<Message>,
     clock: Arc<dyn Clock>,
     webhooks: Arc<Webhooks>,
+    metrics: Arc<Metrics>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Event types not written (the operator's choice, for volume).
     excluded: Vec<String>,
@@ -179,6 +181,7 @@ impl Audit {
         storage: Arc<dyn Storage>,
         clock: Arc<dyn Clock>,
         webhooks: Arc<Webhooks>,
+        metrics: Arc<Metrics>,
         excluded: &str,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(65_536);
@@ -189,7 +192,7 @@ impl Audit {
             .filter(|e| !e.is_empty())
             .map(str::to_owned)
             .collect();
-        Self { sender, clock, webhooks, writer: Mutex::new(Some(writer)), excluded }
+        Self { sender, clock, webhooks, metrics, writer: Mutex::new(Some(writer)), excluded }
     }
 
     /// Records an event. When webhooks subscribe to its type, it is on the durable webhook
@@ -202,6 +205,7 @@ impl Audit {
         if self.excluded.contains(&record.event) {
             return Ok(());
         }
+        self.metrics.audit_events.with_label_values(&[&record.event]).inc();
         // A full queue waits: records are never dropped.
         if self.sender.send(Message::Record(Box::new(record))).await.is_err() {
             tracing::error!("audit writer has stopped; record lost");

@@ -3,6 +3,8 @@
 pub mod audit;
 pub mod devices;
 pub mod keys;
+pub mod ratelimit;
+pub mod roles;
 pub mod secrets;
 pub mod sessions;
 pub mod tokens;

@@ -15,6 +15,7 @@ use super::keys::{KeyManager, b64};
 use super::secrets::{Secret, verify_password};
 use crate::clock::{Clock, Millis, rfc3339};
 use crate::error::OAuthError;
+use crate::metrics::Metrics;
 use crate::storage::{
     Client, LockoutPolicy, Login, Rotation, RotationOutcome, Session, Storage, User, revoke_reason,
 };
@@ -81,6 +82,7 @@ pub struct TokenService {
     validations: [Validation; 3],
     clients: moka::future::Cache<String, Client>,
     audit: Arc<Audit>,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenService {
@@ -90,6 +92,7 @@ impl TokenService {
         clock: Arc<dyn Clock>,
         policy: TokenPolicy,
         audit: Arc<Audit>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         // One validation per algorithm, built once: verifying a token allocates none.
         let validations = [
@@ -113,7 +116,7 @@ impl TokenService {
                 std::time::Duration::from_millis(policy.client_cache_ttl_ms.max(1) as u64),
             )
             .build();
-        Self { storage, keys, clock, policy, validations, clients, audit }
+        Self { storage, keys, clock, policy, validations, clients, audit, metrics }
     }
 
     pub fn policy(&self) -> &TokenPolicy {
@@ -124,8 +127,10 @@ impl TokenService {
     /// paths stay at one storage operation; unknown ids are always looked up.
     async fn client(&self, client_id: &str) -> Result<Option<Client>, OAuthError> {
         if let Some(client) = self.clients.get(client_id).await {
+            self.metrics.cache("clients", true);
             return Ok(Some(client));
         }
+        self.metrics.cache("clients", false);
         let client = self.storage.client(client_id).await?;
         if let Some(client) = &client {
             self.clients.insert(client_id.to_owned(), client.clone()).await;
@@ -325,7 +330,15 @@ impl TokenService {
             ip,
             reuse_window_ms: self.policy.reuse_window_ms,
         };
-        let (session, grace) = match self.storage.rotate_refresh(&rotation).await? {
+        let outcome = self.storage.rotate_refresh(&rotation).await?;
+        let label = match &outcome {
+            RotationOutcome::Rotated(_) => "rotated",
+            RotationOutcome::Grace(_) => "grace",
+            RotationOutcome::Reused(_) => "reuse",
+            RotationOutcome::Ended(_) | RotationOutcome::Invalid => "invalid",
+        };
+        self.metrics.refresh_outcomes.with_label_values(&[label]).inc();
+        let (session, grace) = match outcome {
             RotationOutcome::Rotated(s) => (s, false),
             RotationOutcome::Grace(s) => (s, true),
             RotationOutcome::Reused(s) => {

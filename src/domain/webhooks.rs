@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::clock::{Clock, Millis, SystemClock, rfc3339};
+use crate::metrics::Metrics;
 use crate::storage::{
     AttemptResult, AuditRecord, Storage, StorageError, StorageResult, WebhookAttempt,
     WebhookDelivery, WebhookEvent, WebhookSubscription, delivery_status,
@@ -66,6 +67,7 @@ pub struct Webhooks {
     storage: Arc<dyn Storage>,
     settings: WebhookSettings,
     http: reqwest::Client,
+    metrics: Arc<Metrics>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -108,14 +110,18 @@ fn is_public(ip: IpAddr) -> bool {
 }
 
 impl Webhooks {
-    pub fn new(storage: Arc<dyn Storage>, settings: WebhookSettings) -> anyhow::Result<Self> {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        settings: WebhookSettings,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             // A redirect could lead to an address the target check refused.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("atoms-auth-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { storage, settings, http })
+        Ok(Self { storage, settings, http, metrics })
     }
 
     /// Refuses non-http(s) URLs and, unless allowed, hosts that resolve to loopback, private
@@ -311,6 +317,12 @@ impl Webhooks {
             (delivery_status::PENDING, Some(SystemClock.now_ms() + self.backoff(d.attempts)))
         };
         tracing::debug!(delivery = %d.id, attempt = d.attempts, status, ?status_code, "webhook attempt");
+        let outcome = match status {
+            delivery_status::DELIVERED => "delivered",
+            delivery_status::FAILED => "failed",
+            _ => "retry",
+        };
+        self.metrics.webhook_deliveries.with_label_values(&[outcome]).inc();
         self.storage
             .finish_attempt(&AttemptResult { attempt: &attempt, status, next_attempt_at: next })
             .await

@@ -9,14 +9,16 @@ mod oauth;
 mod ops;
 mod wellknown;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::Response;
 use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
@@ -28,12 +30,14 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
+    let cors = cors(&state.config.cors_origins);
     Router::new()
         .merge(oauth::router())
         .merge(account::router())
         .merge(admin::router())
         .merge(wellknown::router())
         .merge(ops::router())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .fallback(not_found)
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(body_limit))
@@ -57,6 +61,103 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         )
+        .layer(security_headers())
+        .layer(cors)
+}
+
+/// Headers every response carries unless its handler chose otherwise: no sniffing, no
+/// framing, no referrer, no active content, HTTPS only, and nothing cached by default.
+fn security_headers() -> impl tower::Layer<
+    axum::routing::Route,
+    Service: tower::Service<
+        Request<axum::body::Body>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+                 + Send
+                 + Sync
+                 + 'static,
+> + Clone {
+    let header = |name: HeaderName, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
+    };
+    ServiceBuilder::new()
+        .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(header(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(header(header::REFERRER_POLICY, "no-referrer"))
+        .layer(header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ))
+        .layer(header(header::STRICT_TRANSPORT_SECURITY, "max-age=63072000; includeSubDomains"))
+        .layer(header(header::CACHE_CONTROL, "no-store"))
+}
+
+/// CORS for the configured origins; with none configured no CORS header is ever sent, so
+/// browsers keep cross-origin pages out.
+fn cors(origins: &str) -> CorsLayer {
+    let origins: Vec<&str> = origins.split(',').map(str::trim).filter(|o| !o.is_empty()).collect();
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID])
+        .expose_headers([REQUEST_ID, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Per matched route: the in-flight gauge, the request timeout, and the count and duration by
+/// route template (never the raw path, which holds ids).
+async fn observe(
+    State(state): State<AppState>,
+    request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = Instant::now();
+    let method = method_label(request.method());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let metrics = &state.metrics;
+    metrics.http_in_flight.inc();
+    let limit = Duration::from_secs(state.config.request_timeout_secs.max(1));
+    let response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(route, "request timed out");
+            problem(StatusCode::SERVICE_UNAVAILABLE, "the request took too long; try again")
+        }
+    };
+    metrics.http_in_flight.dec();
+    metrics.http_requests.with_label_values(&[method, &route, response.status().as_str()]).inc();
+    metrics
+        .http_duration
+        .with_label_values(&[method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The method as a label: the standard ones by name, anything else as `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Makes the request's id, client address and user agent available to the audit records
@@ -78,6 +179,12 @@ async fn request_meta(
     REQUEST.scope(meta, next.run(request)).await
 }
 
-async fn not_found() -> Response {
-    problem(StatusCode::NOT_FOUND, "no such resource")
+async fn not_found(State(state): State<AppState>, method: Method) -> Response {
+    let response = problem(StatusCode::NOT_FOUND, "no such resource");
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[method_label(&method), "unmatched", response.status().as_str()])
+        .inc();
+    response
 }

@@ -11,9 +11,10 @@ use super::auth::ClientIp;
 use super::extract::{OAuthForm, client_credentials};
 use crate::AppState;
 use crate::domain::devices::DeviceHints;
+use crate::domain::ratelimit::Verdict;
 use crate::domain::secrets::Secret;
 use crate::domain::tokens::GRANT_TYPES;
-use crate::error::{OAuthError, no_store};
+use crate::error::{OAuthError, no_store, rate_limit_headers};
 use crate::storage::Client;
 
 pub fn router() -> Router<AppState> {
@@ -48,14 +49,32 @@ fn required(value: Option<String>, name: &str) -> Result<String, OAuthError> {
         .ok_or_else(|| OAuthError::InvalidRequest(format!("{name} is required")))
 }
 
+/// Counts the request against the client's and the address's rate limits (before the secret
+/// is checked, so guessing secrets is limited too), then authenticates the client.
 async fn authenticate(
     state: &AppState,
+    route: &'static str,
+    ip: Option<&str>,
     headers: &HeaderMap,
     client_id: Option<String>,
     client_secret: Option<String>,
-) -> Result<Client, OAuthError> {
+) -> Result<(Client, Option<Verdict>), OAuthError> {
     let (id, secret) = client_credentials(headers, client_id, client_secret)?;
-    state.tokens.authenticate_client(&id, secret).await
+    let verdict = state.limits.check(route, Some(&id), ip).await?;
+    if let Some(v) = verdict.filter(|v| v.retry_after_secs.is_some()) {
+        state.metrics.rate_limited.with_label_values(&[route, v.scope.as_str()]).inc();
+        return Err(OAuthError::RateLimited(v));
+    }
+    Ok((state.tokens.authenticate_client(&id, secret).await?, verdict))
+}
+
+/// A successful OAuth answer: never cached, with the rate-limit state.
+fn answer(mut response: Response, verdict: Option<Verdict>) -> Response {
+    no_store(&mut response);
+    if let Some(v) = verdict {
+        rate_limit_headers(&mut response, &v);
+    }
+    response
 }
 
 #[tracing::instrument(skip_all, fields(grant_type))]
@@ -70,10 +89,18 @@ async fn token(
     if !GRANT_TYPES.contains(&grant_type.as_str()) {
         return Err(OAuthError::UnsupportedGrantType);
     }
-    let client = authenticate(&state, &headers, form.client_id, form.client_secret).await?;
+    let (client, verdict) = authenticate(
+        &state,
+        "/auth/token",
+        ip.as_deref(),
+        &headers,
+        form.client_id,
+        form.client_secret,
+    )
+    .await?;
     let scope = form.scope.as_deref();
     let tokens = &state.tokens;
-    let answer = match grant_type.as_str() {
+    let tokens_issued = match grant_type.as_str() {
         "password" => {
             let username = required(form.username, "username")?;
             let password = required(form.password, "password")?;
@@ -93,9 +120,8 @@ async fn token(
             tokens.refresh_grant(&client, &refresh, scope, ip.as_deref()).await?
         }
     };
-    let mut response = Json(answer).into_response();
-    no_store(&mut response);
-    Ok(response)
+    state.metrics.tokens_issued.with_label_values(&[grant_type.as_str()]).inc();
+    Ok(answer(Json(tokens_issued).into_response(), verdict))
 }
 
 #[derive(Deserialize)]
@@ -110,30 +136,44 @@ struct TokenParamForm {
 #[tracing::instrument(skip_all)]
 async fn revoke(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     OAuthForm(form): OAuthForm<TokenParamForm>,
 ) -> Result<Response, OAuthError> {
-    let client = authenticate(&state, &headers, form.client_id, form.client_secret).await?;
+    let (client, verdict) = authenticate(
+        &state,
+        "/auth/revoke",
+        ip.as_deref(),
+        &headers,
+        form.client_id,
+        form.client_secret,
+    )
+    .await?;
     let token = required(form.token, "token")?;
     state.tokens.revoke(&client, &token).await?;
-    let mut response = ().into_response();
-    no_store(&mut response);
-    Ok(response)
+    Ok(answer(().into_response(), verdict))
 }
 
 #[tracing::instrument(skip_all)]
 async fn introspect(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     OAuthForm(form): OAuthForm<TokenParamForm>,
 ) -> Result<Response, OAuthError> {
-    let client = authenticate(&state, &headers, form.client_id, form.client_secret).await?;
+    let (client, verdict) = authenticate(
+        &state,
+        "/auth/introspect",
+        ip.as_deref(),
+        &headers,
+        form.client_id,
+        form.client_secret,
+    )
+    .await?;
     if client.is_public() {
         // Introspection reveals token contents: only authenticated (confidential) clients.
         return Err(OAuthError::InvalidClient);
     }
     let token = required(form.token, "token")?;
-    let mut response = Json(state.tokens.introspect(&token).await?).into_response();
-    no_store(&mut response);
-    Ok(response)
+    Ok(answer(Json(state.tokens.introspect(&token).await?).into_response(), verdict))
 }

@@ -1,16 +1,194 @@
-//! Endpoints for orchestrators.
+//! Endpoints for operators and orchestrators: metrics, health, liveness and readiness.
 
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::metrics::Metrics;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/health/live", get(live))
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+}
+
+/// The Prometheus exposition.
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(pool) = state.storage.pool() {
+        let gauge = &state.metrics.pool_connections;
+        gauge.with_label_values(&["idle"]).set(i64::from(pool.idle));
+        gauge.with_label_values(&["in_use"]).set(i64::from(pool.size.saturating_sub(pool.idle)));
+    }
+    let body = state.metrics.render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 /// The process is up and serving HTTP.
-async fn live() -> Json<serde_json::Value> {
+async fn live() -> Json<Value> {
     Json(json!({ "status": "healthy" }))
+}
+
+/// Ready for traffic: the schema is current and storage answers.
+async fn ready(State(state): State<AppState>) -> Response {
+    let storage = check_storage(&state).await;
+    let schema = state.storage.migration_status().await;
+    let current = schema.as_ref().is_ok_and(|s| s.iter().all(|m| m.applied && m.checksum_ok));
+    let ready = storage.status == Status::Healthy && current;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "storage": storage,
+        "schema_current": current,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// A check's verdict; the order is from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Healthy,
+    Unknown,
+    Degraded,
+    Unhealthy,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    status: Status,
+    latency_ms: Option<f64>,
+    #[serde(flatten)]
+    details: serde_json::Map<String, Value>,
+}
+
+impl Check {
+    fn new(status: Status, latency: Option<Duration>) -> Self {
+        Self {
+            status,
+            latency_ms: latency.map(|l| (l.as_secs_f64() * 1e6).round() / 1e3),
+            details: serde_json::Map::new(),
+        }
+    }
+
+    fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+/// How long a check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// A round trip slower than this is degraded.
+const SLOW: Duration = Duration::from_millis(250);
+
+/// Runs a probe with a timeout: its latency and its error, if any.
+async fn timed<T, E: std::fmt::Display>(
+    probe: impl Future<Output = Result<T, E>>,
+) -> (Duration, Result<T, String>) {
+    let started = Instant::now();
+    let result = match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+    };
+    (started.elapsed(), result)
+}
+
+fn round_trip(latency: Duration, result: Result<(), String>) -> Check {
+    match result {
+        Ok(()) if latency > SLOW => {
+            Check::new(Status::Degraded, Some(latency)).with("error", "slow")
+        }
+        Ok(()) => Check::new(Status::Healthy, Some(latency)),
+        Err(e) => Check::new(Status::Unhealthy, Some(latency)).with("error", e),
+    }
+}
+
+async fn check_storage(state: &AppState) -> Check {
+    let (latency, result) = timed(state.storage.ping()).await;
+    round_trip(latency, result).with("backend", state.storage.backend())
+}
+
+async fn check_cache(state: &AppState) -> Check {
+    let Some(conn) = &state.shared_redis else {
+        return Check::new(Status::Unknown, None).with("detail", "not configured");
+    };
+    let mut conn = conn.clone();
+    let (latency, result) =
+        timed(async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await;
+    round_trip(latency, result.map(drop)).with("backend", "redis")
+}
+
+/// The active key must exist; a rotation overdue by more than a day is degraded.
+fn check_keys(state: &AppState) -> Check {
+    let Some(signer) = state.keys.signer() else {
+        return Check::new(Status::Unhealthy, None).with("error", "no active signing key");
+    };
+    let age_ms = state.clock.now_ms() - signer.created_at;
+    let interval_ms = state.config.key_rotation_interval_secs.saturating_mul(1000) as i64;
+    let overdue = interval_ms > 0 && age_ms > interval_ms + 24 * 3600 * 1000;
+    let status = if overdue { Status::Degraded } else { Status::Healthy };
+    let check = Check::new(status, None)
+        .with("active_kid", signer.kid.clone())
+        .with("algorithm", signer.alg.as_str())
+        .with("age_seconds", age_ms / 1000);
+    if overdue { check.with("error", "key rotation is overdue") } else { check }
+}
+
+/// Degraded when deliveries pile up or most recent attempts fail.
+async fn check_webhooks(state: &AppState, metrics: &Metrics) -> Check {
+    let (latency, result) = timed(state.storage.webhook_backlog()).await;
+    let backlog = match result {
+        Ok(b) => b,
+        Err(e) => return Check::new(Status::Unhealthy, Some(latency)).with("error", e),
+    };
+    let count = |outcome: &str| metrics.webhook_deliveries.with_label_values(&[outcome]).get();
+    let (delivered, retried, failed) = (count("delivered"), count("retry"), count("failed"));
+    let attempts = delivered + retried + failed;
+    let failure_rate =
+        if attempts == 0 { 0.0 } else { (retried + failed) as f64 / attempts as f64 };
+    let degraded = backlog.pending > 1000 || (attempts >= 10 && failure_rate > 0.5);
+    Check::new(if degraded { Status::Degraded } else { Status::Healthy }, Some(latency))
+        .with("pending", backlog.pending)
+        .with("failed", backlog.failed)
+        .with("failure_rate", (failure_rate * 1000.0).round() / 1000.0)
+}
+
+/// Every dependency, checked now; the overall status is the worst, and 503 when unhealthy.
+async fn health(State(state): State<AppState>) -> Response {
+    let (storage, cache, webhooks) = tokio::join!(
+        check_storage(&state),
+        check_cache(&state),
+        check_webhooks(&state, &state.metrics)
+    );
+    let keys = check_keys(&state);
+    let overall = [&storage, &cache, &keys, &webhooks]
+        .iter()
+        .map(|c| c.status)
+        .filter(|s| *s != Status::Unknown)
+        .max()
+        .unwrap_or(Status::Healthy);
+    let code =
+        if overall == Status::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let body = json!({
+        "status": overall,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "checks": { "storage": storage, "cache": cache, "signing_keys": keys, "webhooks": webhooks },
+    });
+    let mut response = (code, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response
 }

@@ -3,6 +3,7 @@
 //! `BEGIN IMMEDIATE` transaction. Nothing outside this module knows which backend runs.
 
 mod events;
+mod instrumented;
 mod models;
 pub mod postgres;
 pub mod redis;
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 
 use crate::clock::Millis;
 pub use events::*;
+pub use instrumented::Instrumented;
 pub use models::*;
 
 /// Errors of the storage layer.
@@ -235,6 +237,19 @@ pub trait Storage:
     fn backend(&self) -> &'static str;
     /// One real round trip.
     async fn ping(&self) -> StorageResult<()>;
+    /// Connections of the pool, where the backend pools them.
+    fn pool(&self) -> Option<PoolState> {
+        None
+    }
+    /// Sessions neither ended nor expired at `now`.
+    async fn count_active_sessions(&self, now: Millis) -> StorageResult<u64>;
+}
+
+/// Connection-pool occupancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    pub size: u32,
+    pub idle: u32,
 }
 
 /// Connection options that are not part of the URL.

@@ -263,6 +263,28 @@ macro_rules! sql_storage {
                 sqlx::query("SELECT 1").execute(self.reader()).await?;
                 Ok(())
             }
+
+            fn pool(&self) -> Option<$crate::storage::PoolState> {
+                let mut pools = vec![self.reader()];
+                if !std::ptr::eq(self.reader(), self.writer()) {
+                    pools.push(self.writer());
+                }
+                Some($crate::storage::PoolState {
+                    size: pools.iter().map(|p| p.size()).sum(),
+                    idle: pools.iter().map(|p| p.num_idle() as u32).sum(),
+                })
+            }
+
+            async fn count_active_sessions(&self, now: Millis) -> StorageResult<u64> {
+                let count: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL \
+                     AND idle_expires_at > $1 AND expires_at > $1",
+                )
+                .bind(now)
+                .fetch_one(self.reader())
+                .await?;
+                Ok(count as u64)
+            }
         }
     };
 }

@@ -9,5 +9,6 @@ mod fixtures;
 mod helpers;
 mod oauth;
 mod oauth_errors;
+mod ops;
 mod receiver;
 mod webhooks;

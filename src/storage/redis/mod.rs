@@ -404,4 +404,11 @@ impl Storage for RedisStorage {
         let _: String = ::redis::cmd("PING").query_async(&mut self.conn()).await?;
         Ok(())
     }
+
+    /// `session_ends` scores each session by when it ends (idle expiry, capped by the
+    /// absolute one, or its revocation), so the live ones are those scored after now.
+    async fn count_active_sessions(&self, now: Millis) -> StorageResult<u64> {
+        let min = format!("({now}");
+        Ok(self.conn().zcount(format!("{}session_ends", self.script_prefix()), min, "+inf").await?)
+    }
 }

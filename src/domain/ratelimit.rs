@@ -1,0 +1,249 @@
+//! Rate limits of the OAuth endpoints, per client and per client address, by the generic cell
+//! rate algorithm (a steady rate with a burst allowance). In one process the state is local
+//! (`governor`); with a Redis URL configured it lives in Redis, checked by one script call per
+//! request, so every instance enforces the same limit.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use ::redis::Script;
+use ::redis::aio::ConnectionManager;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::storage::StorageResult;
+
+/// One limit: a steady rate and the burst allowed on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Rule {
+    /// The rule, or none when its rate is 0 (unlimited).
+    pub fn new(per_second: u32, burst: u32) -> Option<Self> {
+        (per_second > 0).then(|| Self { per_second, burst: burst.max(1) })
+    }
+
+    fn interval_us(self) -> u64 {
+        1_000_000 / u64::from(self.per_second)
+    }
+}
+
+/// Which key a limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Client,
+    Ip,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Ip => "ip",
+        }
+    }
+}
+
+/// The state of the tightest limit after a request, for the `RateLimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub scope: Scope,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the burst allowance is whole again.
+    pub reset_secs: u64,
+    /// Set when the request is refused: seconds until a retry can pass.
+    pub retry_after_secs: Option<u64>,
+}
+
+type Local =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+enum Backend {
+    Local { client: Option<Local>, ip: Option<Local> },
+    Redis { conn: ConnectionManager, prefix: String, script: Script },
+}
+
+/// The configured limits.
+pub struct RateLimits {
+    client: Option<Rule>,
+    ip: Option<Rule>,
+    backend: Backend,
+}
+
+fn local(rule: Option<Rule>) -> Option<Local> {
+    let rule = rule?;
+    let rate = NonZeroU32::new(rule.per_second)?;
+    let burst = NonZeroU32::new(rule.burst)?;
+    Some(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)).with_middleware())
+}
+
+fn secs_ceil(us: u64) -> u64 {
+    us.div_ceil(1_000_000)
+}
+
+impl RateLimits {
+    /// Limits kept in this process.
+    pub fn local(client: Option<Rule>, ip: Option<Rule>) -> Self {
+        Self { client, ip, backend: Backend::Local { client: local(client), ip: local(ip) } }
+    }
+
+    /// Limits kept in Redis, shared by every instance using the same Redis and prefix.
+    pub fn redis(
+        client: Option<Rule>,
+        ip: Option<Rule>,
+        conn: ConnectionManager,
+        prefix: String,
+    ) -> Self {
+        let script = Script::new(include_str!("ratelimit.lua"));
+        Self { client, ip, backend: Backend::Redis { conn, prefix, script } }
+    }
+
+    /// Whether any limit is configured.
+    pub fn enabled(&self) -> bool {
+        self.client.is_some() || self.ip.is_some()
+    }
+
+    /// Counts a request to `route` by `client_id` from `ip` against every limit; the verdict
+    /// is the tightest one (refused when any refuses). None when no limit applies.
+    pub async fn check(
+        &self,
+        route: &str,
+        client_id: Option<&str>,
+        ip: Option<&str>,
+    ) -> StorageResult<Option<Verdict>> {
+        let mut checks: Vec<(Scope, Rule, String)> = Vec::with_capacity(2);
+        if let (Some(rule), Some(id)) = (self.client, client_id) {
+            checks.push((Scope::Client, rule, format!("{route}|client|{id}")));
+        }
+        if let (Some(rule), Some(ip)) = (self.ip, ip) {
+            checks.push((Scope::Ip, rule, format!("{route}|ip|{ip}")));
+        }
+        if checks.is_empty() {
+            return Ok(None);
+        }
+        let verdicts = match &self.backend {
+            Backend::Local { client, ip } => checks
+                .iter()
+                .filter_map(|(scope, rule, key)| {
+                    let limiter = match scope {
+                        Scope::Client => client.as_ref(),
+                        Scope::Ip => ip.as_ref(),
+                    }?;
+                    Some(local_verdict(limiter, *scope, *rule, key))
+                })
+                .collect::<Vec<_>>(),
+            Backend::Redis { conn, prefix, script } => {
+                let mut invocation = script.prepare_invoke();
+                for (_, rule, key) in &checks {
+                    invocation.key(format!("{prefix}ratelimit:{key}"));
+                    invocation
+                        .arg(rule.interval_us())
+                        .arg(rule.interval_us() * u64::from(rule.burst));
+                }
+                let answers: Vec<(i64, i64, i64)> =
+                    invocation.invoke_async(&mut conn.clone()).await?;
+                checks
+                    .iter()
+                    .zip(answers)
+                    .map(|((scope, rule, _), (allowed, slack_or_wait, until_full))| {
+                        let (slack_or_wait, until_full) =
+                            (slack_or_wait.max(0) as u64, until_full.max(0) as u64);
+                        let allowed = allowed == 1;
+                        Verdict {
+                            scope: *scope,
+                            limit: rule.burst,
+                            remaining: if allowed {
+                                u32::try_from(slack_or_wait / rule.interval_us())
+                                    .unwrap_or(u32::MAX)
+                            } else {
+                                0
+                            },
+                            reset_secs: secs_ceil(until_full),
+                            retry_after_secs: (!allowed).then(|| secs_ceil(slack_or_wait).max(1)),
+                        }
+                    })
+                    .collect()
+            }
+        };
+        // A refusal wins; among passes, the one with the least left.
+        Ok(verdicts.into_iter().min_by_key(|v| (v.retry_after_secs.is_none(), v.remaining)))
+    }
+
+    /// Forgets local keys whose allowance is whole again, so memory follows the active keys.
+    pub fn housekeeping(&self) {
+        if let Backend::Local { client, ip } = &self.backend {
+            for limiter in [client, ip].into_iter().flatten() {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        }
+    }
+}
+
+fn local_verdict(limiter: &Local, scope: Scope, rule: Rule, key: &str) -> Verdict {
+    let interval = Duration::from_micros(rule.interval_us());
+    match limiter.check_key(&key.to_owned()) {
+        Ok(snapshot) => {
+            let remaining = snapshot.remaining_burst_capacity();
+            Verdict {
+                scope,
+                limit: rule.burst,
+                remaining,
+                reset_secs: (interval * (rule.burst - remaining)).as_secs_f64().ceil() as u64,
+                retry_after_secs: None,
+            }
+        }
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            Verdict {
+                scope,
+                limit: rule.burst,
+                remaining: 0,
+                reset_secs: (interval * rule.burst).as_secs_f64().ceil() as u64,
+                retry_after_secs: Some((wait.as_secs_f64().ceil() as u64).max(1)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn burst_then_refusal_with_retry_after() {
+        let limits = RateLimits::local(Rule::new(1, 3), None);
+        for left in [2, 1, 0] {
+            let v = limits.check("/auth/token", Some("c"), Some("1.2.3.4")).await.ok().flatten();
+            let v = v.expect("a verdict");
+            assert_eq!((v.remaining, v.retry_after_secs, v.limit), (left, None, 3));
+        }
+        let refused = limits.check("/auth/token", Some("c"), None).await.ok().flatten();
+        let refused = refused.expect("a verdict");
+        assert_eq!(refused.retry_after_secs, Some(1));
+        assert_eq!(refused.scope, Scope::Client);
+        // Another client, and the same client on another route, have their own allowance.
+        let other = limits.check("/auth/token", Some("d"), None).await.ok().flatten();
+        assert_eq!(other.map(|v| v.retry_after_secs), Some(None));
+        let route = limits.check("/auth/revoke", Some("c"), None).await.ok().flatten();
+        assert_eq!(route.map(|v| v.retry_after_secs), Some(None));
+    }
+
+    #[tokio::test]
+    async fn tightest_limit_wins_and_zero_rate_is_unlimited() {
+        let limits = RateLimits::local(Rule::new(100, 100), Rule::new(1, 1));
+        let v = limits.check("/auth/token", Some("c"), Some("ip")).await.ok().flatten();
+        assert_eq!(v.map(|v| (v.scope, v.remaining)), Some((Scope::Ip, 0)));
+        let v = limits.check("/auth/token", Some("c"), Some("ip")).await.ok().flatten();
+        assert_eq!(v.map(|v| (v.scope, v.retry_after_secs.is_some())), Some((Scope::Ip, true)));
+        let none = RateLimits::local(Rule::new(0, 10), None);
+        assert!(!none.enabled());
+        assert_eq!(none.check("/auth/token", Some("c"), Some("ip")).await.ok().flatten(), None);
+    }
+}
