@@ -69,3 +69,178 @@ async fn cli_walkthrough(backend: Backend) {
 }
 
 crate::backend_tests!(cli_walkthrough);
+
+/// A free port on loopback (bound, then released for the server to take).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// The server's JSON logs of a full login, refresh, introspection and revocation run (with
+/// failures) hold none of the passwords, secrets or tokens, and every line of a request
+/// carries its request id.
+#[tokio::test]
+async fn logs_hold_no_secret_and_carry_request_ids() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let password = "log-test password 81f3";
+    let (ok, _, err) =
+        atoms_auth(&db, &["users", "create", "--username", "dora"], Some(&format!("{password}\n")));
+    assert!(ok, "{err}");
+    let (ok, out, err) = atoms_auth(
+        &db,
+        &["clients", "create", "--name", "logs", "--grant-types", "password,refresh_token"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let client_id = created["client_id"].as_str().expect("id").to_owned();
+    let secret = created["client_secret"].as_str().expect("secret").to_owned();
+
+    let port = free_port();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_atoms-auth"))
+        .env("ATOMS_AUTH_DATABASE_URL", &db.url)
+        .env("ATOMS_AUTH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ATOMS_AUTH_LOG", "debug")
+        .env("ATOMS_AUTH_LOG_FORMAT", "json")
+        // No grace retry: presenting a used token is reuse at once.
+        .env("ATOMS_AUTH_REFRESH_GRACE_SECS", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn server");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        if http.get(format!("{base}/health/live")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let post = |form: Vec<(&'static str, String)>, path: &'static str, id: &'static str| {
+        http.post(format!("{base}{path}"))
+            .basic_auth(&client_id, Some(&secret))
+            .header("x-request-id", id)
+            .form(&form)
+            .send()
+    };
+    let json =
+        |r: reqwest::Response| async move { r.json::<serde_json::Value>().await.expect("json") };
+    let login = json(
+        post(
+            vec![
+                ("grant_type", "password".into()),
+                ("username", "dora".into()),
+                ("password", password.into()),
+            ],
+            "/auth/token",
+            "req-login",
+        )
+        .await
+        .expect("login"),
+    )
+    .await;
+    let access = login["access_token"].as_str().expect("access").to_owned();
+    let refresh = login["refresh_token"].as_str().expect("refresh").to_owned();
+    let wrong = post(
+        vec![
+            ("grant_type", "password".into()),
+            ("username", "dora".into()),
+            ("password", "wrong pw 1234".into()),
+        ],
+        "/auth/token",
+        "req-wrong",
+    )
+    .await
+    .expect("wrong");
+    assert_eq!(wrong.status(), 400);
+    let refreshed = json(
+        post(
+            vec![("grant_type", "refresh_token".into()), ("refresh_token", refresh.clone())],
+            "/auth/token",
+            "req-refresh",
+        )
+        .await
+        .expect("refresh"),
+    )
+    .await;
+    let access2 = refreshed["access_token"].as_str().expect("access").to_owned();
+    let refresh2 = refreshed["refresh_token"].as_str().expect("refresh").to_owned();
+    // Presenting the used token again is reuse: logged as a warning, without the token.
+    let reused = post(
+        vec![("grant_type", "refresh_token".into()), ("refresh_token", refresh.clone())],
+        "/auth/token",
+        "req-reuse",
+    )
+    .await
+    .expect("reuse");
+    assert_eq!(reused.status(), 400);
+    let introspected = post(vec![("token", access2.clone())], "/auth/introspect", "req-introspect")
+        .await
+        .expect("introspect");
+    assert_eq!(introspected.status(), 200);
+    let revoked =
+        post(vec![("token", access.clone())], "/auth/revoke", "req-revoke").await.expect("revoke");
+    assert_eq!(revoked.status(), 200);
+    let bad_secret = http
+        .post(format!("{base}/auth/token"))
+        .basic_auth(&client_id, Some("not-the-secret-5521"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh2.as_str())])
+        .send()
+        .await
+        .expect("bad secret");
+    assert_eq!(bad_secret.status(), 401);
+
+    #[cfg(unix)]
+    {
+        let pid = server.id().expect("pid");
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+    let output = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut stderr = server.stderr.take().expect("stderr");
+        let mut logs = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut logs).await.expect("read logs");
+        let _ = server.wait().await;
+        logs
+    })
+    .await
+    .expect("the server stops on SIGTERM");
+
+    let lines: Vec<serde_json::Value> = output
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 10, "{output}");
+    let secrets = [
+        password,
+        "wrong pw 1234",
+        &secret,
+        "not-the-secret-5521",
+        &access,
+        &access2,
+        &refresh,
+        &refresh2,
+    ];
+    for s in secrets {
+        assert!(!output.contains(s), "a secret reached the logs: {s}");
+        // Nor any part of it long enough to matter (a JWT's signature, say).
+        for part in s.split('.').filter(|p| p.len() >= 16) {
+            assert!(!output.contains(part), "part of a secret reached the logs: {part}");
+        }
+    }
+    for id in ["req-login", "req-wrong", "req-refresh", "req-reuse", "req-introspect", "req-revoke"]
+    {
+        let of_request: Vec<_> = lines
+            .iter()
+            .filter(|l| l["span"]["request_id"] == id || l["spans"][0]["request_id"] == id)
+            .collect();
+        assert!(!of_request.is_empty(), "no log line carries {id}");
+    }
+    // Every line logged inside a request's span carries that request's id.
+    for line in &lines {
+        if let Some(spans) = line["spans"].as_array().filter(|s| !s.is_empty()) {
+            assert!(spans[0]["request_id"].is_string(), "a request line without its id: {line}");
+        }
+    }
+    assert!(output.contains("refresh token reuse detected"), "the reuse warning is logged");
+}
