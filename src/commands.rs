@@ -2,16 +2,14 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
-use uuid::Uuid;
-
 use crate::clock::{Clock, Millis, SystemClock};
 use crate::config::Config;
-use crate::domain::audit::{entry, events, record_json};
+pub use crate::domain::accounts::NewClient;
+use crate::domain::accounts::{self, NewUser, client_json};
+use crate::domain::audit::record_json;
 use crate::domain::keys::key_rotated;
-use crate::domain::secrets::{Secret, hash_password};
-use crate::domain::tokens::GRANT_TYPES;
-use crate::storage::{AuditQuery, Client, MigrationStatus, User};
+use crate::domain::roles::Role;
+use crate::storage::{AuditQuery, MigrationStatus};
 use crate::{App, key_manager, open_storage};
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -50,71 +48,25 @@ pub async fn create_user(
     config: &Config,
     username: &str,
     password: String,
+    role: Role,
 ) -> anyhow::Result<String> {
-    anyhow::ensure!(!username.trim().is_empty(), "the username must not be empty");
-    anyhow::ensure!(password.len() >= 8, "the password must have at least 8 characters");
     let storage = open_storage(config).await?;
     storage.migrate_up().await?;
-    let user = User {
-        id: Uuid::now_v7().to_string(),
-        username: username.to_owned(),
-        password_hash: hash_password(password).await?,
-        created_at: SystemClock.now_ms(),
-        disabled: false,
-    };
-    storage.create_user(&user).await?;
-    let created = entry(events::USER_CREATED)
-        .actor("cli")
-        .user(&user.id)
-        .detail("username", user.username.as_str());
-    storage.append_audit(&[created.at(user.created_at)]).await?;
+    let now = SystemClock.now_ms();
+    let new = NewUser { username: username.to_owned(), password, role };
+    let (user, created) = accounts::create_user(storage.as_ref(), new, now).await?;
+    storage.append_audit(&[created.actor("cli").at(now)]).await?;
     Ok(user.id)
-}
-
-/// What to register as a client.
-pub struct NewClient {
-    pub client_id: Option<String>,
-    pub name: String,
-    pub public: bool,
-    pub grant_types: Vec<String>,
-    pub scopes: Vec<String>,
 }
 
 /// Registers a client; the answer holds the secret, which is shown this once.
 pub async fn create_client(config: &Config, new: NewClient) -> anyhow::Result<serde_json::Value> {
-    for grant in &new.grant_types {
-        anyhow::ensure!(GRANT_TYPES.contains(&grant.as_str()), "unknown grant type {grant}");
-    }
-    anyhow::ensure!(
-        !(new.public && new.grant_types.iter().any(|g| g == "client_credentials")),
-        "a public client cannot use client_credentials"
-    );
     let storage = open_storage(config).await?;
     storage.migrate_up().await?;
-    let secret = (!new.public).then(Secret::generate);
-    let client = Client {
-        client_id: new.client_id.unwrap_or_else(|| Uuid::new_v4().simple().to_string()),
-        name: new.name,
-        secret_hash: secret.as_ref().map(Secret::sha256_hex),
-        grant_types: new.grant_types.join(" "),
-        scopes: new.scopes.join(" "),
-        created_at: SystemClock.now_ms(),
-    };
-    storage.create_client(&client).await?;
-    let created = entry(events::CLIENT_CREATED)
-        .actor("cli")
-        .client(&client.client_id)
-        .detail("name", client.name.as_str())
-        .detail("public", client.is_public())
-        .detail("grant_types", client.grant_types.as_str())
-        .detail("scopes", client.scopes.as_str());
-    storage.append_audit(&[created.at(client.created_at)]).await?;
-    Ok(json!({
-        "client_id": client.client_id,
-        "client_secret": secret.as_ref().map(Secret::expose),
-        "grant_types": new.grant_types,
-        "scopes": new.scopes,
-    }))
+    let now = SystemClock.now_ms();
+    let (client, secret, created) = accounts::create_client(storage.as_ref(), new, now).await?;
+    storage.append_audit(&[created.actor("cli").at(now)]).await?;
+    Ok(client_json(&client, secret.as_ref()))
 }
 
 /// Rotates the signing key now; returns the new active kid.

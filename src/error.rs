@@ -129,6 +129,17 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+impl From<crate::domain::accounts::AccountError> for ApiError {
+    fn from(e: crate::domain::accounts::AccountError) -> Self {
+        use crate::domain::accounts::AccountError;
+        match e {
+            AccountError::Invalid(why) => Self::BadRequest(why),
+            AccountError::Storage(e) => Self::Storage(e),
+            AccountError::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
 impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {

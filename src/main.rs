@@ -99,6 +99,9 @@ enum Users {
         username: String,
         #[arg(long, env = "ATOMS_AUTH_NEW_USER_PASSWORD", hide_env_values = true)]
         password: Option<String>,
+        /// owner, admin, member or viewer (see the README's access matrix).
+        #[arg(long, default_value = "member")]
+        role: atoms_auth::domain::roles::Role,
     },
 }
 
@@ -163,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("{:>4}  {:<8} {}{}", m.version, state, m.description, mismatch);
             }
         }
-        Command::Users { action: Users::Create { username, password } } => {
+        Command::Users { action: Users::Create { username, password, role } } => {
             let password = match password {
                 Some(p) => p,
                 None => {
@@ -172,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
                     p.trim_end_matches(['\r', '\n']).to_owned()
                 }
             };
-            let id = commands::create_user(&config, &username, password).await?;
+            let id = commands::create_user(&config, &username, password, role).await?;
             println!("{}", serde_json::json!({ "id": id, "username": username }));
         }
         Command::Clients {

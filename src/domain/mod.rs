@@ -1,5 +1,6 @@
 //! The rules of the server, independent of HTTP: tokens, keys, secrets, sessions and devices.
 
+pub mod accounts;
 pub mod audit;
 pub mod devices;
 pub mod keys;

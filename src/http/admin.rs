@@ -9,18 +9,27 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::AdminToken;
+use super::auth::Admin;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::AppState;
 use crate::clock::{Millis, rfc3339};
+use crate::domain::accounts::{self, NewClient, NewUser, client_json};
 use crate::domain::audit::record_json;
+use crate::domain::roles::{Permission, Role};
 use crate::domain::webhooks::WebhookError;
 use crate::error::ApiError;
-use crate::storage::{AuditQuery, WebhookAttempt, WebhookDelivery, WebhookSubscription};
+use crate::storage::{AuditQuery, User, WebhookAttempt, WebhookDelivery, WebhookSubscription};
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/admin/users", post(create_user))
+        .route("/admin/users/{id}", get(get_user).patch(update_user))
+        .route("/admin/users/{id}/sessions", get(user_sessions))
         .route("/admin/users/{id}/revoke", post(revoke_user))
+        .route("/admin/clients", post(create_client))
+        .route("/admin/clients/{id}", get(get_client))
+        .route("/admin/keys", get(keys))
+        .route("/admin/keys/rotate", post(rotate_keys))
         .route("/admin/audit", get(audit))
         .route("/admin/webhooks", post(create_webhook).get(list_webhooks))
         .route("/admin/webhooks/{id}", get(get_webhook).delete(delete_webhook))
@@ -28,18 +37,179 @@ pub fn router() -> Router<AppState> {
         .route("/admin/webhooks/{id}/deliveries", get(deliveries))
 }
 
-fn actor(admin: &AdminToken) -> String {
-    format!("client:{}", admin.0.client_id)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUserBody {
+    username: String,
+    password: String,
+    role: Option<String>,
+}
+
+fn parse_role(role: &str) -> Result<Role, ApiError> {
+    role.parse().map_err(ApiError::BadRequest)
+}
+
+fn user_json(user: &User) -> Value {
+    json!({
+        "id": user.id,
+        "username": user.username,
+        "role": user.role,
+        "disabled": user.disabled,
+        "created_at": rfc3339(user.created_at),
+    })
+}
+
+/// Only an owner makes or unmakes an owner.
+fn check_owner_change(admin: &Admin, from: Option<Role>, to: Role) -> Result<(), ApiError> {
+    let touches_owner = to == Role::Owner || from == Some(Role::Owner);
+    if touches_owner && admin.role != Role::Owner {
+        return Err(ApiError::Forbidden("only an owner can make or unmake an owner"));
+    }
+    Ok(())
+}
+
+/// Creates a user (a member unless a role is given).
+#[tracing::instrument(skip_all, fields(admin = %admin.claims.sub))]
+async fn create_user(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiJson(body): ApiJson<NewUserBody>,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::ChangeUsers)?;
+    let role = parse_role(body.role.as_deref().unwrap_or("member"))?;
+    check_owner_change(&admin, None, role)?;
+    let new = NewUser { username: body.username, password: body.password, role };
+    let now = state.clock.now_ms();
+    let (user, created) = accounts::create_user(state.storage.as_ref(), new, now).await?;
+    state.audit.record(created.actor(admin.actor())).await?;
+    Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
+}
+
+async fn get_user(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiPath(id): ApiPath,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::ReadUsers)?;
+    let user = state.storage.user_by_id(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
+    Ok(Json(user_json(&user)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserChange {
+    role: String,
+}
+
+/// Changes a user's role; it applies to their next admin request.
+#[tracing::instrument(skip_all, fields(admin = %admin.claims.sub, user_id = %id))]
+async fn update_user(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiPath(id): ApiPath,
+    ApiJson(change): ApiJson<UserChange>,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::ChangeUsers)?;
+    let role = parse_role(&change.role)?;
+    let user = state.storage.user_by_id(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
+    check_owner_change(&admin, user.role.parse().ok(), role)?;
+    if !state.storage.set_user_role(&id, role.as_str()).await? {
+        return Err(ApiError::NotFound("no such user"));
+    }
+    tracing::info!(from = %user.role, to = %role, "role changed");
+    let user = User { role: role.as_str().to_owned(), ..user };
+    Ok(Json(user_json(&user)).into_response())
+}
+
+/// Another user's active sessions.
+async fn user_sessions(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiPath(id): ApiPath,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::ReadSessions)?;
+    state.storage.user_by_id(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
+    let sessions = state.sessions.list(&id, None).await?;
+    Ok(Json(json!({ "user_id": id, "sessions": sessions })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewClientBody {
+    name: String,
+    client_id: Option<String>,
+    #[serde(default)]
+    public: bool,
+    grant_types: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+/// Registers a client; the answer shows its secret this once.
+#[tracing::instrument(skip_all, fields(admin = %admin.claims.sub))]
+async fn create_client(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiJson(body): ApiJson<NewClientBody>,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::ChangeClients)?;
+    let new = NewClient {
+        client_id: body.client_id,
+        name: body.name,
+        public: body.public,
+        grant_types: body.grant_types,
+        scopes: body.scopes,
+    };
+    let now = state.clock.now_ms();
+    let (client, secret, created) =
+        accounts::create_client(state.storage.as_ref(), new, now).await?;
+    state.audit.record(created.actor(admin.actor())).await?;
+    let mut response =
+        (StatusCode::CREATED, Json(client_json(&client, secret.as_ref()))).into_response();
+    crate::error::no_store(&mut response);
+    Ok(response)
+}
+
+async fn get_client(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiPath(id): ApiPath,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::ReadClients)?;
+    let client = state.storage.client(&id).await?.ok_or(ApiError::NotFound("no such client"))?;
+    Ok(Json(client_json(&client, None)).into_response())
+}
+
+/// The published keys and which one signs.
+async fn keys(State(state): State<AppState>, admin: Admin) -> Result<Response, ApiError> {
+    admin.require(Permission::ReadKeys)?;
+    let signer = state.keys.signer();
+    Ok(Json(json!({
+        "active_kid": signer.as_ref().map(|s| s.kid.clone()),
+        "algorithm": signer.as_ref().map(|s| s.alg.as_str()),
+        "active_since": signer.as_ref().map(|s| rfc3339(s.created_at)),
+        "jwks": state.keys.jwks(),
+    }))
+    .into_response())
+}
+
+/// Rotates the signing key now (audited as `key.rotated`).
+#[tracing::instrument(skip_all, fields(admin = %admin.claims.sub))]
+async fn rotate_keys(State(state): State<AppState>, admin: Admin) -> Result<Response, ApiError> {
+    admin.require(Permission::RotateKeys)?;
+    let kid = state.keys.rotate().await.map_err(ApiError::Internal)?;
+    Ok(Json(json!({ "active_kid": kid })).into_response())
 }
 
 /// Ends every session of the user: their refresh families and access tokens stop working.
-#[tracing::instrument(skip_all, fields(admin = %admin.0.sub, user_id = %id))]
+#[tracing::instrument(skip_all, fields(admin = %admin.claims.sub, user_id = %id))]
 async fn revoke_user(
     State(state): State<AppState>,
-    admin: AdminToken,
+    admin: Admin,
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
-    let ended = state.sessions.revoke_user(&id, &actor(&admin)).await?;
+    admin.require(Permission::ChangeSessions)?;
+    let ended = state.sessions.revoke_user(&id, &admin.actor()).await?;
     let ended = ended.ok_or(ApiError::NotFound("no such user"))?;
     Ok(Json(json!({ "user_id": id, "revoked_sessions": ended })).into_response())
 }
@@ -69,9 +239,10 @@ pub fn parse_time(name: &str, value: &str) -> Result<Millis, ApiError> {
 #[tracing::instrument(skip_all)]
 async fn audit(
     State(state): State<AppState>,
-    _admin: AdminToken,
+    admin: Admin,
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> Result<Response, ApiError> {
+    admin.require(Permission::ReadAudit)?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
@@ -122,9 +293,10 @@ struct NewWebhook {
 #[tracing::instrument(skip_all)]
 async fn create_webhook(
     State(state): State<AppState>,
-    _admin: AdminToken,
+    admin: Admin,
     ApiJson(body): ApiJson<NewWebhook>,
 ) -> Result<Response, ApiError> {
+    admin.require(Permission::ChangeWebhooks)?;
     let created = state.webhooks.create(&body.url, &body.events, state.clock.now_ms()).await;
     let subscription = created.map_err(|e| match e {
         WebhookError::Invalid(why) => ApiError::BadRequest(why),
@@ -137,10 +309,8 @@ async fn create_webhook(
 }
 
 #[tracing::instrument(skip_all)]
-async fn list_webhooks(
-    State(state): State<AppState>,
-    _admin: AdminToken,
-) -> Result<Response, ApiError> {
+async fn list_webhooks(State(state): State<AppState>, admin: Admin) -> Result<Response, ApiError> {
+    admin.require(Permission::ReadWebhooks)?;
     let list: Vec<Value> = state.storage.webhooks().await?.iter().map(subscription_json).collect();
     Ok(Json(json!({ "webhooks": list })).into_response())
 }
@@ -150,9 +320,10 @@ const NO_WEBHOOK: ApiError = ApiError::NotFound("no such webhook");
 #[tracing::instrument(skip_all)]
 async fn get_webhook(
     State(state): State<AppState>,
-    _admin: AdminToken,
+    admin: Admin,
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
+    admin.require(Permission::ReadWebhooks)?;
     let found = state.storage.webhook(&id).await?.ok_or(NO_WEBHOOK)?;
     Ok(Json(subscription_json(&found)).into_response())
 }
@@ -160,9 +331,10 @@ async fn get_webhook(
 #[tracing::instrument(skip_all)]
 async fn delete_webhook(
     State(state): State<AppState>,
-    _admin: AdminToken,
+    admin: Admin,
     ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
+    admin.require(Permission::ChangeWebhooks)?;
     if state.storage.delete_webhook(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -173,9 +345,10 @@ async fn delete_webhook(
 #[tracing::instrument(skip_all)]
 async fn test_webhook(
     State(state): State<AppState>,
-    _admin: AdminToken,
+    admin: Admin,
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
+    admin.require(Permission::ChangeWebhooks)?;
     let event_id = state.webhooks.send_test(&id).await?.ok_or(NO_WEBHOOK)?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": event_id }))).into_response())
 }
@@ -205,9 +378,10 @@ fn delivery_json(d: &WebhookDelivery, attempts: &[WebhookAttempt]) -> Value {
 #[tracing::instrument(skip_all)]
 async fn deliveries(
     State(state): State<AppState>,
-    _admin: AdminToken,
+    admin: Admin,
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
+    admin.require(Permission::ReadWebhooks)?;
     state.storage.webhook(&id).await?.ok_or(NO_WEBHOOK)?;
     let list = state.storage.deliveries(&id, 100).await?;
     let list: Vec<Value> = list.iter().map(|(d, a)| delivery_json(d, a)).collect();

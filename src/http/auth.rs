@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, header};
 use ipnet::IpNet;
 
 use crate::AppState;
+use crate::domain::roles::{self, Permission, Role};
 use crate::domain::tokens::AccessClaims;
 use crate::error::ApiError;
 
@@ -51,10 +52,33 @@ impl FromRequestParts<AppState> for UserToken {
     }
 }
 
-/// An active access token with the admin scope.
-pub struct AdminToken(pub AccessClaims);
+/// An active access token with the admin scope, and the role it acts with: its user's role
+/// (read now, so a changed role applies at once), or `admin` for a client's own token.
+pub struct Admin {
+    pub claims: AccessClaims,
+    pub role: Role,
+}
 
-impl FromRequestParts<AppState> for AdminToken {
+impl Admin {
+    /// Refuses, with 403, what the access matrix does not give this role.
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if roles::allows(self.role, permission) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("your role does not allow this"))
+        }
+    }
+
+    /// Who acts, for audit records.
+    pub fn actor(&self) -> String {
+        match self.claims.sid {
+            Some(_) => format!("user:{}", self.claims.sub),
+            None => format!("client:{}", self.claims.client_id),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
@@ -62,7 +86,14 @@ impl FromRequestParts<AppState> for AdminToken {
         if !claims.scope.split(' ').any(|s| s == ADMIN_SCOPE) {
             return Err(ApiError::Forbidden("this endpoint needs the admin scope"));
         }
-        Ok(Self(claims))
+        let role = if claims.sid.is_some() {
+            let user = state.storage.user_by_id(&claims.sub).await?;
+            let user = user.ok_or(ApiError::Unauthorized("the token's user no longer exists"))?;
+            user.role.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?
+        } else {
+            Role::Admin
+        };
+        Ok(Self { claims, role })
     }
 }
 

@@ -43,6 +43,7 @@ timed! {
         fn create_user(&self, user: &User) -> ();
         fn user_by_username(&self, username: &str) -> Option<User>;
         fn user_by_id(&self, id: &str) -> Option<User>;
+        fn set_user_role(&self, id: &str, role: &str) -> bool;
     }
     ClientStore {
         fn create_client(&self, client: &Client) -> ();

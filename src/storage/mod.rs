@@ -52,6 +52,8 @@ pub trait UserStore {
     async fn create_user(&self, user: &User) -> StorageResult<()>;
     async fn user_by_username(&self, username: &str) -> StorageResult<Option<User>>;
     async fn user_by_id(&self, id: &str) -> StorageResult<Option<User>>;
+    /// Changes a user's role; false when there is no such user.
+    async fn set_user_role(&self, id: &str, role: &str) -> StorageResult<bool>;
 }
 
 /// Registered OAuth clients.

@@ -14,6 +14,13 @@ pub struct User {
     pub password_hash: String,
     pub created_at: Millis,
     pub disabled: bool,
+    /// `owner`, `admin`, `member` or `viewer` (see `domain::roles`).
+    #[serde(default = "member")]
+    pub role: String,
+}
+
+fn member() -> String {
+    "member".to_owned()
 }
 
 impl std::fmt::Debug for User {
@@ -21,6 +28,7 @@ impl std::fmt::Debug for User {
         f.debug_struct("User")
             .field("id", &self.id)
             .field("username", &self.username)
+            .field("role", &self.role)
             .field("password_hash", &"[redacted]")
             .finish()
     }

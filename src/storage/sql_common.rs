@@ -21,14 +21,15 @@ macro_rules! sql_storage {
         impl $crate::storage::UserStore for $ty {
             async fn create_user(&self, user: &User) -> StorageResult<()> {
                 sqlx::query(
-                    "INSERT INTO users (id, username, password_hash, created_at, disabled) \
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO users (id, username, password_hash, created_at, disabled, role) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(&user.id)
                 .bind(&user.username)
                 .bind(&user.password_hash)
                 .bind(user.created_at)
                 .bind(user.disabled)
+                .bind(&user.role)
                 .execute(self.writer())
                 .await
                 .map_err($crate::storage::sql_common::unique("user"))?;
@@ -47,6 +48,15 @@ macro_rules! sql_storage {
                     .bind(id)
                     .fetch_optional(self.reader())
                     .await?)
+            }
+
+            async fn set_user_role(&self, id: &str, role: &str) -> StorageResult<bool> {
+                let done = sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
+                    .bind(role)
+                    .bind(id)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
             }
         }
 

@@ -100,6 +100,7 @@ macro_rules! scripts {
             2 "0002_sessions_devices" "sessions devices",
             3 "0003_audit_webhooks" "audit webhooks",
             4 "0004_audit_indexes" "audit indexes",
+            5 "0005_user_roles" "user roles",
         )
     };
     (@list $dialect:literal; $($version:literal $file:literal $description:literal,)*) => {

@@ -1,5 +1,6 @@
 //! The audit log over HTTP and the CLI, against every backend.
 
+use atoms_auth::domain::roles::Role;
 use std::collections::HashSet;
 
 use atoms_auth::clock::Clock;
@@ -31,8 +32,9 @@ fn event_names(page: &Answer) -> Vec<String> {
 async fn every_event_type_is_recorded_with_its_context(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.lockout_threshold = 2).await;
     let config = app.db.config();
-    let user_id = commands::create_user(&config, "alice", PASSWORD.into()).await.expect("user");
-    commands::create_user(&config, "bob", PASSWORD.into()).await.expect("bob");
+    let user_id =
+        commands::create_user(&config, "alice", PASSWORD.into(), Role::Member).await.expect("user");
+    commands::create_user(&config, "bob", PASSWORD.into(), Role::Member).await.expect("bob");
     let created = commands::create_client(
         &config,
         NewClient {

@@ -12,6 +12,7 @@ pub fn user(name: &str) -> User {
         password_hash: "$argon2id$fake".into(),
         created_at: 1,
         disabled: false,
+        role: "member".into(),
     }
 }
 

@@ -250,6 +250,7 @@ impl TestApp {
             password_hash: hash_password(password.into()).await.expect("hash"),
             created_at: self.clock.now_ms(),
             disabled: false,
+            role: "member".into(),
         };
         self.storage().create_user(&user).await.expect("create user");
         user.id

@@ -11,4 +11,5 @@ mod oauth;
 mod oauth_errors;
 mod ops;
 mod receiver;
+mod roles;
 mod webhooks;

@@ -160,6 +160,24 @@ impl UserStore for RedisStorage {
     async fn user_by_id(&self, id: &str) -> StorageResult<Option<User>> {
         self.get_json(&self.key("user", id)).await
     }
+
+    /// Read, change, write back only if the key still exists (`SET XX`). Users are never
+    /// deleted, and the role is the only field that changes, so the last change wins.
+    async fn set_user_role(&self, id: &str, role: &str) -> StorageResult<bool> {
+        let Some(mut user) = self.user_by_id(id).await? else {
+            return Ok(false);
+        };
+        user.role = role.to_owned();
+        let json =
+            serde_json::to_string(&user).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let set: Option<String> = ::redis::cmd("SET")
+            .arg(self.key("user", id))
+            .arg(json)
+            .arg("XX")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(set.is_some())
+    }
 }
 
 #[async_trait]

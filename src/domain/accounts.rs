@@ -1,0 +1,133 @@
+//! Creating users and clients: the rules the CLI and the admin API share.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::audit::{Entry, entry, events};
+use super::roles::Role;
+use super::secrets::{Secret, hash_password};
+use super::tokens::GRANT_TYPES;
+use crate::clock::Millis;
+use crate::storage::{Client, Storage, StorageError, User};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// The request breaks a rule; the message says which.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+fn invalid(message: &str) -> AccountError {
+    AccountError::Invalid(message.to_owned())
+}
+
+/// A user to create.
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub role: Role,
+}
+
+/// Creates a user; returns it with its `user.created` audit record (the caller adds the actor
+/// and records it).
+pub async fn create_user(
+    storage: &dyn Storage,
+    new: NewUser,
+    now: Millis,
+) -> Result<(User, Entry), AccountError> {
+    let username = new.username.trim();
+    if username.is_empty() || username.chars().count() > 200 {
+        return Err(invalid("the username must have 1 to 200 characters"));
+    }
+    if new.password.chars().count() < 8 || new.password.len() > 1024 {
+        return Err(invalid("the password must have 8 to 1024 characters"));
+    }
+    let user = User {
+        id: Uuid::now_v7().to_string(),
+        username: username.to_owned(),
+        password_hash: hash_password(new.password).await?,
+        created_at: now,
+        disabled: false,
+        role: new.role.as_str().to_owned(),
+    };
+    storage.create_user(&user).await?;
+    let created = entry(events::USER_CREATED)
+        .user(&user.id)
+        .detail("username", user.username.as_str())
+        .detail("role", user.role.as_str());
+    Ok((user, created))
+}
+
+/// A client to register.
+pub struct NewClient {
+    pub client_id: Option<String>,
+    pub name: String,
+    pub public: bool,
+    pub grant_types: Vec<String>,
+    pub scopes: Vec<String>,
+}
+
+/// Registers a client; returns it, its secret (shown this once; none for a public client)
+/// and its `client.created` audit record.
+pub async fn create_client(
+    storage: &dyn Storage,
+    new: NewClient,
+    now: Millis,
+) -> Result<(Client, Option<Secret>, Entry), AccountError> {
+    if new.name.trim().is_empty() || new.name.chars().count() > 200 {
+        return Err(invalid("the name must have 1 to 200 characters"));
+    }
+    if new.grant_types.is_empty() {
+        return Err(invalid("at least one grant type is required"));
+    }
+    for grant in &new.grant_types {
+        if !GRANT_TYPES.contains(&grant.as_str()) {
+            return Err(AccountError::Invalid(format!("unknown grant type {grant}")));
+        }
+    }
+    if new.public && new.grant_types.iter().any(|g| g == "client_credentials") {
+        return Err(invalid("a public client cannot use client_credentials"));
+    }
+    let valid_token =
+        |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\');
+    if !new.scopes.iter().all(|s| valid_token(s)) {
+        return Err(invalid("scopes are space-separated printable ASCII tokens"));
+    }
+    if new.client_id.as_deref().is_some_and(|id| !valid_token(id) || id.len() > 200) {
+        return Err(invalid("the client id must be 1 to 200 printable ASCII characters"));
+    }
+    let secret = (!new.public).then(Secret::generate);
+    let client = Client {
+        client_id: new.client_id.unwrap_or_else(|| Uuid::new_v4().simple().to_string()),
+        name: new.name.trim().to_owned(),
+        secret_hash: secret.as_ref().map(Secret::sha256_hex),
+        grant_types: new.grant_types.join(" "),
+        scopes: new.scopes.join(" "),
+        created_at: now,
+    };
+    storage.create_client(&client).await?;
+    let created = entry(events::CLIENT_CREATED)
+        .client(&client.client_id)
+        .detail("name", client.name.as_str())
+        .detail("public", client.is_public())
+        .detail("grant_types", client.grant_types.as_str())
+        .detail("scopes", client.scopes.as_str());
+    Ok((client, secret, created))
+}
+
+/// A client as the CLI and the admin API show it, with its secret when just created.
+pub fn client_json(client: &Client, secret: Option<&Secret>) -> serde_json::Value {
+    json!({
+        "client_id": client.client_id,
+        "name": client.name,
+        "public": client.is_public(),
+        "client_secret": secret.map(Secret::expose),
+        "grant_types": client.grant_types.split(' ').collect::<Vec<_>>(),
+        "scopes": client.scopes.split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+        "created_at": crate::clock::rfc3339(client.created_at),
+    })
+}
