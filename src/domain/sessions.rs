@@ -13,7 +13,7 @@ use crate::storage::{
 };
 
 /// A session as its owner sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub id: String,
     pub client_id: String,
@@ -35,7 +35,7 @@ pub struct SessionView {
 }
 
 /// A device as its owner sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeviceView {
     pub id: String,
     pub name: String,

@@ -42,7 +42,7 @@ pub struct AccessClaims {
 }
 
 /// A successful token answer (RFC 6749 §5.1).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,

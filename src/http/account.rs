@@ -4,30 +4,35 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+
+use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::UserToken;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::AppState;
 use crate::error::ApiError;
 use crate::storage::revoke_reason;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/sessions", get(list_sessions).delete(end_sessions))
-        .route("/auth/sessions/{id}", get(get_session).delete(end_session))
-        .route("/auth/logout", post(logout))
-        .route("/auth/devices", get(list_devices))
-        .route("/auth/devices/{id}", axum::routing::patch(update_device).delete(delete_device))
-        .route("/auth/userinfo", get(userinfo))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_sessions, end_sessions))
+        .routes(routes!(get_session, end_session))
+        .routes(routes!(logout))
+        .routes(routes!(list_devices))
+        .routes(routes!(update_device, delete_device))
+        .routes(routes!(userinfo))
 }
 
 const NO_SESSION: ApiError = ApiError::NotFound("no such session");
 const NO_DEVICE: ApiError = ApiError::NotFound("no such device");
 
+#[utoipa::path(get, path = "/auth/sessions", tag = "account", summary = "The user's active sessions", security(("bearer" = [])),
+    responses((status = 200, description = "`{sessions: [...]}`, the current one marked", body = Object), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn list_sessions(
     State(state): State<AppState>,
@@ -37,6 +42,8 @@ async fn list_sessions(
     Ok(Json(json!({ "sessions": sessions })).into_response())
 }
 
+#[utoipa::path(get, path = "/auth/sessions/{id}", tag = "account", summary = "One of the user's sessions", params(("id" = String, Path, description = "Session id")), security(("bearer" = [])),
+    responses((status = 200, description = "The session", body = crate::domain::sessions::SessionView), (status = 404, description = "No such session of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn get_session(
     State(state): State<AppState>,
@@ -47,6 +54,8 @@ async fn get_session(
     Ok(Json(session.ok_or(NO_SESSION)?).into_response())
 }
 
+#[utoipa::path(delete, path = "/auth/sessions/{id}", tag = "account", summary = "End one of the user's sessions", params(("id" = String, Path, description = "Session id")), security(("bearer" = [])),
+    responses((status = 204, description = "Ended"), (status = 404, description = "No such session of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn end_session(
     State(state): State<AppState>,
@@ -66,6 +75,8 @@ struct EndSessionsQuery {
     except_current: bool,
 }
 
+#[utoipa::path(delete, path = "/auth/sessions", tag = "account", summary = "End all the user's sessions", params(("except_current" = Option<bool>, Query, description = "Keep the session of this token")), security(("bearer" = [])),
+    responses((status = 200, description = "`{revoked: n}`", body = Object), (status = 400, description = "Bad query", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn end_sessions(
     State(state): State<AppState>,
@@ -81,12 +92,16 @@ async fn end_sessions(
     Ok(Json(json!({ "revoked": ended })).into_response())
 }
 
+#[utoipa::path(post, path = "/auth/logout", tag = "account", summary = "End the session of this token", security(("bearer" = [])),
+    responses((status = 204, description = "Ended"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn logout(State(state): State<AppState>, user: UserToken) -> Result<StatusCode, ApiError> {
     state.sessions.end(&user.user_id, &user.session_id, revoke_reason::LOGOUT).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/auth/devices", tag = "account", summary = "The user's devices", security(("bearer" = [])),
+    responses((status = 200, description = "`{devices: [...]}`", body = Object), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn list_devices(
     State(state): State<AppState>,
@@ -96,13 +111,15 @@ async fn list_devices(
     Ok(Json(json!({ "devices": devices })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DevicePatch {
     name: Option<String>,
     trusted: Option<bool>,
 }
 
+#[utoipa::path(patch, path = "/auth/devices/{id}", tag = "account", summary = "Rename and/or (un)trust a device", params(("id" = String, Path, description = "Device id")), request_body = DevicePatch, security(("bearer" = [])),
+    responses((status = 200, description = "The device", body = crate::domain::sessions::DeviceView), (status = 400, description = "Bad body", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such device of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn update_device(
     State(state): State<AppState>,
@@ -121,6 +138,8 @@ async fn update_device(
     Ok(Json(device.ok_or(NO_DEVICE)?).into_response())
 }
 
+#[utoipa::path(delete, path = "/auth/devices/{id}", tag = "account", summary = "Forget a device and end its sessions", params(("id" = String, Path, description = "Device id")), security(("bearer" = [])),
+    responses((status = 200, description = "`{revoked_sessions: n}`", body = Object), (status = 404, description = "No such device of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn delete_device(
     State(state): State<AppState>,
@@ -131,6 +150,8 @@ async fn delete_device(
     Ok(Json(json!({ "revoked_sessions": ended })).into_response())
 }
 
+#[utoipa::path(get, path = "/auth/userinfo", tag = "account", summary = "Who the token's user is", security(("bearer" = [])),
+    responses((status = 200, description = "`sub`, `preferred_username`, ...", body = Object), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn userinfo(State(state): State<AppState>, user: UserToken) -> Result<Response, ApiError> {
     let found = state.storage.user_by_id(&user.user_id).await?;

@@ -4,13 +4,16 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Admin;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::AppState;
 use crate::clock::{Millis, rfc3339};
 use crate::domain::accounts::{self, NewClient, NewUser, client_json};
@@ -20,24 +23,24 @@ use crate::domain::webhooks::WebhookError;
 use crate::error::ApiError;
 use crate::storage::{AuditQuery, User, WebhookAttempt, WebhookDelivery, WebhookSubscription};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/users", post(create_user))
-        .route("/admin/users/{id}", get(get_user).patch(update_user))
-        .route("/admin/users/{id}/sessions", get(user_sessions))
-        .route("/admin/users/{id}/revoke", post(revoke_user))
-        .route("/admin/clients", post(create_client))
-        .route("/admin/clients/{id}", get(get_client))
-        .route("/admin/keys", get(keys))
-        .route("/admin/keys/rotate", post(rotate_keys))
-        .route("/admin/audit", get(audit))
-        .route("/admin/webhooks", post(create_webhook).get(list_webhooks))
-        .route("/admin/webhooks/{id}", get(get_webhook).delete(delete_webhook))
-        .route("/admin/webhooks/{id}/test", post(test_webhook))
-        .route("/admin/webhooks/{id}/deliveries", get(deliveries))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_user))
+        .routes(routes!(get_user, update_user))
+        .routes(routes!(user_sessions))
+        .routes(routes!(revoke_user))
+        .routes(routes!(create_client))
+        .routes(routes!(get_client))
+        .routes(routes!(keys))
+        .routes(routes!(rotate_keys))
+        .routes(routes!(audit))
+        .routes(routes!(create_webhook, list_webhooks))
+        .routes(routes!(get_webhook, delete_webhook))
+        .routes(routes!(test_webhook))
+        .routes(routes!(deliveries))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUserBody {
     username: String,
@@ -69,6 +72,8 @@ fn check_owner_change(admin: &Admin, from: Option<Role>, to: Role) -> Result<(),
 }
 
 /// Creates a user (a member unless a role is given).
+#[utoipa::path(post, path = "/admin/users", tag = "admin", summary = "Create a user", request_body = NewUserBody, security(("bearer" = [])),
+    responses((status = 201, description = "The user", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(admin = %admin.claims.sub))]
 async fn create_user(
     State(state): State<AppState>,
@@ -85,6 +90,8 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
 }
 
+#[utoipa::path(get, path = "/admin/users/{id}", tag = "admin", summary = "Read a user", params(("id" = String, Path, description = "User id")), security(("bearer" = [])),
+    responses((status = 200, description = "The user", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 async fn get_user(
     State(state): State<AppState>,
     admin: Admin,
@@ -95,13 +102,15 @@ async fn get_user(
     Ok(Json(user_json(&user)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserChange {
     role: String,
 }
 
 /// Changes a user's role; it applies to their next admin request.
+#[utoipa::path(patch, path = "/admin/users/{id}", tag = "admin", summary = "Change a user's role", params(("id" = String, Path, description = "User id")), request_body = UserChange, security(("bearer" = [])),
+    responses((status = 200, description = "The user", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(admin = %admin.claims.sub, user_id = %id))]
 async fn update_user(
     State(state): State<AppState>,
@@ -122,6 +131,8 @@ async fn update_user(
 }
 
 /// Another user's active sessions.
+#[utoipa::path(get, path = "/admin/users/{id}/sessions", tag = "admin", summary = "A user's active sessions", params(("id" = String, Path, description = "User id")), security(("bearer" = [])),
+    responses((status = 200, description = "`{user_id, sessions}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 async fn user_sessions(
     State(state): State<AppState>,
     admin: Admin,
@@ -133,7 +144,7 @@ async fn user_sessions(
     Ok(Json(json!({ "user_id": id, "sessions": sessions })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewClientBody {
     name: String,
@@ -146,6 +157,8 @@ struct NewClientBody {
 }
 
 /// Registers a client; the answer shows its secret this once.
+#[utoipa::path(post, path = "/admin/clients", tag = "admin", summary = "Register a client (the secret is shown once)", request_body = NewClientBody, security(("bearer" = [])),
+    responses((status = 201, description = "The client with its secret", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(admin = %admin.claims.sub))]
 async fn create_client(
     State(state): State<AppState>,
@@ -170,6 +183,8 @@ async fn create_client(
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/admin/clients/{id}", tag = "admin", summary = "Read a client", params(("id" = String, Path, description = "Client id")), security(("bearer" = [])),
+    responses((status = 200, description = "The client, without secret", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 async fn get_client(
     State(state): State<AppState>,
     admin: Admin,
@@ -181,6 +196,8 @@ async fn get_client(
 }
 
 /// The published keys and which one signs.
+#[utoipa::path(get, path = "/admin/keys", tag = "admin", summary = "The signing keys", security(("bearer" = [])),
+    responses((status = 200, description = "`{active_kid, algorithm, active_since, jwks}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 async fn keys(State(state): State<AppState>, admin: Admin) -> Result<Response, ApiError> {
     admin.require(Permission::ReadKeys)?;
     let signer = state.keys.signer();
@@ -194,6 +211,8 @@ async fn keys(State(state): State<AppState>, admin: Admin) -> Result<Response, A
 }
 
 /// Rotates the signing key now (audited as `key.rotated`).
+#[utoipa::path(post, path = "/admin/keys/rotate", tag = "admin", summary = "Rotate the signing key now", security(("bearer" = [])),
+    responses((status = 200, description = "`{active_kid}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(admin = %admin.claims.sub))]
 async fn rotate_keys(State(state): State<AppState>, admin: Admin) -> Result<Response, ApiError> {
     admin.require(Permission::RotateKeys)?;
@@ -202,6 +221,8 @@ async fn rotate_keys(State(state): State<AppState>, admin: Admin) -> Result<Resp
 }
 
 /// Ends every session of the user: their refresh families and access tokens stop working.
+#[utoipa::path(post, path = "/admin/users/{id}/revoke", tag = "admin", summary = "End every session of a user", params(("id" = String, Path, description = "User id")), security(("bearer" = [])),
+    responses((status = 200, description = "`{user_id, revoked_sessions}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(admin = %admin.claims.sub, user_id = %id))]
 async fn revoke_user(
     State(state): State<AppState>,
@@ -214,7 +235,8 @@ async fn revoke_user(
     Ok(Json(json!({ "user_id": id, "revoked_sessions": ended })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
     user_id: Option<String>,
@@ -236,6 +258,8 @@ pub fn parse_time(name: &str, value: &str) -> Result<Millis, ApiError> {
     Ok((t.unix_timestamp_nanos() / 1_000_000) as Millis)
 }
 
+#[utoipa::path(get, path = "/admin/audit", tag = "admin", summary = "Read the audit log", params(AuditParams), security(("bearer" = [])),
+    responses((status = 200, description = "`{events, next_cursor}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all)]
 async fn audit(
     State(state): State<AppState>,
@@ -283,13 +307,15 @@ fn subscription_json(s: &WebhookSubscription) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewWebhook {
     url: String,
     events: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/admin/webhooks", tag = "admin", summary = "Subscribe a URL to events (the secret is shown once)", request_body = NewWebhook, security(("bearer" = [])),
+    responses((status = 201, description = "The subscription with its signing secret", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all)]
 async fn create_webhook(
     State(state): State<AppState>,
@@ -308,6 +334,8 @@ async fn create_webhook(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
+#[utoipa::path(get, path = "/admin/webhooks", tag = "admin", summary = "The webhook subscriptions", security(("bearer" = [])),
+    responses((status = 200, description = "`{webhooks: [...]}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all)]
 async fn list_webhooks(State(state): State<AppState>, admin: Admin) -> Result<Response, ApiError> {
     admin.require(Permission::ReadWebhooks)?;
@@ -317,6 +345,8 @@ async fn list_webhooks(State(state): State<AppState>, admin: Admin) -> Result<Re
 
 const NO_WEBHOOK: ApiError = ApiError::NotFound("no such webhook");
 
+#[utoipa::path(get, path = "/admin/webhooks/{id}", tag = "admin", summary = "One subscription", params(("id" = String, Path, description = "Subscription id")), security(("bearer" = [])),
+    responses((status = 200, description = "The subscription", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all)]
 async fn get_webhook(
     State(state): State<AppState>,
@@ -328,6 +358,8 @@ async fn get_webhook(
     Ok(Json(subscription_json(&found)).into_response())
 }
 
+#[utoipa::path(delete, path = "/admin/webhooks/{id}", tag = "admin", summary = "Delete a subscription and its deliveries", params(("id" = String, Path, description = "Subscription id")), security(("bearer" = [])),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all)]
 async fn delete_webhook(
     State(state): State<AppState>,
@@ -342,6 +374,8 @@ async fn delete_webhook(
     }
 }
 
+#[utoipa::path(post, path = "/admin/webhooks/{id}/test", tag = "admin", summary = "Queue a test event for a subscription", params(("id" = String, Path, description = "Subscription id")), security(("bearer" = [])),
+    responses((status = 202, description = "Queued", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all)]
 async fn test_webhook(
     State(state): State<AppState>,
@@ -375,6 +409,8 @@ fn delivery_json(d: &WebhookDelivery, attempts: &[WebhookAttempt]) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/admin/webhooks/{id}/deliveries", tag = "admin", summary = "A subscription's newest deliveries and attempts", params(("id" = String, Path, description = "Subscription id")), params(("limit" = Option<u32>, Query)), security(("bearer" = [])),
+    responses((status = 200, description = "`{deliveries: [...]}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all)]
 async fn deliveries(
     State(state): State<AppState>,

@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod extract;
 mod oauth;
+pub(crate) mod openapi;
 mod ops;
 mod wellknown;
 
@@ -20,6 +21,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::domain::audit::{REQUEST, RequestMeta};
@@ -27,16 +31,23 @@ use crate::error::problem;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The whole application router.
-pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.max_body_bytes;
-    let cors = cors(&state.config.cors_origins);
-    Router::new()
+/// Every route with its OpenAPI description.
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(oauth::router())
         .merge(account::router())
         .merge(admin::router())
         .merge(wellknown::router())
         .merge(ops::router())
+        .routes(routes!(openapi::document))
+}
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    let cors = cors(&state.config.cors_origins);
+    let (routes, _) = documented_routes().split_for_parts();
+    routes
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .fallback(not_found)
         .with_state(state.clone())

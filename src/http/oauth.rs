@@ -1,14 +1,16 @@
 //! The OAuth endpoints: token (RFC 6749), revocation (RFC 7009), introspection (RFC 7662).
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::auth::ClientIp;
 use super::extract::{OAuthForm, client_credentials};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::AppState;
 use crate::domain::devices::DeviceHints;
 use crate::domain::ratelimit::Verdict;
@@ -17,14 +19,11 @@ use crate::domain::tokens::GRANT_TYPES;
 use crate::error::{OAuthError, no_store, rate_limit_headers};
 use crate::storage::Client;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/token", post(token))
-        .route("/auth/revoke", post(revoke))
-        .route("/auth/introspect", post(introspect))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(token)).routes(routes!(revoke)).routes(routes!(introspect))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct TokenForm {
     grant_type: Option<String>,
     client_id: Option<String>,
@@ -77,6 +76,8 @@ fn answer(mut response: Response, verdict: Option<Verdict>) -> Response {
     response
 }
 
+#[utoipa::path(post, path = "/auth/token", tag = "oauth", summary = "Issue tokens: password, client_credentials or refresh_token grant", request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"), security(("client" = [])),
+    responses((status = 200, description = "Tokens", body = crate::domain::tokens::TokenResponse, headers(("ratelimit-limit" = u32, description = "Burst of the tightest limit"), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the allowance is whole"))), (status = 400, description = "Malformed request or invalid grant", body = crate::http::openapi::OAuthErrorBody), (status = 401, description = "Client authentication failed", body = crate::http::openapi::OAuthErrorBody), (status = 413, description = "Body too large", body = crate::http::openapi::OAuthErrorBody), (status = 429, description = "Rate limited; see Retry-After", body = crate::http::openapi::OAuthErrorBody, headers(("retry-after" = u64, description = "Seconds to wait")))))]
 #[tracing::instrument(skip_all, fields(grant_type))]
 async fn token(
     State(state): State<AppState>,
@@ -124,7 +125,7 @@ async fn token(
     Ok(answer(Json(tokens_issued).into_response(), verdict))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct TokenParamForm {
     token: Option<String>,
     #[allow(dead_code)] // accepted per RFC 7009/7662; the token format already tells the type
@@ -133,6 +134,8 @@ struct TokenParamForm {
     client_secret: Option<String>,
 }
 
+#[utoipa::path(post, path = "/auth/revoke", tag = "oauth", summary = "Revoke a refresh or access token (RFC 7009)", request_body(content = TokenParamForm, content_type = "application/x-www-form-urlencoded"), security(("client" = [])),
+    responses((status = 200, description = "Revoked, or the token was unknown", headers(("ratelimit-limit" = u32, description = "Burst of the tightest limit"), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the allowance is whole"))), (status = 400, description = "Malformed request or invalid grant", body = crate::http::openapi::OAuthErrorBody), (status = 401, description = "Client authentication failed", body = crate::http::openapi::OAuthErrorBody), (status = 413, description = "Body too large", body = crate::http::openapi::OAuthErrorBody), (status = 429, description = "Rate limited; see Retry-After", body = crate::http::openapi::OAuthErrorBody, headers(("retry-after" = u64, description = "Seconds to wait")))))]
 #[tracing::instrument(skip_all)]
 async fn revoke(
     State(state): State<AppState>,
@@ -154,6 +157,8 @@ async fn revoke(
     Ok(answer(().into_response(), verdict))
 }
 
+#[utoipa::path(post, path = "/auth/introspect", tag = "oauth", summary = "Introspect a token (RFC 7662; confidential clients)", request_body(content = TokenParamForm, content_type = "application/x-www-form-urlencoded"), security(("client" = [])),
+    responses((status = 200, description = "`active` and, when active, the token's claims", body = Object, headers(("ratelimit-limit" = u32, description = "Burst of the tightest limit"), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the allowance is whole"))), (status = 400, description = "Malformed request or invalid grant", body = crate::http::openapi::OAuthErrorBody), (status = 401, description = "Client authentication failed", body = crate::http::openapi::OAuthErrorBody), (status = 413, description = "Body too large", body = crate::http::openapi::OAuthErrorBody), (status = 429, description = "Rate limited; see Retry-After", body = crate::http::openapi::OAuthErrorBody, headers(("retry-after" = u64, description = "Seconds to wait")))))]
 #[tracing::instrument(skip_all)]
 async fn introspect(
     State(state): State<AppState>,

@@ -3,26 +3,30 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{Value, json};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::metrics::Metrics;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health", get(health))
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(metrics))
+        .routes(routes!(health))
+        .routes(routes!(live))
+        .routes(routes!(ready))
 }
 
 /// The Prometheus exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
+    responses((status = 200, description = "Text exposition format 0.0.4", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(pool) = state.storage.pool() {
         let gauge = &state.metrics.pool_connections;
@@ -34,11 +38,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// The process is up and serving HTTP.
+#[utoipa::path(get, path = "/health/live", tag = "operations", summary = "Liveness",
+    responses((status = 200, description = "The process serves HTTP", body = Object)))]
 async fn live() -> Json<Value> {
     Json(json!({ "status": "healthy" }))
 }
 
 /// Ready for traffic: the schema is current and storage answers.
+#[utoipa::path(get, path = "/health/ready", tag = "operations", summary = "Readiness",
+    responses((status = 200, description = "Schema current and storage answering", body = Object), (status = 503, description = "Not ready", body = Object)))]
 async fn ready(State(state): State<AppState>) -> Response {
     let storage = check_storage(&state).await;
     let schema = state.storage.migration_status().await;
@@ -165,6 +173,8 @@ async fn check_webhooks(state: &AppState, metrics: &Metrics) -> Check {
 }
 
 /// Every dependency, checked now; the overall status is the worst, and 503 when unhealthy.
+#[utoipa::path(get, path = "/health", tag = "operations", summary = "Health of every dependency",
+    responses((status = 200, description = "Healthy or degraded", body = Object), (status = 503, description = "Unhealthy", body = Object)))]
 async fn health(State(state): State<AppState>) -> Response {
     let (storage, cache, webhooks) = tokio::join!(
         check_storage(&state),

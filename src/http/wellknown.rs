@@ -1,22 +1,26 @@
 //! Discovery: RFC 8414 server metadata and the RFC 7517 key set.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::json;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::domain::tokens::GRANT_TYPES;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/.well-known/oauth-authorization-server", get(metadata))
-        .route("/.well-known/openid-configuration", get(metadata))
-        .route("/.well-known/jwks.json", get(jwks))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(metadata))
+        .routes(routes!(openid_metadata))
+        .routes(routes!(jwks))
 }
 
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "discovery", summary = "Server metadata (RFC 8414)",
+    responses((status = 200, description = "The metadata", body = Object)))]
 async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
     let issuer = &state.tokens.policy().issuer;
     let auth_methods = ["client_secret_basic", "client_secret_post", "none"];
@@ -36,6 +40,15 @@ async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
+/// The same metadata where OpenID clients look for it.
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "discovery", summary = "Server metadata at the OpenID path",
+    responses((status = 200, description = "The metadata", body = Object)))]
+async fn openid_metadata(state: State<AppState>) -> Json<serde_json::Value> {
+    metadata(state).await
+}
+
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "discovery", summary = "The public signing keys (RFC 7517)",
+    responses((status = 200, description = "The key set", body = Object)))]
 async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = Json(state.keys.jwks()).into_response();
     // Short enough that a rotated key is picked up well within an access-token lifetime.

@@ -443,3 +443,60 @@ async fn rate_limits() {
 async fn rate_limits_shared_by_instances() {
     two_instances_share_one_limit_through_redis().await;
 }
+
+/// Every route of the router is in `/openapi.json` and every documented operation is routed:
+/// routes are only registered through the documented router (no bare `.route(` in the
+/// source), and each documented operation answers something other than "no such route".
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let doc = app.get("/openapi.json").await;
+    assert_eq!(doc.status, 200);
+    assert!(doc.body["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc.body);
+    let paths = doc.body["paths"].as_object().expect("paths");
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("path item") {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                operations.push((method.to_uppercase(), path.clone(), operation.clone()));
+            }
+        }
+    }
+    for (method, path, operation) in &operations {
+        let url = format!("{}{}", app.base, path.replace("{id}", "x"));
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let response = app.http.request(method.clone(), url).send().await.expect("request");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        assert_ne!(status, 405, "{method} {path} is documented but not routed");
+        assert!(
+            !(status == 404 && body["detail"] == "no such resource"),
+            "{method} {path} is documented but not routed"
+        );
+        let responses = operation["responses"].as_object().expect("responses");
+        assert!(!responses.is_empty(), "{method} {path} has no responses");
+        if path.starts_with("/admin")
+            || path.starts_with("/auth/") && !path.starts_with("/auth/token")
+        {
+            let errors = responses.keys().filter(|code| code.starts_with('4')).count();
+            assert!(errors >= 1, "{method} {path} documents no error body");
+        }
+    }
+    assert!(operations.len() >= 35, "{} operations", operations.len());
+    let schemas = &doc.body["components"]["schemas"];
+    for schema in ["Problem", "OAuthErrorBody", "TokenResponse", "SessionView", "DeviceView"] {
+        assert!(schemas[schema].is_object(), "{schema} missing");
+    }
+    assert!(paths.contains_key("/openapi.json") && paths.contains_key("/metrics"));
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    for file in std::fs::read_dir(dir).expect("src/http") {
+        let file = file.expect("entry").path();
+        let source = std::fs::read_to_string(&file).expect("read");
+        assert!(
+            !source.contains(".route(") && !source.contains(".nest("),
+            "{} registers a route outside the documented router",
+            file.display()
+        );
+    }
+}
