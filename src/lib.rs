@@ -61,6 +61,9 @@ pub struct App {
     pub shared_redis: Option<redis::aio::ConnectionManager>,
     /// When the server started.
     pub started: std::time::Instant,
+    /// The last `/health` answer and when it was made: checks run at most once a second,
+    /// however often the endpoint is polled.
+    pub health_cache: tokio::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -210,6 +213,7 @@ impl App {
             limits,
             shared_redis,
             started: std::time::Instant::now(),
+            health_cache: tokio::sync::Mutex::new(None),
             trusted_proxies,
         };
         Ok(AppState(Arc::new(app)))

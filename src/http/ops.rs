@@ -172,33 +172,50 @@ async fn check_webhooks(state: &AppState, metrics: &Metrics) -> Check {
         .with("failure_rate", (failure_rate * 1000.0).round() / 1000.0)
 }
 
-/// Every dependency, checked now; the overall status is the worst, and 503 when unhealthy.
+/// How long a `/health` answer is reused.
+const HEALTH_TTL: Duration = Duration::from_secs(1);
+
+/// Every dependency, checked at most once a second (concurrent callers wait for the one
+/// running check); the overall status is the worst, and 503 when unhealthy.
 #[utoipa::path(get, path = "/health", tag = "operations", summary = "Health of every dependency",
     responses((status = 200, description = "Healthy or degraded", body = Object), (status = 503, description = "Unhealthy", body = Object)))]
 async fn health(State(state): State<AppState>) -> Response {
+    let mut cache = state.health_cache.lock().await;
+    let body = match cache.as_ref() {
+        Some((at, body)) if at.elapsed() < HEALTH_TTL => body.clone(),
+        _ => {
+            let body = check_health(&state).await;
+            *cache = Some((Instant::now(), body.clone()));
+            body
+        }
+    };
+    drop(cache);
+    let unhealthy = body["status"] == json!(Status::Unhealthy);
+    let code = if unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let mut response = (code, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn check_health(state: &AppState) -> Value {
     let (storage, cache, webhooks) = tokio::join!(
-        check_storage(&state),
-        check_cache(&state),
-        check_webhooks(&state, &state.metrics)
+        check_storage(state),
+        check_cache(state),
+        check_webhooks(state, &state.metrics)
     );
-    let keys = check_keys(&state);
+    let keys = check_keys(state);
     let overall = [&storage, &cache, &keys, &webhooks]
         .iter()
         .map(|c| c.status)
         .filter(|s| *s != Status::Unknown)
         .max()
         .unwrap_or(Status::Healthy);
-    let code =
-        if overall == Status::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-    let body = json!({
+    json!({
         "status": overall,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "checks": { "storage": storage, "cache": cache, "signing_keys": keys, "webhooks": webhooks },
-    });
-    let mut response = (code, Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-    response
+    })
 }

@@ -1,0 +1,637 @@
+//! The load benchmark: starts atoms-auth (the release binary next to this one) on a chosen
+//! backend, or targets a running server, seeds users, clients and sessions through the
+//! storage layer, then runs each scenario closed-loop (C connections for D seconds after a
+//! warm-up) or open-loop (a fixed offered rate), and reports requests per second, errors,
+//! latency percentiles and the server's peak RSS, as a table and as JSON. It also measures
+//! the storage floor (the bare storage operation behind each hot path, in a loop without HTTP
+//! or JWT) and, on request, the cost at 10 thousand and 1 million stored sessions.
+//!
+//! ```sh
+//! cargo build --release --bins && target/release/bench --backend sqlite
+//! ```
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use atoms_auth::clock::{Clock, SystemClock};
+use atoms_auth::domain::secrets::{Secret, hash_password};
+use atoms_auth::storage::{
+    self, Client, ConnectOptions, Device, Login, Rotation, RotationOutcome, Session, Storage, User,
+};
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+const PASSWORD: &str = "bench password 1";
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Parser, Clone)]
+#[command(about = "Load benchmark for atoms-auth")]
+struct Args {
+    /// sqlite, postgres or redis: the server is started on a fresh database of it.
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// Storage URL (default: a fresh SQLite file, PostgreSQL schema or Redis prefix).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Target a running server instead of starting one (seeding still uses --database-url).
+    #[arg(long)]
+    url: Option<String>,
+    /// Scenarios, comma separated.
+    #[arg(
+        long,
+        default_value = "refresh,client_credentials,introspect,sessions,password,health,metrics"
+    )]
+    scenarios: String,
+    /// Connections of the closed loop.
+    #[arg(short, long, default_value_t = 64)]
+    connections: usize,
+    /// Measured seconds per run.
+    #[arg(short, long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Also run each listed scenario open-loop at this many requests per second.
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Scenarios run open-loop at --rate.
+    #[arg(long, default_value = "refresh")]
+    open_scenarios: String,
+    /// Skip the storage floor.
+    #[arg(long)]
+    no_floor: bool,
+    /// Stored-session counts for the scale run (e.g. 10000,1000000); none by default.
+    #[arg(long)]
+    scale: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Report {
+    scenario: String,
+    mode: String,
+    connections: usize,
+    offered_rps: Option<u32>,
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+fn report(scenario: &str, mode: &str, connections: usize, offered: Option<u32>, seconds: f64, mut lat: Vec<u64>, errors: u64) -> Report {
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len().max(1)) - 1;
+        lat.get(i).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    Report {
+        scenario: scenario.to_owned(),
+        mode: mode.to_owned(),
+        connections,
+        offered_rps: offered,
+        requests: lat.len() as u64,
+        errors,
+        rps: (lat.len() as f64 / seconds).round(),
+        p50_ms: pct(0.50),
+        p95_ms: pct(0.95),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+    }
+}
+
+/// What the scenarios need, seeded before they run.
+struct Fixture {
+    base: String,
+    client_id: String,
+    client_secret: String,
+    /// Users with the bench password, for the password scenario.
+    usernames: Vec<String>,
+    /// A user access token, for introspection and the sessions listing.
+    access_token: String,
+    /// Refresh-token chains, one per worker (a chain is always used by one request at once).
+    chains: Mutex<VecDeque<String>>,
+}
+
+/// The storage URL of a fresh database for `backend`, and the Redis prefix.
+async fn fresh_database(backend: &str) -> anyhow::Result<(String, String)> {
+    let id = Uuid::new_v4().simple().to_string();
+    Ok(match backend {
+        "sqlite" => {
+            let dir = std::env::temp_dir().join(format!("atoms-bench-{id}"));
+            std::fs::create_dir_all(&dir)?;
+            (format!("sqlite://{}/bench.db?mode=rwc", dir.display()), String::new())
+        }
+        "postgres" => {
+            let base = std::env::var("ATOMS_AUTH_BENCH_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let pool = sqlx::PgPool::connect(&base).await?;
+            let schema = format!("bench_{id}");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&pool).await?;
+            (format!("{base}?options[search_path]={schema}"), String::new())
+        }
+        "redis" => (
+            std::env::var("ATOMS_AUTH_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            format!("bench:{id}"),
+        ),
+        other => return Err(anyhow!("unknown backend {other}")),
+    })
+}
+
+fn new_session(user_id: &str, client_id: &str, now: i64) -> (Session, Device) {
+    let session = Session {
+        id: Uuid::now_v7().to_string(),
+        user_id: user_id.to_owned(),
+        client_id: client_id.to_owned(),
+        scope: "read".into(),
+        created_at: now,
+        last_used_at: now,
+        idle_expires_at: now + 7 * DAY_MS,
+        expires_at: now + 30 * DAY_MS,
+        ip: Some("192.0.2.10".into()),
+        user_agent: Some("bench/1.0".into()),
+        revoked_at: None,
+        revoke_reason: None,
+        device_id: None,
+    };
+    let device = Device {
+        id: Uuid::now_v7().to_string(),
+        user_id: user_id.to_owned(),
+        fingerprint: format!("bench-{}", session.id),
+        name: "bench".into(),
+        platform: Some("Linux".into()),
+        user_agent: Some("bench/1.0".into()),
+        last_ip: Some("192.0.2.10".into()),
+        first_seen_at: now,
+        last_seen_at: now,
+        trusted: false,
+    };
+    (session, device)
+}
+
+/// Stores `count` sessions (ten per user, the per-user limit), `parallel` at a time; returns
+/// one refresh token per session.
+async fn seed_sessions(storage: &Arc<dyn Storage>, client_id: &str, password_hash: &str, count: usize, parallel: usize) -> anyhow::Result<Vec<String>> {
+    let users = count.div_ceil(10);
+    let now = SystemClock.now_ms();
+    let user_ids: Vec<String> = futures::stream::iter(0..users)
+        .map(|_| {
+            let storage = storage.clone();
+            let hash = password_hash.to_owned();
+            async move {
+                let user = User {
+                    id: Uuid::now_v7().to_string(),
+                    username: format!("u-{}", Uuid::new_v4().simple()),
+                    password_hash: hash,
+                    created_at: now,
+                    disabled: false,
+                    role: "member".into(),
+                };
+                storage.create_user(&user).await.map(|()| user.id)
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let tokens = futures::stream::iter(0..count)
+        .map(|i| {
+            let storage = storage.clone();
+            let user_id = user_ids[i / 10].clone();
+            let client_id = client_id.to_owned();
+            async move {
+                let (session, device) = new_session(&user_id, &client_id, now);
+                let token = Secret::generate();
+                let login = Login {
+                    session: &session,
+                    refresh_hash: &token.sha256(),
+                    device: &device,
+                    device_named_by_client: false,
+                    max_sessions: 10,
+                };
+                storage.create_session(&login).await.map(|_| token.expose().to_owned())
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(tokens)
+}
+
+/// The server process this run started, if any.
+struct Server {
+    child: tokio::process::Child,
+    pid: u32,
+}
+
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+async fn start_server(database_url: &str, prefix: &str) -> anyhow::Result<(Server, String)> {
+    let exe = std::env::current_exe()?.with_file_name("atoms-auth");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = tokio::process::Command::new(&exe)
+        .env("ATOMS_AUTH_DATABASE_URL", database_url)
+        .env("ATOMS_AUTH_REDIS_KEY_PREFIX", prefix)
+        .env("ATOMS_AUTH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ATOMS_AUTH_LOG", "warn")
+        // The benchmark is one client from one address: limits would measure themselves.
+        .env("ATOMS_AUTH_RATE_LIMIT_CLIENT_PER_SEC", "0")
+        .env("ATOMS_AUTH_RATE_LIMIT_IP_PER_SEC", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} (build it with cargo build --release --bins)", exe.display()))?;
+    let pid = child.id().ok_or_else(|| anyhow!("no pid"))?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http.get(format!("{base}/health/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok((Server { child, pid }, base));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(anyhow!("the server did not become ready"))
+}
+
+async fn seed(args: &Args, base: String, storage: Arc<dyn Storage>) -> anyhow::Result<Fixture> {
+    let secret = Secret::generate();
+    let client = Client {
+        client_id: format!("bench-{}", Uuid::new_v4().simple()),
+        name: "bench".into(),
+        secret_hash: Some(secret.sha256_hex()),
+        grant_types: "password refresh_token client_credentials".into(),
+        scopes: "read".into(),
+        created_at: SystemClock.now_ms(),
+    };
+    storage.create_client(&client).await?;
+    let password_hash = hash_password(PASSWORD.into()).await?;
+    let mut usernames = Vec::new();
+    for i in 0..args.connections.max(1) {
+        let user = User {
+            id: Uuid::now_v7().to_string(),
+            username: format!("bench-{i}-{}", Uuid::new_v4().simple()),
+            password_hash: password_hash.clone(),
+            created_at: SystemClock.now_ms(),
+            disabled: false,
+            role: "member".into(),
+        };
+        storage.create_user(&user).await?;
+        usernames.push(user.username);
+    }
+    let chains = seed_sessions(&storage, &client.client_id, &password_hash, args.connections.max(256), 32).await?;
+    let http = reqwest::Client::new();
+    let login: Value = http
+        .post(format!("{base}/auth/token"))
+        .basic_auth(&client.client_id, Some(secret.expose()))
+        .form(&[("grant_type", "password"), ("username", usernames[0].as_str()), ("password", PASSWORD)])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let access_token =
+        login["access_token"].as_str().ok_or_else(|| anyhow!("login failed: {login}"))?.to_owned();
+    Ok(Fixture {
+        base,
+        client_id: client.client_id,
+        client_secret: secret.expose().to_owned(),
+        usernames,
+        access_token,
+        chains: Mutex::new(chains.into()),
+    })
+}
+
+/// One request of `scenario`; Ok(false) when the server answered an error.
+async fn one(http: &reqwest::Client, f: &Fixture, scenario: &str, n: usize) -> anyhow::Result<bool> {
+    let token_url = format!("{}/auth/token", f.base);
+    let basic = |r: reqwest::RequestBuilder| r.basic_auth(&f.client_id, Some(&f.client_secret));
+    let response = match scenario {
+        "refresh" => {
+            let Some(token) = f.chains.lock().await.pop_front() else {
+                return Err(anyhow!("no free refresh chain"));
+            };
+            let response = basic(http.post(&token_url))
+                .form(&[("grant_type", "refresh_token"), ("refresh_token", token.as_str())])
+                .send()
+                .await?;
+            let ok = response.status().is_success();
+            let body: Value = response.json().await.unwrap_or_default();
+            let next = body["refresh_token"].as_str().map(str::to_owned);
+            f.chains.lock().await.push_back(next.unwrap_or(token));
+            return Ok(ok);
+        }
+        "client_credentials" => {
+            basic(http.post(&token_url)).form(&[("grant_type", "client_credentials")]).send().await?
+        }
+        "introspect" => {
+            basic(http.post(format!("{}/auth/introspect", f.base)))
+                .form(&[("token", f.access_token.as_str())])
+                .send()
+                .await?
+        }
+        "sessions" => http.get(format!("{}/auth/sessions", f.base)).bearer_auth(&f.access_token).send().await?,
+        "password" => {
+            let user = &f.usernames[n % f.usernames.len()];
+            basic(http.post(&token_url))
+                .form(&[("grant_type", "password"), ("username", user.as_str()), ("password", PASSWORD)])
+                .send()
+                .await?
+        }
+        "health" => http.get(format!("{}/health", f.base)).send().await?,
+        "metrics" => http.get(format!("{}/metrics", f.base)).send().await?,
+        other => return Err(anyhow!("unknown scenario {other}")),
+    };
+    let ok = response.status().is_success();
+    let _ = response.bytes().await?;
+    Ok(ok)
+}
+
+async fn closed_loop(args: &Args, f: &Arc<Fixture>, http: &reqwest::Client, scenario: &str) -> Report {
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let end = measure_from + Duration::from_secs(args.duration);
+    let workers: Vec<_> = (0..args.connections)
+        .map(|w| {
+            let (http, f, scenario) = (http.clone(), f.clone(), scenario.to_owned());
+            tokio::spawn(async move {
+                let (mut lat, mut errors, mut n) = (Vec::new(), 0u64, w);
+                loop {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let ok = one(&http, &f, &scenario, n).await.unwrap_or(false);
+                    n += 1;
+                    if sent >= measure_from {
+                        lat.push(sent.elapsed().as_micros() as u64);
+                        errors += u64::from(!ok);
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for w in workers {
+        if let Ok((l, e)) = w.await {
+            lat.extend(l);
+            errors += e;
+        }
+    }
+    report(scenario, "closed", args.connections, None, args.duration as f64, lat, errors)
+}
+
+/// Requests sent at a fixed rate whatever the answers; each latency counts from when its
+/// request was due, so a stall shows in the percentiles instead of slowing the sender.
+async fn open_loop(args: &Args, f: &Arc<Fixture>, http: &reqwest::Client, scenario: &str, rate: u32) -> Report {
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let total = u64::from(rate) * (args.duration + args.warmup);
+    let warm = u64::from(rate) * args.warmup;
+    let start = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..total {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (http, f, scenario, tx) = (http.clone(), f.clone(), scenario.to_owned(), tx.clone());
+        tokio::spawn(async move {
+            let ok = one(&http, &f, &scenario, i as usize).await.unwrap_or(false);
+            let _ = tx.send((i, due.elapsed().as_micros() as u64, ok));
+        });
+    }
+    drop(tx);
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    while let Some((i, micros, ok)) = rx.recv().await {
+        if i >= warm {
+            lat.push(micros);
+            errors += u64::from(!ok);
+        }
+    }
+    report(scenario, "open", 0, Some(rate), args.duration as f64, lat, errors)
+}
+
+/// The storage floor: the bare operation behind a hot path, `parallel` at a time.
+async fn floor(storage: &Arc<dyn Storage>, client_id: &str, chains: Vec<String>, seconds: u64) -> anyhow::Result<f64> {
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let rotations: Vec<_> = chains
+        .into_iter()
+        .map(|token| {
+            let (storage, client_id) = (storage.clone(), client_id.to_owned());
+            tokio::spawn(async move {
+                let mut hash = Secret::from_client(token).sha256();
+                let mut done = 0u64;
+                while Instant::now() < end {
+                    let next = Secret::generate().sha256();
+                    let rotation = Rotation {
+                        presented_hash: &hash,
+                        new_hash: &next,
+                        client_id: &client_id,
+                        now: SystemClock.now_ms(),
+                        grace_ms: 300_000,
+                        idle_timeout_ms: 7 * DAY_MS,
+                        ip: Some("192.0.2.10"),
+                        reuse_window_ms: 7 * DAY_MS,
+                    };
+                    match storage.rotate_refresh(&rotation).await? {
+                        RotationOutcome::Rotated(_) => hash = next,
+                        other => return Err(anyhow!("floor rotation: {other:?}")),
+                    }
+                    done += 1;
+                }
+                Ok::<_, anyhow::Error>(done)
+            })
+        })
+        .collect();
+    let mut rotated = 0;
+    for r in rotations {
+        rotated += r.await??;
+    }
+    Ok(rotated as f64 / seconds as f64)
+}
+
+/// The introspection lookup floor: one token state read per call.
+async fn lookup_floor(storage: &Arc<dyn Storage>, session_id: &str, parallel: usize, seconds: u64) -> anyhow::Result<f64> {
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (storage, sid) = (storage.clone(), session_id.to_owned());
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                let jti = Uuid::new_v4().to_string();
+                while Instant::now() < end {
+                    storage.access_token_state(&jti, Some(&sid)).await?;
+                    done += 1;
+                }
+                Ok::<_, anyhow::Error>(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / seconds as f64)
+}
+
+fn print_table(rows: &[Report]) {
+    println!("| scenario | mode | conns / offered | req/s | errors | p50 ms | p95 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let load = r.offered_rps.map_or(r.connections.to_string(), |o| format!("{o}/s"));
+        println!(
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.scenario, r.mode, load, r.rps, r.errors, r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (database_url, prefix) = match &args.database_url {
+        Some(url) => (url.clone(), format!("bench:{}", Uuid::new_v4().simple())),
+        None => fresh_database(&args.backend).await?,
+    };
+    let options = ConnectOptions { pool_size: 16, redis_key_prefix: prefix.clone() };
+    let storage = storage::connect(&database_url, &options).await?;
+    storage.migrate_up().await?;
+    let mut server = None;
+    let base = match &args.url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let (s, base) = start_server(&database_url, &prefix).await?;
+            server = Some(s);
+            base
+        }
+    };
+    let idle_rss = server.as_ref().and_then(|s| rss_kib(s.pid, "VmRSS:"));
+    eprintln!("seeding {} ...", args.backend);
+    let fixture = Arc::new(seed(&args, base, storage.clone()).await?);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.connections.max(256)).build()?;
+    let mut rows = Vec::new();
+    let mut peak_rss_by_scenario = serde_json::Map::new();
+    for scenario in args.scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        eprintln!("{scenario}: closed loop, {} connections, {} s", args.connections, args.duration);
+        let row = closed_loop(&args, &fixture, &http, scenario).await;
+        if let Some(s) = &server {
+            peak_rss_by_scenario.insert(scenario.to_owned(), json!(rss_kib(s.pid, "VmHWM:")));
+        }
+        rows.push(row);
+    }
+    if let Some(rate) = args.rate {
+        for scenario in args.open_scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            eprintln!("{scenario}: open loop at {rate}/s, {} s", args.duration);
+            rows.push(open_loop(&args, &fixture, &http, scenario, rate).await);
+        }
+    }
+    let metrics_render_ms = render_time(&http, &fixture.base).await;
+
+    let mut floors = json!(null);
+    if !args.no_floor {
+        eprintln!("storage floor: rotation and introspection lookup, {} s each", args.duration);
+        let chains = seed_sessions(&storage, &fixture.client_id, "$argon2id$v=19$m=19456,t=2,p=1$x$y", args.connections, 32).await?;
+        let rotations = floor(&storage, &fixture.client_id, chains, args.duration).await?;
+        let sid = introspected_session(&http, &fixture).await?;
+        let lookups = lookup_floor(&storage, &sid, args.connections, args.duration).await?;
+        floors = json!({ "rotate_refresh_per_sec": rotations.round(), "access_token_state_per_sec": lookups.round() });
+    }
+
+    let mut scale = Vec::new();
+    if let Some(counts) = &args.scale {
+        for count in counts.split(',').filter_map(|c| c.trim().parse::<usize>().ok()) {
+            scale.push(scale_run(&args, &fixture, &storage, &http, count).await?);
+        }
+    }
+
+    let peak_rss = server.as_ref().and_then(|s| rss_kib(s.pid, "VmHWM:"));
+    println!("\n## {} ({} cores)\n", args.backend, std::thread::available_parallelism().map_or(0, |n| n.get()));
+    print_table(&rows);
+    if !floors.is_null() {
+        println!("\nstorage floor: {floors}");
+        let refresh = rows.iter().find(|r| r.scenario == "refresh" && r.mode == "closed");
+        if let (Some(r), Some(f)) = (refresh, floors["rotate_refresh_per_sec"].as_f64()) {
+            println!("refresh over HTTP is {:.0}% of the rotation floor", 100.0 * r.rps / f);
+        }
+        let introspect = rows.iter().find(|r| r.scenario == "introspect");
+        if let (Some(r), Some(f)) = (introspect, floors["access_token_state_per_sec"].as_f64()) {
+            println!("introspection over HTTP is {:.0}% of the lookup floor", 100.0 * r.rps / f);
+        }
+    }
+    for s in &scale {
+        println!("scale: {s}");
+    }
+    println!("metrics render: {metrics_render_ms:?} ms (server-side mean)");
+    println!("server RSS: idle {:?} KiB, peak {:?} KiB", idle_rss, peak_rss);
+    let out = json!({
+        "backend": args.backend,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "runs": rows,
+        "storage_floor": floors,
+        "scale": scale,
+        "metrics_render_ms": metrics_render_ms,
+        "rss_kib": { "idle": idle_rss, "peak": peak_rss, "peak_after": peak_rss_by_scenario },
+    });
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
+    }
+    if let Some(mut s) = server {
+        let _ = s.child.kill().await;
+    }
+    Ok(())
+}
+
+/// The session id of the fixture's access token.
+async fn introspected_session(http: &reqwest::Client, f: &Fixture) -> anyhow::Result<String> {
+    let answer: Value = http
+        .post(format!("{}/auth/introspect", f.base))
+        .basic_auth(&f.client_id, Some(&f.client_secret))
+        .form(&[("token", f.access_token.as_str())])
+        .send()
+        .await?
+        .json()
+        .await?;
+    answer["sid"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no sid in {answer}"))
+}
+
+/// The server's mean time to render `/metrics`, from its own histogram.
+async fn render_time(http: &reqwest::Client, base: &str) -> Option<f64> {
+    let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    let (sum, count) = (
+        value("atoms_auth_metrics_render_duration_seconds_sum")?,
+        value("atoms_auth_metrics_render_duration_seconds_count")?,
+    );
+    (count > 0.0).then(|| (sum / count * 1e6).round() / 1e3)
+}
+
+/// Refresh and introspection with `count` sessions stored (seeded in parallel through the
+/// storage layer), each run briefly closed-loop.
+async fn scale_run(args: &Args, f: &Arc<Fixture>, storage: &Arc<dyn Storage>, http: &reqwest::Client, count: usize) -> anyhow::Result<Value> {
+    let stored = storage.count_active_sessions(SystemClock.now_ms()).await? as usize;
+    if count > stored {
+        eprintln!("scale: seeding {} sessions ...", count - stored);
+        let started = Instant::now();
+        seed_sessions(storage, &f.client_id, "$argon2id$v=19$m=19456,t=2,p=1$x$y", count - stored, 64).await?;
+        eprintln!("scale: seeded in {:.0} s", started.elapsed().as_secs_f64());
+    }
+    let refresh = closed_loop(args, f, http, "refresh").await;
+    let introspect = closed_loop(args, f, http, "introspect").await;
+    Ok(json!({ "sessions": count, "refresh": refresh, "introspect": introspect }))
+}
