@@ -64,9 +64,56 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
         .unwrap_or_default()
 });
 
-/// Hashes a password with argon2id on a blocking thread.
+/// Argon2 runs on its own threads, one per core: each run holds 19 MiB and a core for about
+/// 15 ms, so more at once would only add memory without finishing sooner, and the same few
+/// threads reuse the same memory (runs spread over many short-lived threads would leave a
+/// 19 MiB hole in the allocator's arena of each).
+struct Hashers {
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+}
+
+static HASHERS: LazyLock<Hashers> = LazyLock::new(|| {
+    let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+    for i in 0..std::thread::available_parallelism().map_or(2, |n| n.get()) {
+        let queue = queue.clone();
+        let spawned = std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
+            loop {
+                let job = match queue.lock() {
+                    Ok(queue) => queue.recv(),
+                    Err(_) => return,
+                };
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return,
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start a password hashing thread");
+        }
+    }
+    Hashers { jobs: std::sync::Mutex::new(jobs) }
+});
+
+/// Runs `work` on a hashing thread.
+async fn on_hasher<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+        let _ = done.send(work());
+    });
+    HASHERS
+        .jobs
+        .lock()
+        .map_err(|_| anyhow::anyhow!("password hashing is unavailable"))?
+        .send(job)
+        .map_err(|_| anyhow::anyhow!("password hashing is unavailable"))?;
+    Ok(result.await?)
+}
+
+/// Hashes a password with argon2id on a hashing thread.
 pub async fn hash_password(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
+    on_hasher(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
             .map(|h| h.to_string())
@@ -75,10 +122,10 @@ pub async fn hash_password(password: String) -> anyhow::Result<String> {
     .await?
 }
 
-/// Verifies `password` against `hash` on a blocking thread; with no hash (unknown user) it
+/// Verifies `password` against `hash` on a hashing thread; with no hash (unknown user) it
 /// verifies against a dummy hash and answers false, taking the same time.
 pub async fn verify_password(password: String, hash: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
+    on_hasher(move || {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
         let ok = Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok();
