@@ -7,7 +7,6 @@ use atoms_auth::commands::{self, AuditExport, MigrateAction, NewClient};
 use atoms_auth::config::Config;
 use clap::{Parser, Subcommand};
 
-
 /// mimalloc returns freed memory to the system promptly, so the 19 MiB blocks of password
 /// hashing do not stay resident after a login burst (glibc keeps them in per-thread arenas).
 #[global_allocator]

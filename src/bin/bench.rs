@@ -71,6 +71,9 @@ struct Args {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Keep the database this run created (it is removed by default).
+    #[arg(long)]
+    keep: bool,
 }
 
 /// One measured run.
@@ -89,7 +92,15 @@ struct Report {
     max_ms: f64,
 }
 
-fn report(scenario: &str, mode: &str, connections: usize, offered: Option<u32>, seconds: f64, mut lat: Vec<u64>, errors: u64) -> Report {
+fn report(
+    scenario: &str,
+    mode: &str,
+    connections: usize,
+    offered: Option<u32>,
+    seconds: f64,
+    mut lat: Vec<u64>,
+    errors: u64,
+) -> Report {
     lat.sort_unstable();
     let pct = |p: f64| {
         let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len().max(1)) - 1;
@@ -137,11 +148,14 @@ async fn fresh_database(backend: &str) -> anyhow::Result<(String, String)> {
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
             let pool = sqlx::PgPool::connect(&base).await?;
             let schema = format!("bench_{id}");
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&pool).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                .execute(&pool)
+                .await?;
             (format!("{base}?options[search_path]={schema}"), String::new())
         }
         "redis" => (
-            std::env::var("ATOMS_AUTH_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            std::env::var("ATOMS_AUTH_BENCH_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
             format!("bench:{id}"),
         ),
         other => return Err(anyhow!("unknown backend {other}")),
@@ -181,7 +195,13 @@ fn new_session(user_id: &str, client_id: &str, now: i64) -> (Session, Device) {
 
 /// Stores `count` sessions (ten per user, the per-user limit), `parallel` at a time; returns
 /// one refresh token per session.
-async fn seed_sessions(storage: &Arc<dyn Storage>, client_id: &str, password_hash: &str, count: usize, parallel: usize) -> anyhow::Result<Vec<String>> {
+async fn seed_sessions(
+    storage: &Arc<dyn Storage>,
+    client_id: &str,
+    password_hash: &str,
+    count: usize,
+    parallel: usize,
+) -> anyhow::Result<Vec<String>> {
     let users = count.div_ceil(10);
     let now = SystemClock.now_ms();
     let user_ids: Vec<String> = futures::stream::iter(0..users)
@@ -239,7 +259,9 @@ struct Server {
 
 fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
 async fn start_server(database_url: &str, prefix: &str) -> anyhow::Result<(Server, String)> {
@@ -257,12 +279,19 @@ async fn start_server(database_url: &str, prefix: &str) -> anyhow::Result<(Serve
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {} (build it with cargo build --release --bins)", exe.display()))?;
+        .with_context(|| {
+            format!("starting {} (build it with cargo build --release --bins)", exe.display())
+        })?;
     let pid = child.id().ok_or_else(|| anyhow!("no pid"))?;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     for _ in 0..200 {
-        if http.get(format!("{base}/health/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if http
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok((Server { child, pid }, base));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -295,12 +324,18 @@ async fn seed(args: &Args, base: String, storage: Arc<dyn Storage>) -> anyhow::R
         storage.create_user(&user).await?;
         usernames.push(user.username);
     }
-    let chains = seed_sessions(&storage, &client.client_id, &password_hash, args.connections.max(256), 32).await?;
+    let chains =
+        seed_sessions(&storage, &client.client_id, &password_hash, args.connections.max(256), 32)
+            .await?;
     let http = reqwest::Client::new();
     let login: Value = http
         .post(format!("{base}/auth/token"))
         .basic_auth(&client.client_id, Some(secret.expose()))
-        .form(&[("grant_type", "password"), ("username", usernames[0].as_str()), ("password", PASSWORD)])
+        .form(&[
+            ("grant_type", "password"),
+            ("username", usernames[0].as_str()),
+            ("password", PASSWORD),
+        ])
         .send()
         .await?
         .json()
@@ -318,7 +353,12 @@ async fn seed(args: &Args, base: String, storage: Arc<dyn Storage>) -> anyhow::R
 }
 
 /// One request of `scenario`; Ok(false) when the server answered an error.
-async fn one(http: &reqwest::Client, f: &Fixture, scenario: &str, n: usize) -> anyhow::Result<bool> {
+async fn one(
+    http: &reqwest::Client,
+    f: &Fixture,
+    scenario: &str,
+    n: usize,
+) -> anyhow::Result<bool> {
     let token_url = format!("{}/auth/token", f.base);
     let basic = |r: reqwest::RequestBuilder| r.basic_auth(&f.client_id, Some(&f.client_secret));
     let response = match scenario {
@@ -337,7 +377,10 @@ async fn one(http: &reqwest::Client, f: &Fixture, scenario: &str, n: usize) -> a
             return Ok(ok);
         }
         "client_credentials" => {
-            basic(http.post(&token_url)).form(&[("grant_type", "client_credentials")]).send().await?
+            basic(http.post(&token_url))
+                .form(&[("grant_type", "client_credentials")])
+                .send()
+                .await?
         }
         "introspect" => {
             basic(http.post(format!("{}/auth/introspect", f.base)))
@@ -345,11 +388,20 @@ async fn one(http: &reqwest::Client, f: &Fixture, scenario: &str, n: usize) -> a
                 .send()
                 .await?
         }
-        "sessions" => http.get(format!("{}/auth/sessions", f.base)).bearer_auth(&f.access_token).send().await?,
+        "sessions" => {
+            http.get(format!("{}/auth/sessions", f.base))
+                .bearer_auth(&f.access_token)
+                .send()
+                .await?
+        }
         "password" => {
             let user = &f.usernames[n % f.usernames.len()];
             basic(http.post(&token_url))
-                .form(&[("grant_type", "password"), ("username", user.as_str()), ("password", PASSWORD)])
+                .form(&[
+                    ("grant_type", "password"),
+                    ("username", user.as_str()),
+                    ("password", PASSWORD),
+                ])
                 .send()
                 .await?
         }
@@ -362,7 +414,12 @@ async fn one(http: &reqwest::Client, f: &Fixture, scenario: &str, n: usize) -> a
     Ok(ok)
 }
 
-async fn closed_loop(args: &Args, f: &Arc<Fixture>, http: &reqwest::Client, scenario: &str) -> Report {
+async fn closed_loop(
+    args: &Args,
+    f: &Arc<Fixture>,
+    http: &reqwest::Client,
+    scenario: &str,
+) -> Report {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
     let end = measure_from + Duration::from_secs(args.duration);
@@ -399,7 +456,13 @@ async fn closed_loop(args: &Args, f: &Arc<Fixture>, http: &reqwest::Client, scen
 
 /// Requests sent at a fixed rate whatever the answers; each latency counts from when its
 /// request was due, so a stall shows in the percentiles instead of slowing the sender.
-async fn open_loop(args: &Args, f: &Arc<Fixture>, http: &reqwest::Client, scenario: &str, rate: u32) -> Report {
+async fn open_loop(
+    args: &Args,
+    f: &Arc<Fixture>,
+    http: &reqwest::Client,
+    scenario: &str,
+    rate: u32,
+) -> Report {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let total = u64::from(rate) * (args.duration + args.warmup);
     let warm = u64::from(rate) * args.warmup;
@@ -426,7 +489,12 @@ async fn open_loop(args: &Args, f: &Arc<Fixture>, http: &reqwest::Client, scenar
 }
 
 /// The storage floor: the bare operation behind a hot path, `parallel` at a time.
-async fn floor(storage: &Arc<dyn Storage>, client_id: &str, chains: Vec<String>, seconds: u64) -> anyhow::Result<f64> {
+async fn floor(
+    storage: &Arc<dyn Storage>,
+    client_id: &str,
+    chains: Vec<String>,
+    seconds: u64,
+) -> anyhow::Result<f64> {
     let end = Instant::now() + Duration::from_secs(seconds);
     let rotations: Vec<_> = chains
         .into_iter()
@@ -465,7 +533,12 @@ async fn floor(storage: &Arc<dyn Storage>, client_id: &str, chains: Vec<String>,
 }
 
 /// The introspection lookup floor: one token state read per call.
-async fn lookup_floor(storage: &Arc<dyn Storage>, session_id: &str, parallel: usize, seconds: u64) -> anyhow::Result<f64> {
+async fn lookup_floor(
+    storage: &Arc<dyn Storage>,
+    session_id: &str,
+    parallel: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
     let end = Instant::now() + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..parallel)
         .map(|_| {
@@ -489,7 +562,9 @@ async fn lookup_floor(storage: &Arc<dyn Storage>, session_id: &str, parallel: us
 }
 
 fn print_table(rows: &[Report]) {
-    println!("| scenario | mode | conns / offered | req/s | errors | p50 ms | p95 ms | p99 ms | max ms |");
+    println!(
+        "| scenario | mode | conns / offered | req/s | errors | p50 ms | p95 ms | p99 ms | max ms |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let load = r.offered_rps.map_or(r.connections.to_string(), |o| format!("{o}/s"));
@@ -522,7 +597,8 @@ async fn main() -> anyhow::Result<()> {
     let idle_rss = server.as_ref().and_then(|s| rss_kib(s.pid, "VmRSS:"));
     eprintln!("seeding {} ...", args.backend);
     let fixture = Arc::new(seed(&args, base, storage.clone()).await?);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.connections.max(256)).build()?;
+    let http =
+        reqwest::Client::builder().pool_max_idle_per_host(args.connections.max(256)).build()?;
     let mut rows = Vec::new();
     let mut peak_rss_by_scenario = serde_json::Map::new();
     for scenario in args.scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -544,7 +620,14 @@ async fn main() -> anyhow::Result<()> {
     let mut floors = json!(null);
     if !args.no_floor {
         eprintln!("storage floor: rotation and introspection lookup, {} s each", args.duration);
-        let chains = seed_sessions(&storage, &fixture.client_id, "$argon2id$v=19$m=19456,t=2,p=1$x$y", args.connections, 32).await?;
+        let chains = seed_sessions(
+            &storage,
+            &fixture.client_id,
+            "$argon2id$v=19$m=19456,t=2,p=1$x$y",
+            args.connections,
+            32,
+        )
+        .await?;
         let rotations = floor(&storage, &fixture.client_id, chains, args.duration).await?;
         let sid = introspected_session(&http, &fixture).await?;
         let lookups = lookup_floor(&storage, &sid, args.connections, args.duration).await?;
@@ -559,7 +642,11 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let peak_rss = server.as_ref().and_then(|s| rss_kib(s.pid, "VmHWM:"));
-    println!("\n## {} ({} cores)\n", args.backend, std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "\n## {} ({} cores)\n",
+        args.backend,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     print_table(&rows);
     if !floors.is_null() {
         println!("\nstorage floor: {floors}");
@@ -592,6 +679,38 @@ async fn main() -> anyhow::Result<()> {
     if let Some(mut s) = server {
         let _ = s.child.kill().await;
     }
+    if args.database_url.is_none() && !args.keep {
+        eprintln!("removing the run's database");
+        remove_database(&args.backend, &database_url, storage).await?;
+    }
+    Ok(())
+}
+
+/// Drops what [`fresh_database`] made: the SQLite folder, the PostgreSQL schema, or every
+/// key of the Redis prefix.
+async fn remove_database(
+    backend: &str,
+    url: &str,
+    storage: Arc<dyn Storage>,
+) -> anyhow::Result<()> {
+    match backend {
+        "sqlite" => {
+            let file = url.trim_start_matches("sqlite://").split('?').next().unwrap_or_default();
+            if let Some(dir) = std::path::Path::new(file).parent() {
+                std::fs::remove_dir_all(dir)?;
+            }
+        }
+        "postgres" => {
+            let (base, schema) = url
+                .split_once("?options[search_path]=")
+                .ok_or_else(|| anyhow!("no schema in {url}"))?;
+            let pool = sqlx::PgPool::connect(base).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
+                .execute(&pool)
+                .await?;
+        }
+        _ => storage.migrate_down(usize::MAX).await?,
+    }
     Ok(())
 }
 
@@ -611,9 +730,8 @@ async fn introspected_session(http: &reqwest::Client, f: &Fixture) -> anyhow::Re
 /// The server's mean time to render `/metrics`, from its own histogram.
 async fn render_time(http: &reqwest::Client, base: &str) -> Option<f64> {
     let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
-    let value = |name: &str| {
-        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-    };
+    let value =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok());
     let (sum, count) = (
         value("atoms_auth_metrics_render_duration_seconds_sum")?,
         value("atoms_auth_metrics_render_duration_seconds_count")?,
@@ -623,12 +741,25 @@ async fn render_time(http: &reqwest::Client, base: &str) -> Option<f64> {
 
 /// Refresh and introspection with `count` sessions stored (seeded in parallel through the
 /// storage layer), each run briefly closed-loop.
-async fn scale_run(args: &Args, f: &Arc<Fixture>, storage: &Arc<dyn Storage>, http: &reqwest::Client, count: usize) -> anyhow::Result<Value> {
+async fn scale_run(
+    args: &Args,
+    f: &Arc<Fixture>,
+    storage: &Arc<dyn Storage>,
+    http: &reqwest::Client,
+    count: usize,
+) -> anyhow::Result<Value> {
     let stored = storage.count_active_sessions(SystemClock.now_ms()).await? as usize;
     if count > stored {
         eprintln!("scale: seeding {} sessions ...", count - stored);
         let started = Instant::now();
-        seed_sessions(storage, &f.client_id, "$argon2id$v=19$m=19456,t=2,p=1$x$y", count - stored, 64).await?;
+        seed_sessions(
+            storage,
+            &f.client_id,
+            "$argon2id$v=19$m=19456,t=2,p=1$x$y",
+            count - stored,
+            64,
+        )
+        .await?;
         eprintln!("scale: seeded in {:.0} s", started.elapsed().as_secs_f64());
     }
     let refresh = closed_loop(args, f, http, "refresh").await;

@@ -97,7 +97,9 @@ static HASHERS: LazyLock<Hashers> = LazyLock::new(|| {
 });
 
 /// Runs `work` on a hashing thread.
-async fn on_hasher<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+async fn on_hasher<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
     let (done, result) = tokio::sync::oneshot::channel();
     let job: Box<dyn FnOnce() + Send> = Box::new(move || {
         let _ = done.send(work());
