@@ -101,6 +101,7 @@ macro_rules! scripts {
             3 "0003_audit_webhooks" "audit webhooks",
             4 "0004_audit_indexes" "audit indexes",
             5 "0005_user_roles" "user roles",
+            6 "0006_audit_without_rowid" "audit without rowid",
         )
     };
     (@list $dialect:literal; $($version:literal $file:literal $description:literal,)*) => {
