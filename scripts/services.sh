@@ -35,7 +35,7 @@ ensure_postgres() {
       apt_install postgresql
     fi
     local version
-    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf "%f\n" | sort -V | tail -n 1)
     local hba="/etc/postgresql/$version/main/pg_hba.conf"
     # The tests connect as postgres over TCP without a password.
     if ! grep -qE '^host\s+all\s+all\s+127\.0\.0\.1/32\s+trust' "$hba"; then

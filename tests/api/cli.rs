@@ -244,3 +244,151 @@ async fn logs_hold_no_secret_and_carry_request_ids() {
     }
     assert!(output.contains("refresh token reuse detected"), "the reuse warning is logged");
 }
+
+/// A server process of the release-independent test binary, on `db`.
+struct Served {
+    child: tokio::process::Child,
+    base: String,
+}
+
+async fn serve(db: &TestDb) -> Served {
+    let port = free_port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_atoms-auth"))
+        .env("ATOMS_AUTH_DATABASE_URL", &db.url)
+        .env("ATOMS_AUTH_REDIS_KEY_PREFIX", &db.redis_prefix)
+        .env("ATOMS_AUTH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ATOMS_AUTH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn server");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http.get(format!("{base}/health/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+            return Served { child, base };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the server did not become ready");
+}
+
+/// A user and a confidential password client made with the CLI: (client id, secret).
+fn user_and_client(db: &TestDb, username: &str, password: &str) -> (String, String) {
+    let (ok, _, err) = atoms_auth(
+        db,
+        &["users", "create", "--username", username],
+        Some(&format!("{password}\n")),
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = atoms_auth(
+        db,
+        &["clients", "create", "--name", "smoke", "--grant-types", "password,refresh_token"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let id = created["client_id"].as_str().expect("id").to_owned();
+    (id, created["client_secret"].as_str().expect("secret").to_owned())
+}
+
+fn script(name: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("bash")
+        .arg(format!("{root}/scripts/{name}"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run script");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// `scripts/smoke_test.sh` walks login, refresh, introspection, sessions, revocation, health
+/// and metrics against a live server.
+#[tokio::test]
+async fn smoke_test_script_passes_against_a_live_server() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (id, secret) = user_and_client(&db, "smoke", "smoke test password");
+    let server = serve(&db).await;
+    let env = [
+        ("SMOKE_CLIENT_ID", id.as_str()),
+        ("SMOKE_CLIENT_SECRET", secret.as_str()),
+        ("SMOKE_USERNAME", "smoke"),
+        ("SMOKE_PASSWORD", "smoke test password"),
+    ];
+    let (ok, out) = script("smoke_test.sh", &[&server.base], &env);
+    assert!(ok && out.contains("smoke: OK"), "{out}");
+    let (ok, out) = script("health_check.sh", &[&server.base], &[]);
+    assert!(ok && out.contains("\"status\""), "{out}");
+    let (ok, _) = script("health_check.sh", &["http://127.0.0.1:9"], &[]);
+    assert!(!ok, "an unreachable server is not healthy");
+    drop(server.child);
+}
+
+/// Back up, wipe, restore: a refresh token issued before the backup still works after it.
+async fn backup_restore_round_trip(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (id, secret) = user_and_client(&db, "keeper", "backup test password");
+    let server = serve(&db).await;
+    let http = reqwest::Client::new();
+    let login: serde_json::Value = http
+        .post(format!("{}/auth/token", server.base))
+        .basic_auth(&id, Some(&secret))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "keeper"),
+            ("password", "backup test password"),
+        ])
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let refresh = login["refresh_token"].as_str().expect("refresh").to_owned();
+    let mut child = server.child;
+    let _ = child.kill().await;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("backup.bin");
+    let file = file.to_str().expect("path");
+    let (ok, out) = script("backup.sh", &[&db.url, file], &[]);
+    assert!(ok, "{out}");
+    // Wipe: a fresh, empty database where the old one was.
+    match backend {
+        Backend::Sqlite => {
+            let path = db.url.trim_start_matches("sqlite://").split('?').next().expect("path");
+            std::fs::remove_file(path).expect("wipe");
+        }
+        _ => {
+            let storage = db.storage().await;
+            storage.migrate_down(usize::MAX).await.expect("wipe");
+        }
+    }
+    let (ok, out) = script("restore.sh", &[&db.url, file], &[]);
+    assert!(ok, "{out}");
+
+    let server = serve(&db).await;
+    let refreshed = http
+        .post(format!("{}/auth/token", server.base))
+        .basic_auth(&id, Some(&secret))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh.as_str())])
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(refreshed.status(), 200, "{}", refreshed.text().await.unwrap_or_default());
+    drop(server.child);
+}
+
+#[tokio::test]
+async fn backup_restore_round_trip_sqlite() {
+    backup_restore_round_trip(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn backup_restore_round_trip_postgres() {
+    backup_restore_round_trip(Backend::Postgres).await;
+}
