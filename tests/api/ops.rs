@@ -500,3 +500,84 @@ async fn openapi_describes_every_route() {
         );
     }
 }
+
+/// Every metric the dashboards and the alerting and recording rules query is one the running
+/// server exports (or a recording rule defined next to them).
+#[tokio::test]
+async fn dashboards_and_rules_query_only_exported_metrics() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (client, login) = app.logged_in().await;
+    app.refresh(&client, &login.str("refresh_token")).await;
+    let text = scrape(&app).await;
+    let mut exported: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .flat_map(|name| ["", "_bucket", "_sum", "_count"].map(|suffix| format!("{name}{suffix}")))
+        .collect();
+    exported.insert("up".into());
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring");
+    let mut expressions = Vec::new();
+    let mut recorded = std::collections::BTreeSet::new();
+    for file in std::fs::read_dir(root.join("rules")).expect("rules") {
+        let source = std::fs::read_to_string(file.expect("entry").path()).expect("read");
+        // Expressions: `expr: ...` on one line, or `expr: |` and the more-indented lines after.
+        let mut block: Option<(usize, String)> = None;
+        for line in source.lines() {
+            let indent = line.len() - line.trim_start().len();
+            if let Some((depth, text)) = block.take() {
+                if indent > depth && !line.trim().is_empty() {
+                    block = Some((depth, text + " " + line.trim()));
+                    continue;
+                }
+                expressions.push(text);
+            }
+            let trimmed = line.trim();
+            if let Some(name) = trimmed.strip_prefix("- record: ") {
+                recorded.insert(name.trim().to_owned());
+            } else if let Some(expr) = trimmed.strip_prefix("expr:") {
+                match expr.trim() {
+                    "|" | ">" => block = Some((indent, String::new())),
+                    one => expressions.push(one.to_owned()),
+                }
+            }
+        }
+        if let Some((_, text)) = block {
+            expressions.push(text);
+        }
+    }
+    let mut dashboards = 0;
+    for file in std::fs::read_dir(root.join("dashboards")).expect("dashboards") {
+        let board: Value = serde_json::from_str(
+            &std::fs::read_to_string(file.expect("entry").path()).expect("read"),
+        )
+        .expect("dashboard json");
+        dashboards += 1;
+        for panel in board["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                expressions.push(target["expr"].as_str().expect("expr").to_owned());
+            }
+        }
+    }
+    assert_eq!(dashboards, 4);
+    let mut checked = 0;
+    for expr in &expressions {
+        let mut token = String::new();
+        for c in expr.chars().chain([' ']) {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                token.push(c);
+                continue;
+            }
+            let name = std::mem::take(&mut token);
+            if name.contains(':') && !name.starts_with(':') {
+                assert!(recorded.contains(&name), "{name} is not a recording rule");
+                checked += 1;
+            } else if name.starts_with("atoms_auth_") || name.starts_with("process_") {
+                assert!(exported.contains(&name), "{name} is queried but not exported");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 40, "only {checked} metric references found");
+}

