@@ -15,7 +15,7 @@ docker compose pull atoms-auth
 docker compose run --rm atoms-auth migrate up
 docker compose up -d --no-deps atoms-auth
 for _ in $(seq 1 60); do
-  if docker compose exec -T atoms-auth curl -fsS http://127.0.0.1:8080/health/ready >/dev/null 2>&1; then
+  if docker compose exec -T atoms-auth atoms-auth health >/dev/null 2>&1; then
     echo "$tag" > "$state/current"
     echo "deployed $tag"
     exit 0

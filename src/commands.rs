@@ -69,6 +69,18 @@ pub async fn create_client(config: &Config, new: NewClient) -> anyhow::Result<se
     Ok(client_json(&client, secret.as_ref()))
 }
 
+/// Whether the server at `base` answers `/health/ready` with 200 within three seconds. A
+/// listen address of 0.0.0.0 is asked on loopback.
+pub async fn ready(base: &str) -> bool {
+    let base = base.replace("://0.0.0.0:", "://127.0.0.1:");
+    let Ok(http) = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()
+    else {
+        return false;
+    };
+    let answer = http.get(format!("{}/health/ready", base.trim_end_matches('/'))).send().await;
+    answer.is_ok_and(|r| r.status().is_success())
+}
+
 /// Rotates the signing key now; returns the new active kid.
 pub async fn rotate_keys(config: &Config) -> anyhow::Result<String> {
     let storage = open_storage(config).await?;

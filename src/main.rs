@@ -51,6 +51,13 @@ enum Command {
         #[command(subcommand)]
         action: Audit,
     },
+    /// Exit 0 when the server is ready (`/health/ready`), 1 otherwise: the container's
+    /// health check, with no HTTP client needed in the image.
+    Health {
+        /// The server to ask (default: the configured listen address).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -194,6 +201,14 @@ async fn main() -> anyhow::Result<()> {
                 scopes: list(&scopes),
             };
             println!("{}", commands::create_client(&config, new).await?);
+        }
+        Command::Health { url } => {
+            let base = url.unwrap_or_else(|| format!("http://{}", config.listen));
+            let ready = commands::ready(&base).await;
+            println!("{}", if ready { "ready" } else { "not ready" });
+            if !ready {
+                std::process::exit(1);
+            }
         }
         Command::Audit { action: Audit::Export { since, until, event, user_id, output } } => {
             let export = AuditExport {

@@ -325,6 +325,11 @@ async fn smoke_test_script_passes_against_a_live_server() {
     assert!(ok && out.contains("\"status\""), "{out}");
     let (ok, _) = script("health_check.sh", &["http://127.0.0.1:9"], &[]);
     assert!(!ok, "an unreachable server is not healthy");
+    // The container health check: the binary asks /health/ready itself.
+    let (ok, out, err) = atoms_auth(&db, &["health", "--url", &server.base], None);
+    assert!(ok && out.trim() == "ready", "{out}{err}");
+    let (ok, out, _) = atoms_auth(&db, &["health", "--url", "http://127.0.0.1:9"], None);
+    assert!(!ok && out.trim() == "not ready", "{out}");
     drop(server.child);
 }
 
