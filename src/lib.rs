@@ -280,8 +280,8 @@ fn spawn_purge(state: AppState) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Samples the gauges that need a storage query (active sessions) every 15 seconds, off the
-/// scrape path so rendering `/metrics` stays cheap.
+/// Samples the gauges that need a storage query (active sessions, health) every 15 seconds,
+/// off the scrape path so rendering `/metrics` stays cheap.
 fn spawn_gauges(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(15));
@@ -291,6 +291,7 @@ fn spawn_gauges(state: AppState) -> tokio::task::JoinHandle<()> {
                 Ok(n) => state.metrics.active_sessions.set(i64::try_from(n).unwrap_or(i64::MAX)),
                 Err(e) => tracing::warn!(error = %e, "counting active sessions failed"),
             }
+            http::refresh_health(&state).await;
         }
     })
 }

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub audit_events: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub render_duration: Histogram,
+    pub health: IntGaugeVec,
 }
 
 /// Every metric family name the server exports (without the `_bucket`/`_sum`/`_count`
@@ -51,6 +52,7 @@ pub const FAMILIES: &[&str] = &[
     "atoms_auth_audit_events_total",
     "atoms_auth_rate_limited_total",
     "atoms_auth_metrics_render_duration_seconds",
+    "atoms_auth_health_status",
     "process_cpu_seconds_total",
     "process_open_fds",
     "process_max_fds",
@@ -113,6 +115,16 @@ impl Metrics {
         )
         .expect("valid histogram");
         registry.register(Box::new(render_duration.clone())).expect("unique histogram");
+        let health = IntGaugeVec::new(
+            Opts::new(
+                "atoms_auth_health_status",
+                "Last health verdict by check (and overall): 0 healthy, 1 unknown, 2 degraded, \
+                 3 unhealthy; refreshed every 15 s and on each /health check.",
+            ),
+            &["check"],
+        )
+        .expect("valid gauge");
+        registry.register(Box::new(health.clone())).expect("unique gauge");
         let metrics = Self {
             http_requests: counter(
                 r,
@@ -186,6 +198,7 @@ impl Metrics {
                 &["route", "scope"],
             ),
             render_duration,
+            health,
             registry,
         };
         touch(

@@ -8,6 +8,7 @@ mod extract;
 mod oauth;
 pub(crate) mod openapi;
 mod ops;
+pub(crate) use ops::refresh_health;
 mod wellknown;
 
 use std::time::{Duration, Instant};

@@ -65,10 +65,10 @@ async fn ready(State(state): State<AppState>) -> Response {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
-    Healthy,
-    Unknown,
-    Degraded,
-    Unhealthy,
+    Healthy = 0,
+    Unknown = 1,
+    Degraded = 2,
+    Unhealthy = 3,
 }
 
 #[derive(Debug, Serialize)]
@@ -199,6 +199,15 @@ async fn health(State(state): State<AppState>) -> Response {
     response
 }
 
+/// Runs every check now, records the verdicts in the health gauges and stores the answer for
+/// `/health` (the background sampler calls this every 15 s, so alerts see health even when
+/// nobody polls it).
+pub async fn refresh_health(state: &AppState) -> Value {
+    let body = check_health(state).await;
+    *state.health_cache.lock().await = Some((Instant::now(), body.clone()));
+    body
+}
+
 async fn check_health(state: &AppState) -> Value {
     let (storage, cache, webhooks) = tokio::join!(
         check_storage(state),
@@ -212,6 +221,17 @@ async fn check_health(state: &AppState) -> Value {
         .filter(|s| *s != Status::Unknown)
         .max()
         .unwrap_or(Status::Healthy);
+    let gauge = &state.metrics.health;
+    let checks = [
+        ("storage", &storage),
+        ("cache", &cache),
+        ("signing_keys", &keys),
+        ("webhooks", &webhooks),
+    ];
+    for (name, check) in checks {
+        gauge.with_label_values(&[name]).set(check.status as i64);
+    }
+    gauge.with_label_values(&["overall"]).set(overall as i64);
     json!({
         "status": overall,
         "version": env!("CARGO_PKG_VERSION"),

@@ -225,6 +225,9 @@ async fn health_follows_the_database_down_and_back(backend: Backend) {
     assert!(down["checks"]["storage"]["error"].is_string());
     assert_eq!(app.get("/health/ready").await.status, 503);
     assert_eq!(app.get("/health/live").await.status, 200, "the process itself is alive");
+    let text = scrape(&app).await;
+    assert_eq!(sample(&text, r#"atoms_auth_health_status{check="storage"}"#), Some(3.0));
+    assert_eq!(sample(&text, r#"atoms_auth_health_status{check="overall"}"#), Some(3.0));
 
     proxy.set(UP);
     let up = wait_for_health(&app, 200, "healthy").await;
