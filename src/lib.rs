@@ -137,7 +137,7 @@ impl App {
     ) -> anyhow::Result<AppState> {
         let trusted_proxies = config.trusted_proxy_nets().map_err(anyhow::Error::msg)?;
         let storage = open_storage(&config).await?;
-        let metrics = Arc::new(Metrics::new(storage.backend()));
+        let metrics = Arc::new(Metrics::new(storage.backend())?);
         let storage = storage::Instrumented::wrap(storage, metrics.clone());
         if config.auto_migrate {
             storage.migrate_up().await?;

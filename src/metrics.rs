@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -62,143 +63,157 @@ pub const FAMILIES: &[&str] = &[
     "process_threads",
 ];
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-    registry.register(Box::new(metric.clone())).expect("unique counter");
-    metric
+/// Registers a metric and hands it back.
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> prometheus::Result<M> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    register(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<HistogramVec> {
     let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
-    let metric = HistogramVec::new(opts, labels).expect("valid histogram");
-    registry.register(Box::new(metric.clone())).expect("unique histogram");
-    metric
+    register(r, HistogramVec::new(opts, labels)?)
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("valid gauge");
-    registry.register(Box::new(metric.clone())).expect("unique gauge");
-    metric
+fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    register(r, IntGauge::new(name, help)?)
+}
+
+fn gauges(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    register(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
 }
 
 impl Metrics {
     /// A fresh registry with every family (each server instance in a process has its own).
-    pub fn new(backend: &str) -> Self {
+    /// Fails only if two families were given one name.
+    pub fn new(backend: &str) -> prometheus::Result<Self> {
         let registry = Registry::new();
         let r = &registry;
-        let build = IntGaugeVec::new(
-            Opts::new("atoms_auth_build_info", "Version and storage backend of this server."),
+        let build = gauges(
+            r,
+            "atoms_auth_build_info",
+            "Version and storage backend of this server.",
             &["version", "backend"],
-        )
-        .expect("valid gauge");
-        registry.register(Box::new(build.clone())).expect("unique gauge");
+        )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION"), backend]).set(1);
         #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .expect("unique process collector");
-        let pool_connections = IntGaugeVec::new(
-            Opts::new(
-                "atoms_auth_storage_pool_connections",
-                "Storage pool connections by state (idle, in_use); absent for Redis.",
-            ),
-            &["state"],
-        )
-        .expect("valid gauge");
-        registry.register(Box::new(pool_connections.clone())).expect("unique gauge");
-        let render_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "atoms_auth_metrics_render_duration_seconds",
-                "Time to render this exposition.",
-            )
-            .buckets(BUCKETS.to_vec()),
-        )
-        .expect("valid histogram");
-        registry.register(Box::new(render_duration.clone())).expect("unique histogram");
-        let health = IntGaugeVec::new(
-            Opts::new(
-                "atoms_auth_health_status",
-                "Last health verdict by check (and overall): 0 healthy, 1 unknown, 2 degraded, \
-                 3 unhealthy; refreshed every 15 s and on each /health check.",
-            ),
-            &["check"],
-        )
-        .expect("valid gauge");
-        registry.register(Box::new(health.clone())).expect("unique gauge");
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        let render_duration = register(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "atoms_auth_metrics_render_duration_seconds",
+                    "Time to render this exposition.",
+                )
+                .buckets(BUCKETS.to_vec()),
+            )?,
+        )?;
         let metrics = Self {
             http_requests: counter(
                 r,
                 "atoms_auth_http_requests_total",
                 "HTTP requests answered, by method, route template and status.",
                 &["method", "route", "status"],
-            ),
+            )?,
             http_duration: histogram(
                 r,
                 "atoms_auth_http_request_duration_seconds",
                 "HTTP request duration, by method and route template.",
                 &["method", "route"],
-            ),
+            )?,
             http_in_flight: gauge(
                 r,
                 "atoms_auth_http_requests_in_flight",
                 "HTTP requests being served.",
-            ),
+            )?,
             tokens_issued: counter(
                 r,
                 "atoms_auth_tokens_issued_total",
                 "Access tokens issued, by grant type.",
                 &["grant"],
-            ),
+            )?,
             refresh_outcomes: counter(
                 r,
                 "atoms_auth_refresh_total",
                 "Refresh-token presentations by outcome (rotated, grace, reuse, invalid).",
                 &["outcome"],
-            ),
+            )?,
             active_sessions: gauge(
                 r,
                 "atoms_auth_active_sessions",
                 "Sessions not ended, revoked or expired (counted periodically).",
-            ),
+            )?,
             storage_duration: histogram(
                 r,
                 "atoms_auth_storage_operation_duration_seconds",
                 "Storage operation duration, by operation.",
                 &["operation"],
-            ),
+            )?,
             storage_errors: counter(
                 r,
                 "atoms_auth_storage_errors_total",
                 "Storage operations that failed, by operation.",
                 &["operation"],
-            ),
-            pool_connections,
+            )?,
+            pool_connections: gauges(
+                r,
+                "atoms_auth_storage_pool_connections",
+                "Storage pool connections by state (idle, in_use); absent for Redis.",
+                &["state"],
+            )?,
             cache_requests: counter(
                 r,
                 "atoms_auth_cache_requests_total",
                 "In-process cache lookups, by cache and result (hit, miss).",
                 &["cache", "result"],
-            ),
+            )?,
             webhook_deliveries: counter(
                 r,
                 "atoms_auth_webhook_deliveries_total",
                 "Webhook delivery attempts, by outcome (delivered, retry, failed).",
                 &["outcome"],
-            ),
+            )?,
             audit_events: counter(
                 r,
                 "atoms_auth_audit_events_total",
                 "Audit events recorded, by event type.",
                 &["event"],
-            ),
+            )?,
             rate_limited: counter(
                 r,
                 "atoms_auth_rate_limited_total",
                 "Requests refused by a rate limit, by route and key kind (client, ip).",
                 &["route", "scope"],
-            ),
+            )?,
             render_duration,
-            health,
+            health: gauges(
+                r,
+                "atoms_auth_health_status",
+                "Last health verdict by check (and overall): 0 healthy, 1 unknown, 2 degraded, \
+                 3 unhealthy; refreshed every 15 s and on each /health check.",
+                &["check"],
+            )?,
             registry,
         };
         touch(
@@ -211,13 +226,13 @@ impl Metrics {
         touch(&metrics.storage_errors, &[&["ping"]]);
         for scope in ["client", "ip"] {
             for route in ["/auth/token", "/auth/revoke", "/auth/introspect"] {
-                let _ = metrics.rate_limited.with_label_values(&[route, scope]);
+                touch(&metrics.rate_limited, &[&[route, scope]]);
             }
         }
         for event in crate::domain::audit::events::ALL {
-            let _ = metrics.audit_events.with_label_values(&[event]);
+            touch(&metrics.audit_events, &[&[event]]);
         }
-        metrics
+        Ok(metrics)
     }
 
     /// The exposition in the Prometheus text format.

@@ -525,11 +525,7 @@ async fn floor(
             })
         })
         .collect();
-    let mut rotated = 0;
-    for r in rotations {
-        rotated += r.await??;
-    }
-    Ok(rotated as f64 / seconds as f64)
+    per_second(rotations, seconds).await
 }
 
 /// The introspection lookup floor: one token state read per call.
@@ -554,9 +550,17 @@ async fn lookup_floor(
             })
         })
         .collect();
+    per_second(tasks, seconds).await
+}
+
+/// Operations per second of loops that each return how many operations they did.
+async fn per_second(
+    loops: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+    seconds: u64,
+) -> anyhow::Result<f64> {
     let mut total = 0;
-    for t in tasks {
-        total += t.await??;
+    for done in loops {
+        total += done.await??;
     }
     Ok(total as f64 / seconds as f64)
 }

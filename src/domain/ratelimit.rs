@@ -186,9 +186,9 @@ impl RateLimits {
     }
 }
 
-fn local_verdict(limiter: &Local, scope: Scope, rule: Rule, key: &str) -> Verdict {
+fn local_verdict(limiter: &Local, scope: Scope, rule: Rule, key: &String) -> Verdict {
     let interval = Duration::from_micros(rule.interval_us());
-    match limiter.check_key(&key.to_owned()) {
+    match limiter.check_key(key) {
         Ok(snapshot) => {
             let remaining = snapshot.remaining_burst_capacity();
             Verdict {

@@ -32,7 +32,7 @@ const NO_SESSION: ApiError = ApiError::NotFound("no such session");
 const NO_DEVICE: ApiError = ApiError::NotFound("no such device");
 
 #[utoipa::path(get, path = "/auth/sessions", tag = "account", summary = "The user's active sessions", security(("bearer" = [])),
-    responses((status = 200, description = "`{sessions: [...]}`, the current one marked", body = Object), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{sessions: [...]}`, the current one marked", body = Object), crate::http::openapi::UserErrors))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn list_sessions(
     State(state): State<AppState>,
@@ -43,7 +43,7 @@ async fn list_sessions(
 }
 
 #[utoipa::path(get, path = "/auth/sessions/{id}", tag = "account", summary = "One of the user's sessions", params(("id" = String, Path, description = "Session id")), security(("bearer" = [])),
-    responses((status = 200, description = "The session", body = crate::domain::sessions::SessionView), (status = 404, description = "No such session of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The session", body = crate::domain::sessions::SessionView), (status = 404, description = "No such session of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), crate::http::openapi::UserErrors))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn get_session(
     State(state): State<AppState>,
@@ -55,7 +55,7 @@ async fn get_session(
 }
 
 #[utoipa::path(delete, path = "/auth/sessions/{id}", tag = "account", summary = "End one of the user's sessions", params(("id" = String, Path, description = "Session id")), security(("bearer" = [])),
-    responses((status = 204, description = "Ended"), (status = 404, description = "No such session of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Ended"), (status = 404, description = "No such session of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), crate::http::openapi::UserErrors))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn end_session(
     State(state): State<AppState>,
@@ -76,7 +76,7 @@ struct EndSessionsQuery {
 }
 
 #[utoipa::path(delete, path = "/auth/sessions", tag = "account", summary = "End all the user's sessions", params(("except_current" = Option<bool>, Query, description = "Keep the session of this token")), security(("bearer" = [])),
-    responses((status = 200, description = "`{revoked: n}`", body = Object), (status = 400, description = "Bad query", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{revoked: n}`", body = Object), (status = 400, description = "Bad query", body = crate::http::openapi::Problem, content_type = "application/problem+json"), crate::http::openapi::UserErrors))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn end_sessions(
     State(state): State<AppState>,
@@ -93,7 +93,7 @@ async fn end_sessions(
 }
 
 #[utoipa::path(post, path = "/auth/logout", tag = "account", summary = "End the session of this token", security(("bearer" = [])),
-    responses((status = 204, description = "Ended"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Ended"), crate::http::openapi::UserErrors))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn logout(State(state): State<AppState>, user: UserToken) -> Result<StatusCode, ApiError> {
     state.sessions.end(&user.user_id, &user.session_id, revoke_reason::LOGOUT).await?;
@@ -101,7 +101,7 @@ async fn logout(State(state): State<AppState>, user: UserToken) -> Result<Status
 }
 
 #[utoipa::path(get, path = "/auth/devices", tag = "account", summary = "The user's devices", security(("bearer" = [])),
-    responses((status = 200, description = "`{devices: [...]}`", body = Object), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{devices: [...]}`", body = Object), crate::http::openapi::UserErrors))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn list_devices(
     State(state): State<AppState>,
@@ -119,7 +119,7 @@ struct DevicePatch {
 }
 
 #[utoipa::path(patch, path = "/auth/devices/{id}", tag = "account", summary = "Rename and/or (un)trust a device", params(("id" = String, Path, description = "Device id")), request_body = DevicePatch, security(("bearer" = [])),
-    responses((status = 200, description = "The device", body = crate::domain::sessions::DeviceView), (status = 400, description = "Bad body", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such device of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The device", body = crate::domain::sessions::DeviceView), (status = 400, description = "Bad body", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such device of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), crate::http::openapi::UserErrors))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn update_device(
     State(state): State<AppState>,
@@ -139,7 +139,7 @@ async fn update_device(
 }
 
 #[utoipa::path(delete, path = "/auth/devices/{id}", tag = "account", summary = "Forget a device and end its sessions", params(("id" = String, Path, description = "Device id")), security(("bearer" = [])),
-    responses((status = 200, description = "`{revoked_sessions: n}`", body = Object), (status = 404, description = "No such device of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{revoked_sessions: n}`", body = Object), (status = 404, description = "No such device of this user", body = crate::http::openapi::Problem, content_type = "application/problem+json"), crate::http::openapi::UserErrors))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn delete_device(
     State(state): State<AppState>,
@@ -151,7 +151,7 @@ async fn delete_device(
 }
 
 #[utoipa::path(get, path = "/auth/userinfo", tag = "account", summary = "Who the token's user is", security(("bearer" = [])),
-    responses((status = 200, description = "`sub`, `preferred_username`, ...", body = Object), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not a user's token", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`sub`, `preferred_username`, ...", body = Object), crate::http::openapi::UserErrors))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn userinfo(State(state): State<AppState>, user: UserToken) -> Result<Response, ApiError> {
     let found = state.storage.user_by_id(&user.user_id).await?;

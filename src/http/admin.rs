@@ -73,7 +73,7 @@ fn check_owner_change(admin: &Admin, from: Option<Role>, to: Role) -> Result<(),
 
 /// Creates a user (a member unless a role is given).
 #[utoipa::path(post, path = "/admin/users", tag = "admin", summary = "Create a user", request_body = NewUserBody, security(("bearer" = [])),
-    responses((status = 201, description = "The user", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 201, description = "The user", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all, fields(admin = %admin.claims.sub))]
 async fn create_user(
     State(state): State<AppState>,
@@ -91,7 +91,7 @@ async fn create_user(
 }
 
 #[utoipa::path(get, path = "/admin/users/{id}", tag = "admin", summary = "Read a user", params(("id" = String, Path, description = "User id")), security(("bearer" = [])),
-    responses((status = 200, description = "The user", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The user", body = Object), crate::http::openapi::AdminErrors))]
 async fn get_user(
     State(state): State<AppState>,
     admin: Admin,
@@ -110,7 +110,7 @@ struct UserChange {
 
 /// Changes a user's role; it applies to their next admin request.
 #[utoipa::path(patch, path = "/admin/users/{id}", tag = "admin", summary = "Change a user's role", params(("id" = String, Path, description = "User id")), request_body = UserChange, security(("bearer" = [])),
-    responses((status = 200, description = "The user", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The user", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all, fields(admin = %admin.claims.sub, user_id = %id))]
 async fn update_user(
     State(state): State<AppState>,
@@ -132,7 +132,7 @@ async fn update_user(
 
 /// Another user's active sessions.
 #[utoipa::path(get, path = "/admin/users/{id}/sessions", tag = "admin", summary = "A user's active sessions", params(("id" = String, Path, description = "User id")), security(("bearer" = [])),
-    responses((status = 200, description = "`{user_id, sessions}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{user_id, sessions}`", body = Object), crate::http::openapi::AdminErrors))]
 async fn user_sessions(
     State(state): State<AppState>,
     admin: Admin,
@@ -158,7 +158,7 @@ struct NewClientBody {
 
 /// Registers a client; the answer shows its secret this once.
 #[utoipa::path(post, path = "/admin/clients", tag = "admin", summary = "Register a client (the secret is shown once)", request_body = NewClientBody, security(("bearer" = [])),
-    responses((status = 201, description = "The client with its secret", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 201, description = "The client with its secret", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all, fields(admin = %admin.claims.sub))]
 async fn create_client(
     State(state): State<AppState>,
@@ -184,7 +184,7 @@ async fn create_client(
 }
 
 #[utoipa::path(get, path = "/admin/clients/{id}", tag = "admin", summary = "Read a client", params(("id" = String, Path, description = "Client id")), security(("bearer" = [])),
-    responses((status = 200, description = "The client, without secret", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The client, without secret", body = Object), crate::http::openapi::AdminErrors))]
 async fn get_client(
     State(state): State<AppState>,
     admin: Admin,
@@ -197,7 +197,7 @@ async fn get_client(
 
 /// The published keys and which one signs.
 #[utoipa::path(get, path = "/admin/keys", tag = "admin", summary = "The signing keys", security(("bearer" = [])),
-    responses((status = 200, description = "`{active_kid, algorithm, active_since, jwks}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{active_kid, algorithm, active_since, jwks}`", body = Object), crate::http::openapi::AdminErrors))]
 async fn keys(State(state): State<AppState>, admin: Admin) -> Result<Response, ApiError> {
     admin.require(Permission::ReadKeys)?;
     let signer = state.keys.signer();
@@ -212,7 +212,7 @@ async fn keys(State(state): State<AppState>, admin: Admin) -> Result<Response, A
 
 /// Rotates the signing key now (audited as `key.rotated`).
 #[utoipa::path(post, path = "/admin/keys/rotate", tag = "admin", summary = "Rotate the signing key now", security(("bearer" = [])),
-    responses((status = 200, description = "`{active_kid}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{active_kid}`", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all, fields(admin = %admin.claims.sub))]
 async fn rotate_keys(State(state): State<AppState>, admin: Admin) -> Result<Response, ApiError> {
     admin.require(Permission::RotateKeys)?;
@@ -222,7 +222,7 @@ async fn rotate_keys(State(state): State<AppState>, admin: Admin) -> Result<Resp
 
 /// Ends every session of the user: their refresh families and access tokens stop working.
 #[utoipa::path(post, path = "/admin/users/{id}/revoke", tag = "admin", summary = "End every session of a user", params(("id" = String, Path, description = "User id")), security(("bearer" = [])),
-    responses((status = 200, description = "`{user_id, revoked_sessions}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{user_id, revoked_sessions}`", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all, fields(admin = %admin.claims.sub, user_id = %id))]
 async fn revoke_user(
     State(state): State<AppState>,
@@ -259,7 +259,7 @@ pub fn parse_time(name: &str, value: &str) -> Result<Millis, ApiError> {
 }
 
 #[utoipa::path(get, path = "/admin/audit", tag = "admin", summary = "Read the audit log", params(AuditParams), security(("bearer" = [])),
-    responses((status = 200, description = "`{events, next_cursor}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{events, next_cursor}`", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all)]
 async fn audit(
     State(state): State<AppState>,
@@ -315,7 +315,7 @@ struct NewWebhook {
 }
 
 #[utoipa::path(post, path = "/admin/webhooks", tag = "admin", summary = "Subscribe a URL to events (the secret is shown once)", request_body = NewWebhook, security(("bearer" = [])),
-    responses((status = 201, description = "The subscription with its signing secret", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 201, description = "The subscription with its signing secret", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all)]
 async fn create_webhook(
     State(state): State<AppState>,
@@ -335,7 +335,7 @@ async fn create_webhook(
 }
 
 #[utoipa::path(get, path = "/admin/webhooks", tag = "admin", summary = "The webhook subscriptions", security(("bearer" = [])),
-    responses((status = 200, description = "`{webhooks: [...]}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{webhooks: [...]}`", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all)]
 async fn list_webhooks(State(state): State<AppState>, admin: Admin) -> Result<Response, ApiError> {
     admin.require(Permission::ReadWebhooks)?;
@@ -346,7 +346,7 @@ async fn list_webhooks(State(state): State<AppState>, admin: Admin) -> Result<Re
 const NO_WEBHOOK: ApiError = ApiError::NotFound("no such webhook");
 
 #[utoipa::path(get, path = "/admin/webhooks/{id}", tag = "admin", summary = "One subscription", params(("id" = String, Path, description = "Subscription id")), security(("bearer" = [])),
-    responses((status = 200, description = "The subscription", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The subscription", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all)]
 async fn get_webhook(
     State(state): State<AppState>,
@@ -359,7 +359,7 @@ async fn get_webhook(
 }
 
 #[utoipa::path(delete, path = "/admin/webhooks/{id}", tag = "admin", summary = "Delete a subscription and its deliveries", params(("id" = String, Path, description = "Subscription id")), security(("bearer" = [])),
-    responses((status = 204, description = "Deleted"), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Deleted"), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all)]
 async fn delete_webhook(
     State(state): State<AppState>,
@@ -375,7 +375,7 @@ async fn delete_webhook(
 }
 
 #[utoipa::path(post, path = "/admin/webhooks/{id}/test", tag = "admin", summary = "Queue a test event for a subscription", params(("id" = String, Path, description = "Subscription id")), security(("bearer" = [])),
-    responses((status = 202, description = "Queued", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Queued", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all)]
 async fn test_webhook(
     State(state): State<AppState>,
@@ -410,7 +410,7 @@ fn delivery_json(d: &WebhookDelivery, attempts: &[WebhookAttempt]) -> Value {
 }
 
 #[utoipa::path(get, path = "/admin/webhooks/{id}/deliveries", tag = "admin", summary = "A subscription's newest deliveries and attempts", params(("id" = String, Path, description = "Subscription id")), params(("limit" = Option<u32>, Query)), security(("bearer" = [])),
-    responses((status = 200, description = "`{deliveries: [...]}`", body = Object), (status = 400, description = "Bad input", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing, invalid or revoked access token", body = crate::http::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "No admin scope, or the role does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{deliveries: [...]}`", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all)]
 async fn deliveries(
     State(state): State<AppState>,

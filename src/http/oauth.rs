@@ -77,7 +77,7 @@ fn answer(mut response: Response, verdict: Option<Verdict>) -> Response {
 }
 
 #[utoipa::path(post, path = "/auth/token", tag = "oauth", summary = "Issue tokens: password, client_credentials or refresh_token grant", request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"), security(("client" = [])),
-    responses((status = 200, description = "Tokens", body = crate::domain::tokens::TokenResponse, headers(("ratelimit-limit" = u32, description = "Burst of the tightest limit"), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the allowance is whole"))), (status = 400, description = "Malformed request or invalid grant", body = crate::http::openapi::OAuthErrorBody), (status = 401, description = "Client authentication failed", body = crate::http::openapi::OAuthErrorBody), (status = 413, description = "Body too large", body = crate::http::openapi::OAuthErrorBody), (status = 429, description = "Rate limited; see Retry-After", body = crate::http::openapi::OAuthErrorBody, headers(("retry-after" = u64, description = "Seconds to wait")))))]
+    responses((status = 200, description = "Tokens", body = crate::domain::tokens::TokenResponse, headers(("ratelimit-limit" = u32, description = "Burst of the tightest limit"), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the allowance is whole"))), crate::http::openapi::OAuthErrors))]
 #[tracing::instrument(skip_all, fields(grant_type))]
 async fn token(
     State(state): State<AppState>,
@@ -135,7 +135,7 @@ struct TokenParamForm {
 }
 
 #[utoipa::path(post, path = "/auth/revoke", tag = "oauth", summary = "Revoke a refresh or access token (RFC 7009)", request_body(content = TokenParamForm, content_type = "application/x-www-form-urlencoded"), security(("client" = [])),
-    responses((status = 200, description = "Revoked, or the token was unknown", headers(("ratelimit-limit" = u32, description = "Burst of the tightest limit"), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the allowance is whole"))), (status = 400, description = "Malformed request or invalid grant", body = crate::http::openapi::OAuthErrorBody), (status = 401, description = "Client authentication failed", body = crate::http::openapi::OAuthErrorBody), (status = 413, description = "Body too large", body = crate::http::openapi::OAuthErrorBody), (status = 429, description = "Rate limited; see Retry-After", body = crate::http::openapi::OAuthErrorBody, headers(("retry-after" = u64, description = "Seconds to wait")))))]
+    responses((status = 200, description = "Revoked, or the token was unknown", headers(("ratelimit-limit" = u32, description = "Burst of the tightest limit"), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the allowance is whole"))), crate::http::openapi::OAuthErrors))]
 #[tracing::instrument(skip_all)]
 async fn revoke(
     State(state): State<AppState>,
@@ -158,7 +158,7 @@ async fn revoke(
 }
 
 #[utoipa::path(post, path = "/auth/introspect", tag = "oauth", summary = "Introspect a token (RFC 7662; confidential clients)", request_body(content = TokenParamForm, content_type = "application/x-www-form-urlencoded"), security(("client" = [])),
-    responses((status = 200, description = "`active` and, when active, the token's claims", body = Object, headers(("ratelimit-limit" = u32, description = "Burst of the tightest limit"), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the allowance is whole"))), (status = 400, description = "Malformed request or invalid grant", body = crate::http::openapi::OAuthErrorBody), (status = 401, description = "Client authentication failed", body = crate::http::openapi::OAuthErrorBody), (status = 413, description = "Body too large", body = crate::http::openapi::OAuthErrorBody), (status = 429, description = "Rate limited; see Retry-After", body = crate::http::openapi::OAuthErrorBody, headers(("retry-after" = u64, description = "Seconds to wait")))))]
+    responses((status = 200, description = "`active` and, when active, the token's claims", body = Object, headers(("ratelimit-limit" = u32, description = "Burst of the tightest limit"), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the allowance is whole"))), crate::http::openapi::OAuthErrors))]
 #[tracing::instrument(skip_all)]
 async fn introspect(
     State(state): State<AppState>,

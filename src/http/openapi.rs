@@ -39,6 +39,64 @@ pub struct OAuthErrorBody {
     error_description: String,
 }
 
+/// The errors every admin endpoint can answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes answers in the document; never built
+pub enum AdminErrors {
+    #[response(status = 400, description = "Bad input", content_type = "application/problem+json")]
+    BadInput(Problem),
+    #[response(
+        status = 401,
+        description = "Missing, invalid or revoked access token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 403,
+        description = "No admin scope, or the role does not allow this",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    #[response(status = 404, description = "Not found", content_type = "application/problem+json")]
+    NotFound(Problem),
+}
+
+/// The errors every end-user endpoint can answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes answers in the document; never built
+pub enum UserErrors {
+    #[response(
+        status = 401,
+        description = "Missing, invalid or revoked access token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 403,
+        description = "Not a user's token",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+}
+
+/// The errors every OAuth endpoint can answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes answers in the document; never built
+pub enum OAuthErrors {
+    #[response(status = 400, description = "Malformed request or invalid grant")]
+    BadRequest(OAuthErrorBody),
+    #[response(status = 401, description = "Client authentication failed")]
+    Unauthorized(OAuthErrorBody),
+    #[response(status = 413, description = "Body too large")]
+    TooLarge(OAuthErrorBody),
+    #[response(
+        status = 429,
+        description = "Rate limited; see Retry-After",
+        headers(("retry-after" = u64, description = "Seconds to wait"))
+    )]
+    RateLimited(OAuthErrorBody),
+}
+
 struct Security;
 
 impl Modify for Security {

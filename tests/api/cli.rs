@@ -96,27 +96,19 @@ async fn logs_hold_no_secret_and_carry_request_ids() {
     let client_id = created["client_id"].as_str().expect("id").to_owned();
     let secret = created["client_secret"].as_str().expect("secret").to_owned();
 
-    let port = free_port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_atoms-auth"))
-        .env("ATOMS_AUTH_DATABASE_URL", &db.url)
-        .env("ATOMS_AUTH_LISTEN", format!("127.0.0.1:{port}"))
-        .env("ATOMS_AUTH_LOG", "debug")
-        .env("ATOMS_AUTH_LOG_FORMAT", "json")
-        // No grace retry: presenting a used token is reuse at once.
-        .env("ATOMS_AUTH_REFRESH_GRACE_SECS", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn server");
-    let base = format!("http://127.0.0.1:{port}");
+    let served = serve_with(
+        &db,
+        &[
+            ("ATOMS_AUTH_LOG", "debug"),
+            ("ATOMS_AUTH_LOG_FORMAT", "json"),
+            // No grace retry: presenting a used token is reuse at once.
+            ("ATOMS_AUTH_REFRESH_GRACE_SECS", "0"),
+        ],
+        Stdio::piped(),
+    )
+    .await;
+    let (mut server, base) = (served.child, served.base);
     let http = reqwest::Client::new();
-    for _ in 0..100 {
-        if http.get(format!("{base}/health/live")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     let post = |form: Vec<(&'static str, String)>, path: &'static str, id: &'static str| {
         http.post(format!("{base}{path}"))
             .basic_auth(&client_id, Some(&secret))
@@ -245,21 +237,27 @@ async fn logs_hold_no_secret_and_carry_request_ids() {
     assert!(output.contains("refresh token reuse detected"), "the reuse warning is logged");
 }
 
-/// A server process of the release-independent test binary, on `db`.
+/// The binary serving a test database.
 struct Served {
     child: tokio::process::Child,
     base: String,
 }
 
 async fn serve(db: &TestDb) -> Served {
+    serve_with(db, &[], Stdio::null()).await
+}
+
+/// The binary serving `db` on a free port, with extra settings, once it is ready.
+async fn serve_with(db: &TestDb, env: &[(&str, &str)], stderr: Stdio) -> Served {
     let port = free_port();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_atoms-auth"))
         .env("ATOMS_AUTH_DATABASE_URL", &db.url)
         .env("ATOMS_AUTH_REDIS_KEY_PREFIX", &db.redis_prefix)
         .env("ATOMS_AUTH_LISTEN", format!("127.0.0.1:{port}"))
         .env("ATOMS_AUTH_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("spawn server");
