@@ -74,6 +74,14 @@ struct Args {
     /// Keep the database this run created (it is removed by default).
     #[arg(long)]
     keep: bool,
+    /// Measure what the audit log costs: run each --audit-scenarios scenario this many
+    /// rounds against the server and against a second one on the same database that writes
+    /// no audit records, alternating, and compare the medians.
+    #[arg(long)]
+    audit_ab: Option<u32>,
+    /// Scenarios of the audit comparison.
+    #[arg(long, default_value = "client_credentials,refresh")]
+    audit_scenarios: String,
 }
 
 /// One measured run.
@@ -122,6 +130,7 @@ fn report(
 }
 
 /// What the scenarios need, seeded before they run.
+#[derive(Clone)]
 struct Fixture {
     base: String,
     client_id: String,
@@ -131,7 +140,7 @@ struct Fixture {
     /// A user access token, for introspection and the sessions listing.
     access_token: String,
     /// Refresh-token chains, one per worker (a chain is always used by one request at once).
-    chains: Mutex<VecDeque<String>>,
+    chains: Arc<Mutex<VecDeque<String>>>,
 }
 
 /// The storage URL of a fresh database for `backend`, and the Redis prefix.
@@ -264,10 +273,15 @@ fn rss_kib(pid: u32, field: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
-async fn start_server(database_url: &str, prefix: &str) -> anyhow::Result<(Server, String)> {
+async fn start_server(
+    database_url: &str,
+    prefix: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<(Server, String)> {
     let exe = std::env::current_exe()?.with_file_name("atoms-auth");
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = tokio::process::Command::new(&exe)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("ATOMS_AUTH_DATABASE_URL", database_url)
         .env("ATOMS_AUTH_REDIS_KEY_PREFIX", prefix)
         .env("ATOMS_AUTH_LISTEN", format!("127.0.0.1:{port}"))
@@ -348,7 +362,7 @@ async fn seed(args: &Args, base: String, storage: Arc<dyn Storage>) -> anyhow::R
         client_secret: secret.expose().to_owned(),
         usernames,
         access_token,
-        chains: Mutex::new(chains.into()),
+        chains: Arc::new(Mutex::new(chains.into())),
     })
 }
 
@@ -593,7 +607,7 @@ async fn main() -> anyhow::Result<()> {
     let base = match &args.url {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
-            let (s, base) = start_server(&database_url, &prefix).await?;
+            let (s, base) = start_server(&database_url, &prefix, &[]).await?;
             server = Some(s);
             base
         }
@@ -646,6 +660,13 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let peak_rss = server.as_ref().and_then(|s| rss_kib(s.pid, "VmHWM:"));
+    let audit_ab = match args.audit_ab {
+        Some(rounds) if server.is_some() => {
+            Some(audit_comparison(&args, &fixture, &http, &database_url, &prefix, rounds).await?)
+        }
+        Some(_) => return Err(anyhow!("--audit-ab starts its own servers: drop --url")),
+        None => None,
+    };
     println!(
         "\n## {} ({} cores)\n",
         args.backend,
@@ -666,6 +687,9 @@ async fn main() -> anyhow::Result<()> {
     for s in &scale {
         println!("scale: {s}");
     }
+    if let Some(ab) = &audit_ab {
+        println!("audit cost: {ab}");
+    }
     println!("metrics render: {metrics_render_ms:?} ms (server-side mean)");
     println!("server RSS: idle {:?} KiB, peak {:?} KiB", idle_rss, peak_rss);
     let out = json!({
@@ -675,6 +699,7 @@ async fn main() -> anyhow::Result<()> {
         "storage_floor": floors,
         "scale": scale,
         "metrics_render_ms": metrics_render_ms,
+        "audit_cost": audit_ab,
         "rss_kib": { "idle": idle_rss, "peak": peak_rss, "peak_after": peak_rss_by_scenario },
     });
     if let Some(path) = &args.json {
@@ -716,6 +741,58 @@ async fn remove_database(
         _ => storage.migrate_down(usize::MAX).await?,
     }
     Ok(())
+}
+
+/// Throughput with and without the audit log: `rounds` closed-loop runs of each scenario
+/// against the fixture's server and against a second server on the same database that
+/// excludes every event type, alternating which goes first so that drift cancels out.
+async fn audit_comparison(
+    args: &Args,
+    f: &Arc<Fixture>,
+    http: &reqwest::Client,
+    database_url: &str,
+    prefix: &str,
+    rounds: u32,
+) -> anyhow::Result<Value> {
+    let all = atoms_auth::domain::audit::events::ALL.join(",");
+    let (mut quiet, base) =
+        start_server(database_url, prefix, &[("ATOMS_AUTH_AUDIT_EXCLUDE", all)]).await?;
+    let without = Arc::new(Fixture { base, ..Fixture::clone(f) });
+    let mut out = serde_json::Map::new();
+    for scenario in args.audit_scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            eprintln!("audit cost: {scenario}, round {} of {rounds}", round + 1);
+            for audited in if round % 2 == 0 { [true, false] } else { [false, true] } {
+                let target = if audited { f } else { &without };
+                let rps = closed_loop(args, target, http, scenario).await.rps;
+                if audited { on.push(rps) } else { off.push(rps) }
+                // Lets the audited server's writer empty its queue before the next run.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        let (on, off) = (median(&mut on), median(&mut off));
+        out.insert(
+            scenario.to_owned(),
+            json!({
+                "rounds": rounds,
+                "audited_rps": on,
+                "unaudited_rps": off,
+                "cost_percent": ((1.0 - on / off) * 1000.0).round() / 10.0,
+            }),
+        );
+    }
+    let _ = quiet.child.kill().await;
+    Ok(Value::Object(out))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// The session id of the fixture's access token.
