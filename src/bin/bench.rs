@@ -326,7 +326,9 @@ async fn seed(args: &Args, base: String, storage: Arc<dyn Storage>) -> anyhow::R
     storage.create_client(&client).await?;
     let password_hash = hash_password(PASSWORD.into()).await?;
     let mut usernames = Vec::new();
-    for i in 0..args.connections.max(1) {
+    // One user more than the password scenario logs in: the fixture's access token belongs
+    // to it, so logins past the per-user session limit never evict that token's session.
+    for i in 0..=args.connections.max(1) {
         let user = User {
             id: Uuid::now_v7().to_string(),
             username: format!("bench-{i}-{}", Uuid::new_v4().simple()),
@@ -341,13 +343,14 @@ async fn seed(args: &Args, base: String, storage: Arc<dyn Storage>) -> anyhow::R
     let chains =
         seed_sessions(&storage, &client.client_id, &password_hash, args.connections.max(256), 32)
             .await?;
+    let token_user = usernames.pop().ok_or_else(|| anyhow!("no users"))?;
     let http = reqwest::Client::new();
     let login: Value = http
         .post(format!("{base}/auth/token"))
         .basic_auth(&client.client_id, Some(secret.expose()))
         .form(&[
             ("grant_type", "password"),
-            ("username", usernames[0].as_str()),
+            ("username", token_user.as_str()),
             ("password", PASSWORD),
         ])
         .send()
@@ -766,7 +769,11 @@ async fn audit_comparison(
             for audited in if round % 2 == 0 { [true, false] } else { [false, true] } {
                 let target = if audited { f } else { &without };
                 let rps = closed_loop(args, target, http, scenario).await.rps;
-                if audited { on.push(rps) } else { off.push(rps) }
+                if audited {
+                    on.push(rps)
+                } else {
+                    off.push(rps)
+                }
                 // Lets the audited server's writer empty its queue before the next run.
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

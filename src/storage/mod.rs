@@ -42,6 +42,9 @@ pub enum StorageError {
     Redis(#[from] ::redis::RedisError),
     #[error("storage timed out: {0}")]
     Timeout(&'static str),
+    /// A group commit failed: every operation of the group reports it.
+    #[error("storage write failed: {0}")]
+    Write(String),
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;

@@ -2,12 +2,18 @@
 //! transactions queue in the pool instead of spinning in SQLite's busy handler; reads use a
 //! pool of their own (WAL mode lets them run beside the writer). Atomic rules run in
 //! `BEGIN IMMEDIATE` transactions, which take the write lock up front.
+//!
+//! Refresh-token rotations are group-committed: one task takes every rotation waiting at the
+//! time, runs them one after another in a single transaction and answers each after the
+//! commit. A durable commit (an fsync) is the floor of a rotation, so under load one fsync
+//! serves many rotations, while a lone rotation waits for nothing but its own commit.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::sql_common::sql_storage;
 use super::sql_migrate::Script;
@@ -15,11 +21,80 @@ use super::*;
 
 const SCRIPTS: &[Script] = super::sql_migrate::scripts!("sqlite");
 
+/// The most rotations one group commit takes.
+const GROUP: usize = 64;
+
 /// SQLite storage.
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     reader: SqlitePool,
     writer: SqlitePool,
+    rotations: mpsc::Sender<QueuedRotation>,
+}
+
+/// A rotation waiting for the next group commit: its own copy of the request, and where its
+/// outcome goes once the group is committed.
+#[derive(Debug)]
+struct QueuedRotation {
+    presented_hash: Vec<u8>,
+    new_hash: Vec<u8>,
+    client_id: String,
+    ip: Option<String>,
+    now: Millis,
+    grace_ms: Millis,
+    idle_timeout_ms: Millis,
+    reuse_window_ms: Millis,
+    reply: oneshot::Sender<StorageResult<RotationOutcome>>,
+}
+
+impl QueuedRotation {
+    fn rotation(&self) -> Rotation<'_> {
+        Rotation {
+            presented_hash: &self.presented_hash,
+            new_hash: &self.new_hash,
+            client_id: &self.client_id,
+            now: self.now,
+            grace_ms: self.grace_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            ip: self.ip.as_deref(),
+            reuse_window_ms: self.reuse_window_ms,
+        }
+    }
+}
+
+/// Commits queued rotations in groups until every sender is gone.
+async fn commit_rotations(writer: SqlitePool, mut queue: mpsc::Receiver<QueuedRotation>) {
+    let mut group = Vec::with_capacity(GROUP);
+    while queue.recv_many(&mut group, GROUP).await > 0 {
+        match rotate_group(&writer, &group).await {
+            Ok(outcomes) => {
+                for (queued, outcome) in group.drain(..).zip(outcomes) {
+                    let _ = queued.reply.send(Ok(outcome));
+                }
+            }
+            // Nothing of the group was committed: each caller may retry its token.
+            Err(e) => {
+                let message = e.to_string();
+                for queued in group.drain(..) {
+                    let _ = queued.reply.send(Err(StorageError::Write(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the rotations of `group` in order in one transaction.
+async fn rotate_group(
+    writer: &SqlitePool,
+    group: &[QueuedRotation],
+) -> StorageResult<Vec<RotationOutcome>> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for queued in group {
+        outcomes.push(rotate_in(&mut tx, &queued.rotation()).await?);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
 }
 
 impl SqliteStorage {
@@ -35,7 +110,9 @@ impl SqliteStorage {
             .max_connections(options.pool_size.max(1))
             .connect_with(connect)
             .await?;
-        Ok(Self { reader, writer })
+        let (rotations, queue) = mpsc::channel(4 * GROUP);
+        tokio::spawn(commit_rotations(writer.clone(), queue));
+        Ok(Self { reader, writer, rotations })
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -88,88 +165,106 @@ impl SqliteStorage {
         Ok(())
     }
 
+    /// Queues the rotation for the next group commit and waits for its outcome.
     async fn rotate(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
-        use sqlx::{FromRow, Row};
-        let mut tx = self.begin_exclusive().await?;
-        let row = sqlx::query(
-            "SELECT s.* FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
-             WHERE t.hash = $1",
-        )
-        .bind(r.presented_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(RotationOutcome::Invalid);
+        let (reply, outcome) = oneshot::channel();
+        let queued = QueuedRotation {
+            presented_hash: r.presented_hash.to_vec(),
+            new_hash: r.new_hash.to_vec(),
+            client_id: r.client_id.to_owned(),
+            ip: r.ip.map(str::to_owned),
+            now: r.now,
+            grace_ms: r.grace_ms,
+            idle_timeout_ms: r.idle_timeout_ms,
+            reuse_window_ms: r.reuse_window_ms,
+            reply,
         };
-        let session = Session::from_row(&row)?;
-        let current: Vec<u8> = row.try_get("current_hash")?;
-        let previous: Option<Vec<u8>> = row.try_get("previous_hash")?;
-        let rotated_at: Option<Millis> = row.try_get("rotated_at")?;
-        let decision = r.decide(&session, &current, previous.as_deref(), rotated_at);
-        let updated: Session = match decision {
-            RotationDecision::WrongClient => return Ok(RotationOutcome::Invalid),
-            RotationDecision::Ended => return Ok(RotationOutcome::Ended(session)),
-            RotationDecision::Rotate | RotationDecision::Grace => {
-                let sql = if decision == RotationDecision::Rotate {
-                    "UPDATE sessions SET previous_hash = current_hash, current_hash = $1, \
-                     rotated_at = $2, last_used_at = $2, idle_expires_at = $3 WHERE id = $4 \
-                     RETURNING *"
-                } else {
-                    "UPDATE sessions SET current_hash = $1, last_used_at = $2, \
-                     idle_expires_at = $3 WHERE id = $4 RETURNING *"
-                };
-                let spent: &[u8] =
-                    if decision == RotationDecision::Rotate { r.presented_hash } else { &current };
-                sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2")
-                    .bind(r.now)
-                    .bind(spent)
-                    .execute(&mut *tx)
-                    .await?;
-                let updated = sqlx::query_as(sql)
-                    .bind(r.new_hash)
-                    .bind(r.now)
-                    .bind(r.idle_expiry(&session))
-                    .bind(&session.id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "UPDATE devices SET last_seen_at = $1, last_ip = COALESCE($2, last_ip) \
-                     WHERE id = $3",
-                )
+        let stopped = || StorageError::Write("the rotation committer has stopped".into());
+        self.rotations.send(queued).await.map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+}
+
+/// One rotation inside the group's transaction. Outcomes that change nothing write nothing.
+async fn rotate_in(tx: &mut SqliteConnection, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
+    use sqlx::{FromRow, Row};
+    let row = sqlx::query(
+        "SELECT s.* FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
+         WHERE t.hash = $1",
+    )
+    .bind(r.presented_hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(RotationOutcome::Invalid);
+    };
+    let session = Session::from_row(&row)?;
+    let current: Vec<u8> = row.try_get("current_hash")?;
+    let previous: Option<Vec<u8>> = row.try_get("previous_hash")?;
+    let rotated_at: Option<Millis> = row.try_get("rotated_at")?;
+    let decision = r.decide(&session, &current, previous.as_deref(), rotated_at);
+    let updated: Session = match decision {
+        RotationDecision::WrongClient => return Ok(RotationOutcome::Invalid),
+        RotationDecision::Ended => return Ok(RotationOutcome::Ended(session)),
+        RotationDecision::Rotate | RotationDecision::Grace => {
+            let sql = if decision == RotationDecision::Rotate {
+                "UPDATE sessions SET previous_hash = current_hash, current_hash = $1, \
+                 rotated_at = $2, last_used_at = $2, idle_expires_at = $3 WHERE id = $4 \
+                 RETURNING *"
+            } else {
+                "UPDATE sessions SET current_hash = $1, last_used_at = $2, \
+                 idle_expires_at = $3 WHERE id = $4 RETURNING *"
+            };
+            let spent: &[u8] =
+                if decision == RotationDecision::Rotate { r.presented_hash } else { &current };
+            sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2")
                 .bind(r.now)
-                .bind(r.ip)
-                .bind(&session.device_id)
+                .bind(spent)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query(
-                    "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)",
-                )
+            let updated = sqlx::query_as(sql)
                 .bind(r.new_hash)
-                .bind(&session.id)
                 .bind(r.now)
-                .execute(&mut *tx)
-                .await?;
-                updated
-            }
-            RotationDecision::Reuse => {
-                sqlx::query_as(
-                    "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 \
-                     RETURNING *",
-                )
-                .bind(r.now)
-                .bind(revoke_reason::REFRESH_TOKEN_REUSE)
+                .bind(r.idle_expiry(&session))
                 .bind(&session.id)
                 .fetch_one(&mut *tx)
-                .await?
-            }
-        };
-        tx.commit().await?;
-        Ok(match decision {
-            RotationDecision::Rotate => RotationOutcome::Rotated(updated),
-            RotationDecision::Grace => RotationOutcome::Grace(updated),
-            _ => RotationOutcome::Reused(updated),
-        })
-    }
+                .await?;
+            sqlx::query(
+                "UPDATE devices SET last_seen_at = $1, last_ip = COALESCE($2, last_ip) \
+                 WHERE id = $3",
+            )
+            .bind(r.now)
+            .bind(r.ip)
+            .bind(&session.device_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)",
+            )
+            .bind(r.new_hash)
+            .bind(&session.id)
+            .bind(r.now)
+            .execute(&mut *tx)
+            .await?;
+            updated
+        }
+        RotationDecision::Reuse => {
+            sqlx::query_as(
+                "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 \
+                 RETURNING *",
+            )
+            .bind(r.now)
+            .bind(revoke_reason::REFRESH_TOKEN_REUSE)
+            .bind(&session.id)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    Ok(match decision {
+        RotationDecision::Rotate => RotationOutcome::Rotated(updated),
+        RotationDecision::Grace => RotationOutcome::Grace(updated),
+        _ => RotationOutcome::Reused(updated),
+    })
 }
 
 sql_storage!(SqliteStorage, "sqlite", SCRIPTS, "");

@@ -161,6 +161,39 @@ async fn concurrent_rotations_leave_one_live_token(backend: Backend) {
     assert_eq!(live, 1);
 }
 
+/// Rotations of many sessions at once (committed together where the backend groups them):
+/// each gets its own outcome, a bad token among them spoils nothing, and every new token is
+/// the live one of its session afterwards.
+async fn simultaneous_rotations_of_many_sessions_each_get_their_own_outcome(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let u = user("many");
+    storage.create_user(&u).await.expect("user");
+    for i in 0..40u8 {
+        let s = session(&u.id, t(1_000));
+        login(storage.as_ref(), &s, &[i; 32], &format!("fp-{i}"), 100).await;
+    }
+    let tasks: Vec<_> = (0..48u8)
+        .map(|i| {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                let new = [100 + i; 32];
+                storage.rotate_refresh(&rotation(&[i; 32], &new, 2_000)).await.expect("rotate")
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let outcome = task.await.expect("join");
+        if i < 40 {
+            assert!(matches!(outcome, RotationOutcome::Rotated(_)), "{i}: {outcome:?}");
+            let live = storage.session_by_refresh(&[100 + i as u8; 32]).await.expect("get");
+            assert!(matches!(live, Some((_, true))), "{i}: {live:?}");
+        } else {
+            assert_eq!(outcome, RotationOutcome::Invalid, "{i}: no such token");
+        }
+    }
+}
+
 async fn revoking_a_session_happens_once(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
@@ -255,6 +288,7 @@ backend_tests!(
     just_rotated_token_outside_grace_revokes_family,
     expired_session_is_not_rotated,
     concurrent_rotations_leave_one_live_token,
+    simultaneous_rotations_of_many_sessions_each_get_their_own_outcome,
     revoking_a_session_happens_once,
     access_token_state_reports_revocation_and_session,
     key_rotation_is_compare_and_set,
