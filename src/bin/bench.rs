@@ -19,10 +19,10 @@ use anyhow::{Context, anyhow};
 use atoms_auth::clock::{Clock, SystemClock};
 use atoms_auth::domain::secrets::{Secret, hash_password};
 use atoms_auth::storage::{
-    self, Client, ConnectOptions, Device, Login, Rotation, RotationOutcome, Session, Storage, User,
+    self, Client, ConnectOptions, Device, ImportedSession, Rotation, RotationOutcome, Session,
+    Storage, User,
 };
 use clap::Parser;
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -202,61 +202,39 @@ fn new_session(user_id: &str, client_id: &str, now: i64) -> (Session, Device) {
     (session, device)
 }
 
-/// Stores `count` sessions (ten per user, the per-user limit), `parallel` at a time; returns
-/// one refresh token per session.
+/// Stores `count` sessions (ten per user, the per-user limit) through the storage's bulk
+/// import, 10,000 at a time; returns one refresh token per session.
 async fn seed_sessions(
     storage: &Arc<dyn Storage>,
     client_id: &str,
     password_hash: &str,
     count: usize,
-    parallel: usize,
 ) -> anyhow::Result<Vec<String>> {
-    let users = count.div_ceil(10);
+    const CHUNK: usize = 10_000;
     let now = SystemClock.now_ms();
-    let user_ids: Vec<String> = futures::stream::iter(0..users)
-        .map(|_| {
-            let storage = storage.clone();
-            let hash = password_hash.to_owned();
-            async move {
-                let user = User {
-                    id: Uuid::now_v7().to_string(),
-                    username: format!("u-{}", Uuid::new_v4().simple()),
-                    password_hash: hash,
-                    created_at: now,
-                    disabled: false,
-                    role: "member".into(),
-                };
-                storage.create_user(&user).await.map(|()| user.id)
-            }
-        })
-        .buffer_unordered(parallel)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    let tokens = futures::stream::iter(0..count)
-        .map(|i| {
-            let storage = storage.clone();
-            let user_id = user_ids[i / 10].clone();
-            let client_id = client_id.to_owned();
-            async move {
-                let (session, device) = new_session(&user_id, &client_id, now);
+    let mut tokens = Vec::with_capacity(count);
+    while tokens.len() < count {
+        let n = (count - tokens.len()).min(CHUNK);
+        let users: Vec<User> = (0..n.div_ceil(10))
+            .map(|_| User {
+                id: Uuid::now_v7().to_string(),
+                username: format!("u-{}", Uuid::new_v4().simple()),
+                password_hash: password_hash.to_owned(),
+                created_at: now,
+                disabled: false,
+                role: "member".into(),
+            })
+            .collect();
+        let sessions: Vec<ImportedSession> = (0..n)
+            .map(|i| {
+                let (session, device) = new_session(&users[i / 10].id, client_id, now);
                 let token = Secret::generate();
-                let login = Login {
-                    session: &session,
-                    refresh_hash: &token.sha256(),
-                    device: &device,
-                    device_named_by_client: false,
-                    max_sessions: 10,
-                };
-                storage.create_session(&login).await.map(|_| token.expose().to_owned())
-            }
-        })
-        .buffer_unordered(parallel)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+                tokens.push(token.expose().to_owned());
+                ImportedSession { session, device, refresh_hash: token.sha256().to_vec() }
+            })
+            .collect();
+        storage.import_sessions(&users, &sessions).await?;
+    }
     Ok(tokens)
 }
 
@@ -341,7 +319,7 @@ async fn seed(args: &Args, base: String, storage: Arc<dyn Storage>) -> anyhow::R
         usernames.push(user.username);
     }
     let chains =
-        seed_sessions(&storage, &client.client_id, &password_hash, args.connections.max(256), 32)
+        seed_sessions(&storage, &client.client_id, &password_hash, args.connections.max(256))
             .await?;
     let token_user = usernames.pop().ok_or_else(|| anyhow!("no users"))?;
     let http = reqwest::Client::new();
@@ -605,6 +583,23 @@ async fn main() -> anyhow::Result<()> {
     };
     let options = ConnectOptions { pool_size: 16, redis_key_prefix: prefix.clone() };
     let storage = storage::connect(&database_url, &options).await?;
+    let result = run(&args, &storage, &database_url, &prefix).await;
+    // The run's database goes even when the run failed.
+    if args.database_url.is_none() && !args.keep {
+        eprintln!("removing the run's database");
+        remove_database(&args.backend, &database_url, storage).await?;
+    }
+    result
+}
+
+/// Everything but creating and removing the database.
+async fn run(
+    args: &Args,
+    storage: &Arc<dyn Storage>,
+    database_url: &str,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let args = args.clone();
     storage.migrate_up().await?;
     let mut server = None;
     let base = match &args.url {
@@ -646,7 +641,6 @@ async fn main() -> anyhow::Result<()> {
             &fixture.client_id,
             "$argon2id$v=19$m=19456,t=2,p=1$x$y",
             args.connections,
-            32,
         )
         .await?;
         let rotations = floor(&storage, &fixture.client_id, chains, args.duration).await?;
@@ -710,10 +704,6 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(mut s) = server {
         let _ = s.child.kill().await;
-    }
-    if args.database_url.is_none() && !args.keep {
-        eprintln!("removing the run's database");
-        remove_database(&args.backend, &database_url, storage).await?;
     }
     Ok(())
 }
@@ -840,14 +830,8 @@ async fn scale_run(
     if count > stored {
         eprintln!("scale: seeding {} sessions ...", count - stored);
         let started = Instant::now();
-        seed_sessions(
-            storage,
-            &f.client_id,
-            "$argon2id$v=19$m=19456,t=2,p=1$x$y",
-            count - stored,
-            64,
-        )
-        .await?;
+        seed_sessions(storage, &f.client_id, "$argon2id$v=19$m=19456,t=2,p=1$x$y", count - stored)
+            .await?;
         eprintln!("scale: seeded in {:.0} s", started.elapsed().as_secs_f64());
     }
     let refresh = closed_loop(args, f, http, "refresh").await;

@@ -88,6 +88,14 @@ pub trait KeyStore {
 pub trait SessionStore {
     /// A login, atomically: see [`Login`].
     async fn create_session(&self, login: &Login<'_>) -> StorageResult<LoginOutcome>;
+    /// Stores users and their sessions as they are, in bulk and without the session limit:
+    /// for loading data moved from another system, and for seeding benchmarks. Each device
+    /// must be new; an existing id is a conflict.
+    async fn import_sessions(
+        &self,
+        users: &[User],
+        sessions: &[ImportedSession],
+    ) -> StorageResult<()>;
     async fn session(&self, id: &str) -> StorageResult<Option<Session>>;
     /// The user's sessions that are active at `now`, most recently used first.
     async fn user_sessions(&self, user_id: &str, now: Millis) -> StorageResult<Vec<Session>>;

@@ -169,6 +169,15 @@ pub struct Login<'a> {
     pub max_sessions: usize,
 }
 
+/// A session stored as it is by [`SessionStore::import_sessions`](super::SessionStore):
+/// the session (its `device_id` is the device's id), its device and its live refresh token.
+#[derive(Debug, Clone)]
+pub struct ImportedSession {
+    pub session: Session,
+    pub device: Device,
+    pub refresh_hash: Vec<u8>,
+}
+
 /// What a login did.
 #[derive(Debug, Clone)]
 pub struct LoginOutcome {

@@ -110,6 +110,84 @@ macro_rules! sql_session_stores {
                 Ok(LoginOutcome { session, device, new_device, evicted })
             }
 
+            /// Multi-row inserts of at most 1,000 rows (within every dialect's parameter
+            /// limit), all in one transaction.
+            async fn import_sessions(
+                &self,
+                users: &[User],
+                sessions: &[ImportedSession],
+            ) -> StorageResult<()> {
+                use $crate::storage::sql_common::unique;
+                const ROWS: usize = 1_000;
+                let mut tx = self.writer().begin().await?;
+                for chunk in users.chunks(ROWS) {
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO users (id, username, password_hash, created_at, disabled, role) ",
+                    );
+                    insert.push_values(chunk, |mut row, u| {
+                        row.push_bind(&u.id)
+                            .push_bind(&u.username)
+                            .push_bind(&u.password_hash)
+                            .push_bind(u.created_at)
+                            .push_bind(u.disabled)
+                            .push_bind(&u.role);
+                    });
+                    insert.build().execute(&mut *tx).await.map_err(unique("user"))?;
+                }
+                for chunk in sessions.chunks(ROWS) {
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO devices (id, user_id, fingerprint, name, platform, user_agent, \
+                         last_ip, first_seen_at, last_seen_at, trusted) ",
+                    );
+                    insert.push_values(chunk, |mut row, i| {
+                        let d = &i.device;
+                        row.push_bind(&d.id)
+                            .push_bind(&d.user_id)
+                            .push_bind(&d.fingerprint)
+                            .push_bind(&d.name)
+                            .push_bind(&d.platform)
+                            .push_bind(&d.user_agent)
+                            .push_bind(&d.last_ip)
+                            .push_bind(d.first_seen_at)
+                            .push_bind(d.last_seen_at)
+                            .push_bind(d.trusted);
+                    });
+                    insert.build().execute(&mut *tx).await.map_err(unique("device"))?;
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO sessions (id, user_id, client_id, scope, created_at, \
+                         last_used_at, idle_expires_at, expires_at, ip, user_agent, current_hash, \
+                         device_id) ",
+                    );
+                    insert.push_values(chunk, |mut row, i| {
+                        let s = &i.session;
+                        row.push_bind(&s.id)
+                            .push_bind(&s.user_id)
+                            .push_bind(&s.client_id)
+                            .push_bind(&s.scope)
+                            .push_bind(s.created_at)
+                            .push_bind(s.last_used_at)
+                            .push_bind(s.idle_expires_at)
+                            .push_bind(s.expires_at)
+                            .push_bind(&s.ip)
+                            .push_bind(&s.user_agent)
+                            .push_bind(&i.refresh_hash)
+                            .push_bind(&i.device.id);
+                    });
+                    insert.build().execute(&mut *tx).await.map_err(unique("session"))?;
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO refresh_tokens (hash, session_id, issued_at) ",
+                    );
+                    insert.push_values(chunk, |mut row, i| {
+                        row.push_bind(&i.refresh_hash)
+                            .push_bind(&i.session.id)
+                            .push_bind(i.session.created_at);
+                    });
+                    insert.build().execute(&mut *tx).await.map_err(unique("refresh token"))?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn session(&self, id: &str) -> StorageResult<Option<Session>> {
                 Ok(sqlx::query_as("SELECT * FROM sessions WHERE id = $1")
                     .bind(id)

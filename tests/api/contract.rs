@@ -194,6 +194,38 @@ async fn simultaneous_rotations_of_many_sessions_each_get_their_own_outcome(back
     }
 }
 
+/// A bulk import stores every user and session whole: past the per-user limit, with the
+/// session's device, and with a refresh token that rotates like one a login issued.
+async fn imported_sessions_are_stored_whole(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let users: Vec<User> = (0..3).map(|i| user(&format!("imported-{i}"))).collect();
+    let imported: Vec<ImportedSession> = (0..36u8)
+        .map(|i| {
+            let owner = &users[usize::from(i) % 3].id;
+            let device = device(owner, &format!("fp-{i}"), t(1_000));
+            let session = Session { device_id: Some(device.id.clone()), ..session(owner, t(1_000)) };
+            ImportedSession { session, device, refresh_hash: vec![i; 32] }
+        })
+        .collect();
+    storage.import_sessions(&users, &imported).await.expect("import");
+    for u in &users {
+        assert_eq!(storage.user_by_username(&u.username).await.expect("get"), Some(u.clone()));
+        let listed = storage.user_sessions(&u.id, t(2_000)).await.expect("list");
+        assert_eq!(listed.len(), 12, "no session limit on import");
+        assert_eq!(storage.user_devices(&u.id).await.expect("devices").len(), 12);
+    }
+    let first = &imported[0];
+    let (stored, live) =
+        storage.session_by_refresh(&[0; 32]).await.expect("get").expect("imported token");
+    assert!(live);
+    assert_eq!(stored, first.session);
+    let out = storage.rotate_refresh(&rotation(&[0; 32], &[200; 32], 3_000)).await.expect("rotate");
+    assert!(matches!(out, RotationOutcome::Rotated(_)), "{out:?}");
+    let again = storage.import_sessions(&users[..1], &[]).await;
+    assert!(matches!(again, Err(StorageError::Conflict(_))), "{again:?}");
+}
+
 async fn revoking_a_session_happens_once(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
@@ -289,6 +321,7 @@ backend_tests!(
     expired_session_is_not_rotated,
     concurrent_rotations_leave_one_live_token,
     simultaneous_rotations_of_many_sessions_each_get_their_own_outcome,
+    imported_sessions_are_stored_whole,
     revoking_a_session_happens_once,
     access_token_state_reports_revocation_and_session,
     key_rotation_is_compare_and_set,
