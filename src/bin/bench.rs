@@ -29,6 +29,8 @@ use uuid::Uuid;
 
 const PASSWORD: &str = "bench password 1";
 const DAY_MS: i64 = 24 * 3600 * 1000;
+/// Pause between a bulk seeding and the runs measured on it.
+const SETTLE_SECS: u64 = 10;
 
 #[derive(Parser, Clone)]
 #[command(about = "Load benchmark for atoms-auth")]
@@ -605,7 +607,7 @@ async fn run(
     let base = match &args.url {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
-            let (s, base) = start_server(&database_url, &prefix, &[]).await?;
+            let (s, base) = start_server(database_url, prefix, &[]).await?;
             server = Some(s);
             base
         }
@@ -637,29 +639,29 @@ async fn run(
     if !args.no_floor {
         eprintln!("storage floor: rotation and introspection lookup, {} s each", args.duration);
         let chains = seed_sessions(
-            &storage,
+            storage,
             &fixture.client_id,
             "$argon2id$v=19$m=19456,t=2,p=1$x$y",
             args.connections,
         )
         .await?;
-        let rotations = floor(&storage, &fixture.client_id, chains, args.duration).await?;
+        let rotations = floor(storage, &fixture.client_id, chains, args.duration).await?;
         let sid = introspected_session(&http, &fixture).await?;
-        let lookups = lookup_floor(&storage, &sid, args.connections, args.duration).await?;
+        let lookups = lookup_floor(storage, &sid, args.connections, args.duration).await?;
         floors = json!({ "rotate_refresh_per_sec": rotations.round(), "access_token_state_per_sec": lookups.round() });
     }
 
     let mut scale = Vec::new();
     if let Some(counts) = &args.scale {
         for count in counts.split(',').filter_map(|c| c.trim().parse::<usize>().ok()) {
-            scale.push(scale_run(&args, &fixture, &storage, &http, count).await?);
+            scale.push(scale_run(&args, &fixture, storage, &http, count).await?);
         }
     }
 
     let peak_rss = server.as_ref().and_then(|s| rss_kib(s.pid, "VmHWM:"));
     let audit_ab = match args.audit_ab {
         Some(rounds) if server.is_some() => {
-            Some(audit_comparison(&args, &fixture, &http, &database_url, &prefix, rounds).await?)
+            Some(audit_comparison(&args, &fixture, &http, database_url, prefix, rounds).await?)
         }
         Some(_) => return Err(anyhow!("--audit-ab starts its own servers: drop --url")),
         None => None,
@@ -833,6 +835,9 @@ async fn scale_run(
         seed_sessions(storage, &f.client_id, "$argon2id$v=19$m=19456,t=2,p=1$x$y", count - stored)
             .await?;
         eprintln!("scale: seeded in {:.0} s", started.elapsed().as_secs_f64());
+        // Steady state, not the load's aftermath: Redis rehashes its grown key space and
+        // SQLite checkpoints its write-ahead log in the background for a while.
+        tokio::time::sleep(Duration::from_secs(SETTLE_SECS)).await;
     }
     let refresh = closed_loop(args, f, http, "refresh").await;
     let introspect = closed_loop(args, f, http, "introspect").await;
