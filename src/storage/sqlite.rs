@@ -3,10 +3,11 @@
 //! pool of their own (WAL mode lets them run beside the writer). Atomic rules run in
 //! `BEGIN IMMEDIATE` transactions, which take the write lock up front.
 //!
-//! Refresh-token rotations are group-committed: one task takes every rotation waiting at the
-//! time, runs them one after another in a single transaction and answers each after the
-//! commit. A durable commit (an fsync) is the floor of a rotation, so under load one fsync
-//! serves many rotations, while a lone rotation waits for nothing but its own commit.
+//! Refresh-token rotations and audit batches are group-committed: one task takes every such
+//! write waiting at the time, runs them one after another in a single transaction and answers
+//! each after the commit. A durable commit (an fsync) is the floor of a rotation, so under
+//! load one fsync serves many rotations and the audit records of the moment, while a lone
+//! rotation waits for nothing but its own commit.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use super::*;
 
 const SCRIPTS: &[Script] = super::sql_migrate::scripts!("sqlite");
 
-/// The most rotations one group commit takes.
+/// The most writes one group commit takes.
 const GROUP: usize = 64;
 
 /// SQLite storage.
@@ -29,11 +30,19 @@ const GROUP: usize = 64;
 pub struct SqliteStorage {
     reader: SqlitePool,
     writer: SqlitePool,
-    rotations: mpsc::Sender<QueuedRotation>,
+    group_writes: mpsc::Sender<GroupWrite>,
 }
 
-/// A rotation waiting for the next group commit: its own copy of the request, and where its
-/// outcome goes once the group is committed.
+/// A write waiting for the next group commit, with where its result goes once the group is
+/// committed: a refresh-token rotation, or a batch of audit records (so the audit log shares
+/// the rotations' commits instead of taking the writer for commits of its own).
+#[derive(Debug)]
+enum GroupWrite {
+    Rotation(QueuedRotation, oneshot::Sender<StorageResult<RotationOutcome>>),
+    Audit(Vec<AuditRecord>, oneshot::Sender<StorageResult<()>>),
+}
+
+/// A rotation's own copy of the request.
 #[derive(Debug)]
 struct QueuedRotation {
     presented_hash: Vec<u8>,
@@ -44,7 +53,6 @@ struct QueuedRotation {
     grace_ms: Millis,
     idle_timeout_ms: Millis,
     reuse_window_ms: Millis,
-    reply: oneshot::Sender<StorageResult<RotationOutcome>>,
 }
 
 impl QueuedRotation {
@@ -62,39 +70,87 @@ impl QueuedRotation {
     }
 }
 
-/// Commits queued rotations in groups until every sender is gone.
-async fn commit_rotations(writer: SqlitePool, mut queue: mpsc::Receiver<QueuedRotation>) {
+/// Commits queued writes in groups until every sender is gone.
+async fn commit_groups(writer: SqlitePool, mut queue: mpsc::Receiver<GroupWrite>) {
     let mut group = Vec::with_capacity(GROUP);
     while queue.recv_many(&mut group, GROUP).await > 0 {
-        match rotate_group(&writer, &group).await {
-            Ok(outcomes) => {
-                for (queued, outcome) in group.drain(..).zip(outcomes) {
-                    let _ = queued.reply.send(Ok(outcome));
+        match write_group(&writer, &group).await {
+            Ok(mut outcomes) => {
+                for write in group.drain(..) {
+                    match write {
+                        GroupWrite::Rotation(_, reply) => {
+                            if let Some(outcome) = outcomes.next() {
+                                let _ = reply.send(Ok(outcome));
+                            }
+                        }
+                        GroupWrite::Audit(_, reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
                 }
             }
-            // Nothing of the group was committed: each caller may retry its token.
+            // Nothing of the group was committed: each caller may retry.
             Err(e) => {
-                let message = e.to_string();
-                for queued in group.drain(..) {
-                    let _ = queued.reply.send(Err(StorageError::Write(message.clone())));
+                let failed = || StorageError::Write(e.to_string());
+                for write in group.drain(..) {
+                    match write {
+                        GroupWrite::Rotation(_, reply) => drop(reply.send(Err(failed()))),
+                        GroupWrite::Audit(_, reply) => drop(reply.send(Err(failed()))),
+                    }
                 }
             }
         }
     }
 }
 
-/// Runs the rotations of `group` in order in one transaction.
-async fn rotate_group(
+/// Runs the writes of `group` in order in one transaction; returns the rotations' outcomes.
+async fn write_group(
     writer: &SqlitePool,
-    group: &[QueuedRotation],
-) -> StorageResult<Vec<RotationOutcome>> {
+    group: &[GroupWrite],
+) -> StorageResult<std::vec::IntoIter<RotationOutcome>> {
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
     let mut outcomes = Vec::with_capacity(group.len());
-    for queued in group {
-        outcomes.push(rotate_in(&mut tx, &queued.rotation()).await?);
+    for write in group {
+        match write {
+            GroupWrite::Rotation(queued, _) => {
+                outcomes.push(rotate_in(&mut tx, &queued.rotation()).await?);
+            }
+            GroupWrite::Audit(records, _) => insert_audit(&mut tx, records).await?,
+        }
     }
     tx.commit().await?;
-    Ok(outcomes)
+    Ok(outcomes.into_iter())
+}
+
+/// Multi-row inserts in chunks whose sizes are powers of two: at most seven distinct
+/// statements, each prepared once and cached, and few enough calls that the driver's worker
+/// thread is woken a handful of times per batch, not per record.
+async fn insert_audit(tx: &mut SqliteConnection, records: &[AuditRecord]) -> StorageResult<()> {
+    const COLUMNS: &str = "INSERT INTO audit_events (id, at, event, actor, user_id, \
+        session_id, client_id, ip, user_agent, request_id, details) ";
+    let mut rest = records;
+    while !rest.is_empty() {
+        let size = 64usize.min(1 << rest.len().ilog2());
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let mut insert = sqlx::QueryBuilder::new(COLUMNS);
+        insert.push_values(chunk, |mut row, r| {
+            row.push_bind(&r.id)
+                .push_bind(r.at)
+                .push_bind(&r.event)
+                .push_bind(&r.actor)
+                .push_bind(&r.user_id)
+                .push_bind(&r.session_id)
+                .push_bind(&r.client_id)
+                .push_bind(&r.ip)
+                .push_bind(&r.user_agent)
+                .push_bind(&r.request_id)
+                .push_bind(&r.details);
+        });
+        insert.push(" ON CONFLICT (id) DO NOTHING");
+        insert.build().persistent(true).execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 impl SqliteStorage {
@@ -110,9 +166,9 @@ impl SqliteStorage {
             .max_connections(options.pool_size.max(1))
             .connect_with(connect)
             .await?;
-        let (rotations, queue) = mpsc::channel(4 * GROUP);
-        tokio::spawn(commit_rotations(writer.clone(), queue));
-        Ok(Self { reader, writer, rotations })
+        let (group_writes, queue) = mpsc::channel(4 * GROUP);
+        tokio::spawn(commit_groups(writer.clone(), queue));
+        Ok(Self { reader, writer, group_writes })
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -132,42 +188,25 @@ impl SqliteStorage {
         self.begin_exclusive().await
     }
 
-    /// Multi-row inserts in one transaction, in chunks whose sizes are powers of two: at
-    /// most seven distinct statements, each prepared once and cached, and few enough calls
-    /// that the driver's worker thread is woken a handful of times per batch, not per record.
+    /// The records ride with the next group commit.
     async fn append_audit_batch(&self, records: &[AuditRecord]) -> StorageResult<()> {
-        const COLUMNS: &str = "INSERT INTO audit_events (id, at, event, actor, user_id, \
-            session_id, client_id, ip, user_agent, request_id, details) ";
-        let mut tx = self.writer.begin().await?;
-        let mut rest = records;
-        while !rest.is_empty() {
-            let size = 64usize.min(1 << rest.len().ilog2());
-            let (chunk, tail) = rest.split_at(size);
-            rest = tail;
-            let mut insert = sqlx::QueryBuilder::new(COLUMNS);
-            insert.push_values(chunk, |mut row, r| {
-                row.push_bind(&r.id)
-                    .push_bind(r.at)
-                    .push_bind(&r.event)
-                    .push_bind(&r.actor)
-                    .push_bind(&r.user_id)
-                    .push_bind(&r.session_id)
-                    .push_bind(&r.client_id)
-                    .push_bind(&r.ip)
-                    .push_bind(&r.user_agent)
-                    .push_bind(&r.request_id)
-                    .push_bind(&r.details);
-            });
-            insert.push(" ON CONFLICT (id) DO NOTHING");
-            insert.build().persistent(true).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let (reply, done) = oneshot::channel();
+        self.group_write(GroupWrite::Audit(records.to_vec(), reply), done).await
+    }
+
+    /// Queues `write` for the next group commit and waits for its result.
+    async fn group_write<T>(
+        &self,
+        write: GroupWrite,
+        done: oneshot::Receiver<StorageResult<T>>,
+    ) -> StorageResult<T> {
+        let stopped = || StorageError::Write("the group committer has stopped".into());
+        self.group_writes.send(write).await.map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
     }
 
     /// Queues the rotation for the next group commit and waits for its outcome.
     async fn rotate(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
-        let (reply, outcome) = oneshot::channel();
         let queued = QueuedRotation {
             presented_hash: r.presented_hash.to_vec(),
             new_hash: r.new_hash.to_vec(),
@@ -177,11 +216,9 @@ impl SqliteStorage {
             grace_ms: r.grace_ms,
             idle_timeout_ms: r.idle_timeout_ms,
             reuse_window_ms: r.reuse_window_ms,
-            reply,
         };
-        let stopped = || StorageError::Write("the rotation committer has stopped".into());
-        self.rotations.send(queued).await.map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?
+        let (reply, done) = oneshot::channel();
+        self.group_write(GroupWrite::Rotation(queued, reply), done).await
     }
 }
 

@@ -204,7 +204,8 @@ async fn imported_sessions_are_stored_whole(backend: Backend) {
         .map(|i| {
             let owner = &users[usize::from(i) % 3].id;
             let device = device(owner, &format!("fp-{i}"), t(1_000));
-            let session = Session { device_id: Some(device.id.clone()), ..session(owner, t(1_000)) };
+            let session =
+                Session { device_id: Some(device.id.clone()), ..session(owner, t(1_000)) };
             ImportedSession { session, device, refresh_hash: vec![i; 32] }
         })
         .collect();
