@@ -55,7 +55,7 @@ pub async fn create_user(
     let now = SystemClock.now_ms();
     let new = NewUser { username: username.to_owned(), password, role };
     let (user, created) = accounts::create_user(storage.as_ref(), new, now).await?;
-    storage.append_audit(&[created.actor("cli").at(now)]).await?;
+    storage.append_audit(Arc::new([created.actor("cli").at(now)])).await?;
     Ok(user.id)
 }
 
@@ -65,7 +65,7 @@ pub async fn create_client(config: &Config, new: NewClient) -> anyhow::Result<se
     storage.migrate_up().await?;
     let now = SystemClock.now_ms();
     let (client, secret, created) = accounts::create_client(storage.as_ref(), new, now).await?;
-    storage.append_audit(&[created.actor("cli").at(now)]).await?;
+    storage.append_audit(Arc::new([created.actor("cli").at(now)])).await?;
     Ok(client_json(&client, secret.as_ref()))
 }
 
@@ -92,7 +92,7 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<String> {
     let kid = keys.rotate().await?;
     if previous.as_deref() != Some(kid.as_str()) {
         let record = key_rotated(&kid, config.signing_algorithm, previous.as_deref()).actor("cli");
-        storage.append_audit(&[record.at(SystemClock.now_ms())]).await?;
+        storage.append_audit(Arc::new([record.at(SystemClock.now_ms())])).await?;
     }
     Ok(kid)
 }

@@ -204,6 +204,18 @@ fn new_session(user_id: &str, client_id: &str, now: i64) -> (Session, Device) {
     (session, device)
 }
 
+/// A member user named `username` with the password hash `password_hash`.
+fn member(username: String, password_hash: &str, now: i64) -> User {
+    User {
+        id: Uuid::now_v7().to_string(),
+        username,
+        password_hash: password_hash.to_owned(),
+        created_at: now,
+        disabled: false,
+        role: "member".into(),
+    }
+}
+
 /// Stores `count` sessions (ten per user, the per-user limit) through the storage's bulk
 /// import, 10,000 at a time; returns one refresh token per session.
 async fn seed_sessions(
@@ -218,14 +230,7 @@ async fn seed_sessions(
     while tokens.len() < count {
         let n = (count - tokens.len()).min(CHUNK);
         let users: Vec<User> = (0..n.div_ceil(10))
-            .map(|_| User {
-                id: Uuid::now_v7().to_string(),
-                username: format!("u-{}", Uuid::new_v4().simple()),
-                password_hash: password_hash.to_owned(),
-                created_at: now,
-                disabled: false,
-                role: "member".into(),
-            })
+            .map(|_| member(format!("u-{}", Uuid::new_v4().simple()), password_hash, now))
             .collect();
         let sessions: Vec<ImportedSession> = (0..n)
             .map(|i| {
@@ -305,21 +310,14 @@ async fn seed(args: &Args, base: String, storage: Arc<dyn Storage>) -> anyhow::R
     };
     storage.create_client(&client).await?;
     let password_hash = hash_password(PASSWORD.into()).await?;
-    let mut usernames = Vec::new();
     // One user more than the password scenario logs in: the fixture's access token belongs
     // to it, so logins past the per-user session limit never evict that token's session.
-    for i in 0..=args.connections.max(1) {
-        let user = User {
-            id: Uuid::now_v7().to_string(),
-            username: format!("bench-{i}-{}", Uuid::new_v4().simple()),
-            password_hash: password_hash.clone(),
-            created_at: SystemClock.now_ms(),
-            disabled: false,
-            role: "member".into(),
-        };
-        storage.create_user(&user).await?;
-        usernames.push(user.username);
-    }
+    let now = SystemClock.now_ms();
+    let users: Vec<User> = (0..=args.connections.max(1))
+        .map(|i| member(format!("bench-{i}-{}", Uuid::new_v4().simple()), &password_hash, now))
+        .collect();
+    storage.import_sessions(&users, &[]).await?;
+    let mut usernames: Vec<String> = users.into_iter().map(|u| u.username).collect();
     let chains =
         seed_sessions(&storage, &client.client_id, &password_hash, args.connections.max(256))
             .await?;
@@ -601,7 +599,6 @@ async fn run(
     database_url: &str,
     prefix: &str,
 ) -> anyhow::Result<()> {
-    let args = args.clone();
     storage.migrate_up().await?;
     let mut server = None;
     let base = match &args.url {
@@ -614,14 +611,14 @@ async fn run(
     };
     let idle_rss = server.as_ref().and_then(|s| rss_kib(s.pid, "VmRSS:"));
     eprintln!("seeding {} ...", args.backend);
-    let fixture = Arc::new(seed(&args, base, storage.clone()).await?);
+    let fixture = Arc::new(seed(args, base, storage.clone()).await?);
     let http =
         reqwest::Client::builder().pool_max_idle_per_host(args.connections.max(256)).build()?;
     let mut rows = Vec::new();
     let mut peak_rss_by_scenario = serde_json::Map::new();
     for scenario in args.scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         eprintln!("{scenario}: closed loop, {} connections, {} s", args.connections, args.duration);
-        let row = closed_loop(&args, &fixture, &http, scenario).await;
+        let row = closed_loop(args, &fixture, &http, scenario).await;
         if let Some(s) = &server {
             peak_rss_by_scenario.insert(scenario.to_owned(), json!(rss_kib(s.pid, "VmHWM:")));
         }
@@ -630,7 +627,7 @@ async fn run(
     if let Some(rate) = args.rate {
         for scenario in args.open_scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             eprintln!("{scenario}: open loop at {rate}/s, {} s", args.duration);
-            rows.push(open_loop(&args, &fixture, &http, scenario, rate).await);
+            rows.push(open_loop(args, &fixture, &http, scenario, rate).await);
         }
     }
     let metrics_render_ms = render_time(&http, &fixture.base).await;
@@ -654,14 +651,14 @@ async fn run(
     let mut scale = Vec::new();
     if let Some(counts) = &args.scale {
         for count in counts.split(',').filter_map(|c| c.trim().parse::<usize>().ok()) {
-            scale.push(scale_run(&args, &fixture, storage, &http, count).await?);
+            scale.push(scale_run(args, &fixture, storage, &http, count).await?);
         }
     }
 
     let peak_rss = server.as_ref().and_then(|s| rss_kib(s.pid, "VmHWM:"));
     let audit_ab = match args.audit_ab {
         Some(rounds) if server.is_some() => {
-            Some(audit_comparison(&args, &fixture, &http, database_url, prefix, rounds).await?)
+            Some(audit_comparison(args, &fixture, &http, database_url, prefix, rounds).await?)
         }
         Some(_) => return Err(anyhow!("--audit-ab starts its own servers: drop --url")),
         None => None,

@@ -257,11 +257,12 @@ async fn write_batches(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<M
             }
         }
         let mut delay = Duration::from_millis(50);
-        while !batch.is_empty() {
-            match storage.append_audit(&batch).await {
-                Ok(()) => batch.clear(),
+        let records: Arc<[AuditRecord]> = batch.drain(..).collect();
+        while !records.is_empty() {
+            match storage.append_audit(records.clone()).await {
+                Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, records = batch.len(), "audit write failed; retrying");
+                    tracing::warn!(error = %e, records = records.len(), "audit write failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }

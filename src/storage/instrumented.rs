@@ -78,7 +78,7 @@ timed! {
         fn clear_login_failures(&self, user_id: &str) -> ();
     }
     AuditStore {
-        fn append_audit(&self, records: &[AuditRecord]) -> ();
+        fn append_audit(&self, records: Arc<[AuditRecord]>) -> ();
         fn query_audit(&self, query: &AuditQuery) -> Vec<AuditRecord>;
     }
     WebhookStore {

@@ -170,7 +170,8 @@ pub trait LockoutStore {
 #[async_trait]
 pub trait AuditStore {
     /// Appends records (one batch, one round trip where the backend allows).
-    async fn append_audit(&self, records: &[AuditRecord]) -> StorageResult<()>;
+    /// Shared, so a backend that hands the batch to another task does not copy it.
+    async fn append_audit(&self, records: Arc<[AuditRecord]>) -> StorageResult<()>;
     /// Records matching the query, newest first, at most `limit`.
     async fn query_audit(&self, query: &AuditQuery) -> StorageResult<Vec<AuditRecord>>;
 }

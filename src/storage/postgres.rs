@@ -60,7 +60,8 @@ impl PgStorage {
     }
 
     /// One statement per batch, whatever its size: the columns go as arrays through UNNEST.
-    async fn append_audit_batch(&self, records: &[AuditRecord]) -> StorageResult<()> {
+    async fn append_audit_batch(&self, records: Arc<[AuditRecord]>) -> StorageResult<()> {
+        let records = &records[..];
         fn column<T>(records: &[AuditRecord], f: impl Fn(&AuditRecord) -> T) -> Vec<T> {
             records.iter().map(f).collect()
         }

@@ -8,7 +8,10 @@ macro_rules! sql_event_stores {
     ($ty:ty, $skip_locked:literal) => {
         #[async_trait::async_trait]
         impl $crate::storage::AuditStore for $ty {
-            async fn append_audit(&self, records: &[AuditRecord]) -> StorageResult<()> {
+            async fn append_audit(
+                &self,
+                records: Arc<[AuditRecord]>,
+            ) -> StorageResult<()> {
                 // Each dialect has its own fastest bulk insert with one cached statement.
                 self.append_audit_batch(records).await
             }

@@ -39,7 +39,7 @@ pub struct SqliteStorage {
 #[derive(Debug)]
 enum GroupWrite {
     Rotation(QueuedRotation, oneshot::Sender<StorageResult<RotationOutcome>>),
-    Audit(Vec<AuditRecord>, oneshot::Sender<StorageResult<()>>),
+    Audit(Arc<[AuditRecord]>, oneshot::Sender<StorageResult<()>>),
 }
 
 /// A rotation's own copy of the request.
@@ -74,31 +74,32 @@ impl QueuedRotation {
 async fn commit_groups(writer: SqlitePool, mut queue: mpsc::Receiver<GroupWrite>) {
     let mut group = Vec::with_capacity(GROUP);
     while queue.recv_many(&mut group, GROUP).await > 0 {
-        match write_group(&writer, &group).await {
-            Ok(mut outcomes) => {
-                for write in group.drain(..) {
-                    match write {
-                        GroupWrite::Rotation(_, reply) => {
-                            if let Some(outcome) = outcomes.next() {
-                                let _ = reply.send(Ok(outcome));
-                            }
-                        }
-                        GroupWrite::Audit(_, reply) => {
-                            let _ = reply.send(Ok(()));
-                        }
-                    }
-                }
+        // On failure nothing of the group was committed: each caller may retry.
+        let (committed, outcomes) = match write_group(&writer, &group).await {
+            Ok(outcomes) => (Ok(()), outcomes),
+            Err(e) => (Err(e.to_string()), Vec::new()),
+        };
+        let mut outcomes = outcomes.into_iter();
+        for write in group.drain(..) {
+            write.answer(committed.as_ref().copied().map_err(String::as_str), &mut outcomes);
+        }
+    }
+}
+
+impl GroupWrite {
+    /// Tells the caller how the group went; a rotation takes the next of the outcomes.
+    fn answer(
+        self,
+        committed: Result<(), &str>,
+        outcomes: &mut impl Iterator<Item = RotationOutcome>,
+    ) {
+        let failed = |message: &str| StorageError::Write(message.to_owned());
+        match self {
+            Self::Rotation(_, reply) => {
+                let outcome = committed.and_then(|()| outcomes.next().ok_or("no outcome"));
+                drop(reply.send(outcome.map_err(failed)));
             }
-            // Nothing of the group was committed: each caller may retry.
-            Err(e) => {
-                let failed = || StorageError::Write(e.to_string());
-                for write in group.drain(..) {
-                    match write {
-                        GroupWrite::Rotation(_, reply) => drop(reply.send(Err(failed()))),
-                        GroupWrite::Audit(_, reply) => drop(reply.send(Err(failed()))),
-                    }
-                }
-            }
+            Self::Audit(_, reply) => drop(reply.send(committed.map_err(failed))),
         }
     }
 }
@@ -107,7 +108,7 @@ async fn commit_groups(writer: SqlitePool, mut queue: mpsc::Receiver<GroupWrite>
 async fn write_group(
     writer: &SqlitePool,
     group: &[GroupWrite],
-) -> StorageResult<std::vec::IntoIter<RotationOutcome>> {
+) -> StorageResult<Vec<RotationOutcome>> {
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
     let mut outcomes = Vec::with_capacity(group.len());
     for write in group {
@@ -119,7 +120,7 @@ async fn write_group(
         }
     }
     tx.commit().await?;
-    Ok(outcomes.into_iter())
+    Ok(outcomes)
 }
 
 /// Multi-row inserts in chunks whose sizes are powers of two: at most seven distinct
@@ -189,9 +190,9 @@ impl SqliteStorage {
     }
 
     /// The records ride with the next group commit.
-    async fn append_audit_batch(&self, records: &[AuditRecord]) -> StorageResult<()> {
+    async fn append_audit_batch(&self, records: Arc<[AuditRecord]>) -> StorageResult<()> {
         let (reply, done) = oneshot::channel();
-        self.group_write(GroupWrite::Audit(records.to_vec(), reply), done).await
+        self.group_write(GroupWrite::Audit(records, reply), done).await
     }
 
     /// Queues `write` for the next group commit and waits for its result.

@@ -44,7 +44,7 @@ pub(super) fn uuid_v7_floor(ms: Millis) -> String {
 
 #[async_trait]
 impl AuditStore for RedisStorage {
-    async fn append_audit(&self, records: &[AuditRecord]) -> StorageResult<()> {
+    async fn append_audit(&self, records: Arc<[AuditRecord]>) -> StorageResult<()> {
         for chunk in records.chunks(500) {
             let mut pipe = ::redis::pipe();
             for r in chunk {
