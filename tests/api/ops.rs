@@ -198,17 +198,24 @@ async fn proxied(db: &TestDb) -> (Proxy, String) {
     (proxy, url)
 }
 
-async fn wait_for_health(app: &TestApp, status: u16, overall: &str) -> Value {
+/// Polls `/health` until both the verdict and the storage check read `verdict`. The cut can
+/// land between two checks of one round (one still on an open connection, the next failing
+/// mid-handshake), so the overall verdict alone does not say the storage check has seen it.
+async fn wait_for_health(app: &TestApp, status: u16, verdict: &str) -> Value {
     let mut last = Value::Null;
     for _ in 0..100 {
         let health = app.get("/health").await;
-        if health.status == status && health.body["status"] == overall {
+        let body = &health.body;
+        if health.status == status
+            && body["status"] == verdict
+            && body["checks"]["storage"]["status"] == verdict
+        {
             return health.body;
         }
         last = health.body;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("health never became {overall} ({status}); last: {last}");
+    panic!("health never became {verdict} ({status}); last: {last}");
 }
 
 async fn health_follows_the_database_down_and_back(backend: Backend) {
