@@ -162,7 +162,8 @@ async fn fresh_database(backend: &str) -> anyhow::Result<(String, String)> {
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
                 .execute(&pool)
                 .await?;
-            (format!("{base}?options[search_path]={schema}"), String::new())
+            let join = if base.contains('?') { '&' } else { '?' };
+            (format!("{base}{join}options[search_path]={schema}"), String::new())
         }
         "redis" => (
             std::env::var("ATOMS_AUTH_BENCH_REDIS_URL")
@@ -723,9 +724,9 @@ async fn remove_database(
         }
         "postgres" => {
             let (base, schema) = url
-                .split_once("?options[search_path]=")
+                .rsplit_once("options[search_path]=")
                 .ok_or_else(|| anyhow!("no schema in {url}"))?;
-            let pool = sqlx::PgPool::connect(base).await?;
+            let pool = sqlx::PgPool::connect(&base[..base.len() - 1]).await?;
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
                 .execute(&pool)
                 .await?;
