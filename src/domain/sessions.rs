@@ -92,7 +92,7 @@ impl SessionService {
         Self { storage, clock, purge, audit }
     }
 
-    fn view(&self, s: &Session, current: Option<&str>, devices: &[Device]) -> SessionView {
+    fn view(&self, s: &Session, current: Option<&str>, device: Option<&Device>) -> SessionView {
         SessionView {
             id: s.id.clone(),
             client_id: s.client_id.clone(),
@@ -107,11 +107,7 @@ impl SessionService {
             user_agent: s.user_agent.clone(),
             revoked_at: s.revoked_at.map(rfc3339),
             revoke_reason: s.revoke_reason.clone(),
-            device: s
-                .device_id
-                .as_deref()
-                .and_then(|id| devices.iter().find(|d| d.id == id))
-                .map(DeviceView::from),
+            device: device.map(DeviceView::from),
         }
     }
 
@@ -121,11 +117,8 @@ impl SessionService {
         user_id: &str,
         current: Option<&str>,
     ) -> StorageResult<Vec<SessionView>> {
-        let (sessions, devices) = tokio::try_join!(
-            self.storage.user_sessions(user_id, self.clock.now_ms()),
-            self.storage.user_devices(user_id),
-        )?;
-        Ok(sessions.iter().map(|s| self.view(s, current, &devices)).collect())
+        let sessions = self.storage.user_sessions(user_id, self.clock.now_ms()).await?;
+        Ok(sessions.iter().map(|(s, d)| self.view(s, current, d.as_ref())).collect())
     }
 
     /// One of the user's sessions (active or ended); `None` when it is not theirs.
@@ -138,11 +131,11 @@ impl SessionService {
         let Some(session) = self.storage.session(id).await?.filter(|s| s.user_id == user_id) else {
             return Ok(None);
         };
-        let devices = match session.device_id.as_deref() {
-            Some(device_id) => self.storage.device(user_id, device_id).await?.into_iter().collect(),
-            None => Vec::new(),
+        let device = match session.device_id.as_deref() {
+            Some(device_id) => self.storage.device(user_id, device_id).await?,
+            None => None,
         };
-        Ok(Some(self.view(&session, current, &devices)))
+        Ok(Some(self.view(&session, current, device.as_ref())))
     }
 
     async fn audit_ended(&self, ended: &[Session], actor: &str) -> StorageResult<()> {

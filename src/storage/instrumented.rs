@@ -57,7 +57,7 @@ timed! {
         fn create_session(&self, login: &Login<'_>) -> LoginOutcome;
         fn import_sessions(&self, users: &[User], sessions: &[ImportedSession]) -> ();
         fn session(&self, id: &str) -> Option<Session>;
-        fn user_sessions(&self, user_id: &str, now: Millis) -> Vec<Session>;
+        fn user_sessions(&self, user_id: &str, now: Millis) -> Vec<(Session, Option<Device>)>;
         fn revoke_user_sessions(&self, user_id: &str, except: Option<&str>, now: Millis, reason: &str) -> Vec<Session>;
         fn session_by_refresh(&self, hash: &[u8]) -> Option<(Session, bool)>;
         fn rotate_refresh(&self, rotation: &Rotation<'_>) -> RotationOutcome;

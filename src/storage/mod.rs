@@ -97,8 +97,13 @@ pub trait SessionStore {
         sessions: &[ImportedSession],
     ) -> StorageResult<()>;
     async fn session(&self, id: &str) -> StorageResult<Option<Session>>;
-    /// The user's sessions that are active at `now`, most recently used first.
-    async fn user_sessions(&self, user_id: &str, now: Millis) -> StorageResult<Vec<Session>>;
+    /// The user's sessions that are active at `now`, most recently used first, each with its
+    /// device (one read: listing sessions is a hot path).
+    async fn user_sessions(
+        &self,
+        user_id: &str,
+        now: Millis,
+    ) -> StorageResult<Vec<(Session, Option<Device>)>>;
     /// Ends every active session of a user but `except`; returns the ended sessions.
     async fn revoke_user_sessions(
         &self,

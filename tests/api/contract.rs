@@ -214,6 +214,10 @@ async fn imported_sessions_are_stored_whole(backend: Backend) {
         assert_eq!(storage.user_by_username(&u.username).await.expect("get"), Some(u.clone()));
         let listed = storage.user_sessions(&u.id, t(2_000)).await.expect("list");
         assert_eq!(listed.len(), 12, "no session limit on import");
+        for (session, device) in &listed {
+            let stored = imported.iter().find(|i| i.session.id == session.id).expect("imported");
+            assert_eq!(device.as_ref(), Some(&stored.device), "each session with its device");
+        }
         assert_eq!(storage.user_devices(&u.id).await.expect("devices").len(), 12);
     }
     let first = &imported[0];

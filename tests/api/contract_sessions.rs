@@ -45,8 +45,8 @@ async fn the_eleventh_login_evicts_the_least_recently_used(backend: Backend) {
     assert_eq!(out.evicted[0].revoke_reason.as_deref(), Some(revoke_reason::EVICTED));
     let live = storage.user_sessions(&user, t0 + 101).await.expect("list");
     assert_eq!(live.len(), 10);
-    assert!(live.iter().all(|s| s.id != ids[0]));
-    assert_eq!(live[0].id, out.session.id, "most recently used first");
+    assert!(live.iter().all(|(s, _)| s.id != ids[0]));
+    assert_eq!(live[0].0.id, out.session.id, "most recently used first");
 }
 
 async fn concurrent_logins_never_exceed_the_limit(backend: Backend) {
@@ -135,10 +135,10 @@ async fn revoking_all_sessions_can_spare_the_current_one(backend: Backend) {
         .expect("revoke");
     assert_eq!(ended.len(), 3);
     let live = storage.user_sessions(&alice, t0 + 11).await.expect("list");
-    assert_eq!(live.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), [keep.id.as_str()]);
+    assert_eq!(live.iter().map(|(s, _)| s.id.as_str()).collect::<Vec<_>>(), [keep.id.as_str()]);
     let ended = storage.revoke_user_sessions(&alice, None, t0 + 12, "test").await.expect("revoke");
     assert_eq!(ended.len(), 1);
-    assert_eq!(storage.user_sessions(&bob, t0 + 12).await.expect("list")[0].id, bobs.id);
+    assert_eq!(storage.user_sessions(&bob, t0 + 12).await.expect("list")[0].0.id, bobs.id);
 }
 
 async fn purge_removes_ended_records_and_keeps_live_ones(backend: Backend) {

@@ -147,14 +147,31 @@ impl SessionStore for RedisStorage {
         present(&map, session_from_map)
     }
 
-    async fn user_sessions(&self, user_id: &str, now: Millis) -> StorageResult<Vec<Session>> {
-        let ids: Vec<String> =
-            self.conn().zrevrange(self.key("user_sessions", user_id), 0, -1).await?;
-        let keys: Vec<String> = ids.iter().map(|id| self.key("session", id)).collect();
-        let mut sessions = sessions_from_maps(&self.hashes(&keys).await?)?;
+    async fn user_sessions(
+        &self,
+        user_id: &str,
+        now: Millis,
+    ) -> StorageResult<Vec<(Session, Option<Device>)>> {
+        let listing = async {
+            let ids: Vec<String> =
+                self.conn().zrevrange(self.key("user_sessions", user_id), 0, -1).await?;
+            let keys: Vec<String> = ids.iter().map(|id| self.key("session", id)).collect();
+            sessions_from_maps(&self.hashes(&keys).await?)
+        };
+        // Both reads at once: a user's devices are few, so fetching them all costs less than a
+        // third round trip for just the listed sessions' ones.
+        let (mut sessions, devices) = tokio::try_join!(listing, self.user_devices(user_id))?;
         sessions.retain(|s| s.is_active(now));
         sessions.sort_by(|a, b| b.last_used_at.cmp(&a.last_used_at).then(b.id.cmp(&a.id)));
-        Ok(sessions)
+        Ok(sessions
+            .into_iter()
+            .map(|s| {
+                let device =
+                    s.device_id.as_deref().and_then(|id| devices.iter().find(|d| d.id == id));
+                let device = device.cloned();
+                (s, device)
+            })
+            .collect())
     }
 
     async fn revoke_user_sessions(
