@@ -3,6 +3,8 @@
 //! range and a cursor. Deliveries wait in a sorted set scored by when they are due; claiming
 //! one moves its score to the end of its lease.
 
+use std::collections::HashMap;
+
 use ::redis::AsyncCommands;
 use async_trait::async_trait;
 
@@ -45,15 +47,30 @@ pub(super) fn uuid_v7_floor(ms: Millis) -> String {
 #[async_trait]
 impl AuditStore for RedisStorage {
     async fn append_audit(&self, records: Arc<[AuditRecord]>) -> StorageResult<()> {
+        // A batch is a few commands, not a few per record: one MSET of the records, one ZADD
+        // of all their ids, and one ZADD per event type and per user among them.
         for chunk in records.chunks(500) {
-            let mut pipe = ::redis::pipe();
+            let mut set = ::redis::cmd("MSET");
+            let mut all = ::redis::cmd("ZADD");
+            all.arg(self.key("audit_all", "ids"));
+            let mut indexes: HashMap<String, ::redis::Cmd> = HashMap::new();
             for r in chunk {
-                pipe.set(self.key("audit", &r.id), json(r)?).ignore();
-                pipe.zadd(self.key("audit_all", "ids"), &r.id, 0).ignore();
-                pipe.zadd(self.key("audit_event", &r.event), &r.id, 0).ignore();
-                if let Some(user_id) = &r.user_id {
-                    pipe.zadd(self.key("audit_user", user_id), &r.id, 0).ignore();
+                set.arg(self.key("audit", &r.id)).arg(json(r)?);
+                all.arg(0).arg(&r.id);
+                let users = r.user_id.iter().map(|u| self.key("audit_user", u));
+                for key in std::iter::once(self.key("audit_event", &r.event)).chain(users) {
+                    let zadd = indexes.entry(key).or_insert_with_key(|key| {
+                        let mut zadd = ::redis::cmd("ZADD");
+                        zadd.arg(key);
+                        zadd
+                    });
+                    zadd.arg(0).arg(&r.id);
                 }
+            }
+            let mut pipe = ::redis::pipe();
+            pipe.add_command(set).ignore().add_command(all).ignore();
+            for zadd in indexes.into_values() {
+                pipe.add_command(zadd).ignore();
             }
             let _: () = pipe.query_async(&mut self.conn()).await?;
         }
