@@ -736,9 +736,19 @@ async fn remove_database(
     Ok(())
 }
 
+/// Measurements of one side of the audit comparison.
+#[derive(Default)]
+struct AuditRuns {
+    rps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
 /// Throughput with and without the audit log: `rounds` closed-loop runs of each scenario
 /// against the fixture's server and against a second server on the same database that
-/// excludes every event type, alternating which goes first so that drift cancels out.
+/// excludes every event type, alternating which goes first so that drift cancels out. With
+/// `--rate`, each round also runs open-loop at that rate, to compare the latency a request
+/// sees below saturation.
 async fn audit_comparison(
     args: &Args,
     f: &Arc<Fixture>,
@@ -753,31 +763,38 @@ async fn audit_comparison(
     let without = Arc::new(Fixture { base, ..Fixture::clone(f) });
     let mut out = serde_json::Map::new();
     for scenario in args.audit_scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (mut on, mut off) = (Vec::new(), Vec::new());
+        let (mut on, mut off) = (AuditRuns::default(), AuditRuns::default());
         for round in 0..rounds {
             eprintln!("audit cost: {scenario}, round {} of {rounds}", round + 1);
             for audited in if round % 2 == 0 { [true, false] } else { [false, true] } {
-                let target = if audited { f } else { &without };
-                let rps = closed_loop(args, target, http, scenario).await.rps;
-                if audited {
-                    on.push(rps)
-                } else {
-                    off.push(rps)
+                let (target, runs) = if audited { (f, &mut on) } else { (&without, &mut off) };
+                runs.rps.push(closed_loop(args, target, http, scenario).await.rps);
+                if let Some(rate) = args.rate {
+                    let open = open_loop(args, target, http, scenario, rate).await;
+                    runs.p50.push(open.p50_ms);
+                    runs.p99.push(open.p99_ms);
                 }
                 // Lets the audited server's writer empty its queue before the next run.
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        let (on, off) = (median(&mut on), median(&mut off));
-        out.insert(
-            scenario.to_owned(),
-            json!({
-                "rounds": rounds,
-                "audited_rps": on,
-                "unaudited_rps": off,
-                "cost_percent": ((1.0 - on / off) * 1000.0).round() / 10.0,
-            }),
-        );
+        let (rps_on, rps_off) = (median(&mut on.rps), median(&mut off.rps));
+        let mut entry = json!({
+            "rounds": rounds,
+            "audited_rps": rps_on,
+            "unaudited_rps": rps_off,
+            "cost_percent": ((1.0 - rps_on / rps_off) * 1000.0).round() / 10.0,
+        });
+        if let Some(rate) = args.rate {
+            entry["open_loop"] = json!({
+                "offered_rps": rate,
+                "audited_p50_ms": median(&mut on.p50),
+                "unaudited_p50_ms": median(&mut off.p50),
+                "audited_p99_ms": median(&mut on.p99),
+                "unaudited_p99_ms": median(&mut off.p99),
+            });
+        }
+        out.insert(scenario.to_owned(), entry);
     }
     let _ = quiet.child.kill().await;
     Ok(Value::Object(out))
