@@ -224,6 +224,10 @@ impl Metrics {
         touch(&metrics.refresh_outcomes, &outcomes);
         touch(&metrics.webhook_deliveries, &[&["delivered"], &["retry"], &["failed"]]);
         touch(&metrics.storage_errors, &[&["ping"]]);
+        // Unknown (1) until the first check, which runs in the background after start.
+        for check in ["storage", "cache", "signing_keys", "webhooks", "overall"] {
+            metrics.health.with_label_values(&[check]).set(1);
+        }
         for scope in ["client", "ip"] {
             for route in ["/auth/token", "/auth/revoke", "/auth/introspect"] {
                 touch(&metrics.rate_limited, &[&[route, scope]]);
