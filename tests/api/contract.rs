@@ -351,3 +351,34 @@ async fn tampered_sql_migration_is_flagged_by_status() {
         assert!(storage.migrate_up().await.is_err(), "{backend:?}: up refuses a changed history");
     }
 }
+
+/// Commits do not checkpoint SQLite's write-ahead log (a commit that did would keep its whole
+/// group waiting); a background checkpointer copies it into the database file instead.
+#[tokio::test]
+async fn sqlite_log_reaches_the_database_file_in_the_background() {
+    use sqlx::Connection;
+    use std::str::FromStr;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let storage = db.storage().await;
+    let u = user(&format!("user-{}", Uuid::new_v4()));
+    storage.create_user(&u).await.expect("user");
+    // `immutable` reads the database file alone, without the log.
+    let file = sqlx::sqlite::SqliteConnectOptions::from_str(&db.url)
+        .expect("url")
+        .read_only(true)
+        .immutable(true);
+    let in_file = || async {
+        let mut conn = sqlx::SqliteConnection::connect_with(&file).await.expect("open");
+        // Until the first checkpoint the file may not even hold the tables.
+        let found: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM users WHERE id = ?")
+            .bind(&u.id)
+            .fetch_one(&mut conn)
+            .await;
+        found.is_ok_and(|n| n == 1)
+    };
+    let deadline = std::time::Instant::now() + 10 * atoms_auth::storage::sqlite::CHECKPOINT_EVERY;
+    while !in_file().await {
+        assert!(std::time::Instant::now() < deadline, "the log was never checkpointed");
+        tokio::time::sleep(atoms_auth::storage::sqlite::CHECKPOINT_EVERY / 5).await;
+    }
+}
