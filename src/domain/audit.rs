@@ -3,6 +3,7 @@
 //! shutdown drains the queue before the process ends. Events that webhooks subscribe to are
 //! also put on the durable webhook queue before the request that caused them answers.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -232,45 +233,90 @@ impl Audit {
     }
 }
 
-/// Writes queued records in batches of up to 512, retrying a failed batch until storage takes
-/// it: a record is dropped only if the process dies.
+/// The most records in one batch.
+const BATCH: usize = 512;
+
+/// The most batches being written at once: one batch's commit waits on the storage's
+/// durable write, and a writer that waited for each in turn would fall behind a busy
+/// server, whose requests would then wait for room in the queue.
+const IN_FLIGHT: usize = 2;
+
+/// Writes queued records in batches of up to [`BATCH`], up to [`IN_FLIGHT`] at once,
+/// retrying a failed batch until storage takes it: a record is dropped only if the process
+/// dies. A flush is answered once its batch and every batch before it are stored.
 async fn write_batches(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<Message>) {
-    let mut messages = Vec::with_capacity(512);
-    let mut batch = Vec::with_capacity(512);
-    while receiver.recv_many(&mut messages, 512).await > 0 {
-        // Linger briefly so a busy server writes a few large batches rather than many small
-        // ones: each batch is one commit.
-        if messages.len() < 512 {
-            tokio::time::sleep(LINGER).await;
-            while messages.len() < 512 {
-                match receiver.try_recv() {
-                    Ok(message) => messages.push(message),
-                    Err(_) => break,
+    let mut messages = Vec::with_capacity(BATCH);
+    let mut in_flight: VecDeque<tokio::task::JoinHandle<Vec<oneshot::Sender<()>>>> =
+        VecDeque::new();
+    loop {
+        let room = in_flight.len() < IN_FLIGHT;
+        let oldest = async {
+            match in_flight.front_mut() {
+                Some(batch) => batch.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // The oldest batch is stored: answer its flushes (every earlier batch is, too).
+            stored = oldest => {
+                in_flight.pop_front();
+                answer(stored);
+            }
+            taken = receiver.recv_many(&mut messages, BATCH), if room => {
+                if taken == 0 {
+                    break;
                 }
-            }
-        }
-        let mut waiting = Vec::new();
-        for message in messages.drain(..) {
-            match message {
-                Message::Record(r) => batch.push(*r),
-                Message::Flush(done) => waiting.push(done),
-            }
-        }
-        let mut delay = Duration::from_millis(50);
-        let records: Arc<[AuditRecord]> = batch.drain(..).collect();
-        while !records.is_empty() {
-            match storage.append_audit(records.clone()).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, records = records.len(), "audit write failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                // Linger briefly so a busy server writes a few large batches rather than
+                // many small ones: each batch is one commit.
+                if messages.len() < BATCH {
+                    tokio::time::sleep(LINGER).await;
+                    while messages.len() < BATCH {
+                        match receiver.try_recv() {
+                            Ok(message) => messages.push(message),
+                            Err(_) => break,
+                        }
+                    }
                 }
+                let mut batch = Vec::with_capacity(messages.len());
+                let mut waiting = Vec::new();
+                for message in messages.drain(..) {
+                    match message {
+                        Message::Record(r) => batch.push(*r),
+                        Message::Flush(done) => waiting.push(done),
+                    }
+                }
+                in_flight.push_back(tokio::spawn(store(storage.clone(), batch.into(), waiting)));
             }
         }
-        for done in waiting {
-            let _ = done.send(());
+    }
+    for batch in in_flight {
+        answer(batch.await);
+    }
+}
+
+/// Stores one batch, retrying until storage takes it; hands back the flushes it answers.
+async fn store(
+    storage: Arc<dyn Storage>,
+    records: Arc<[AuditRecord]>,
+    waiting: Vec<oneshot::Sender<()>>,
+) -> Vec<oneshot::Sender<()>> {
+    let mut delay = Duration::from_millis(50);
+    while !records.is_empty() {
+        match storage.append_audit(records.clone()).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, records = records.len(), "audit write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         }
+    }
+    waiting
+}
+
+fn answer(stored: Result<Vec<oneshot::Sender<()>>, tokio::task::JoinError>) {
+    for done in stored.unwrap_or_default() {
+        let _ = done.send(());
     }
 }
 
