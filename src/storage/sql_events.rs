@@ -103,6 +103,18 @@ macro_rules! sql_event_stores {
                 lease_until: Millis,
                 limit: u32,
             ) -> StorageResult<Vec<WebhookDelivery>> {
+                // Most polls find nothing due: a read says so without taking the write lock
+                // (SQLite's one writer is what rotations queue for).
+                let due: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM webhook_deliveries WHERE status = 'pending' \
+                     AND next_attempt_at <= $1 AND (locked_until IS NULL OR locked_until <= $1))",
+                )
+                .bind(now)
+                .fetch_one(self.reader())
+                .await?;
+                if !due {
+                    return Ok(Vec::new());
+                }
                 Ok(sqlx::query_as(concat!(
                     "UPDATE webhook_deliveries SET locked_until = $1, attempts = attempts + 1 \
                      WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' \
