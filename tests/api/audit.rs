@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use atoms_auth::clock::Clock;
 use atoms_auth::commands::{self, AuditExport, NewClient};
 use atoms_auth::domain::audit::events;
+use futures::StreamExt;
 use serde_json::Value;
 
 use crate::backend_tests;
@@ -247,22 +248,32 @@ async fn audit_retention_purges_old_records_in_batches(backend: Backend) {
 }
 
 async fn a_clean_shutdown_loses_no_audit_record(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = spawn_app_with(backend, |c| {
+        (c.rate_limit_client_per_sec, c.rate_limit_ip_per_sec) = (0, 0)
+    })
+    .await;
     let client = app.confidential_client().await;
-    let answers =
-        futures::future::join_all((0..40).map(|_| {
+    // More records than one batch holds, so that batches are written side by side and the
+    // shutdown's flush has to wait for each of them.
+    const RECORDS: usize = 1_200;
+    let statuses: Vec<u16> = futures::stream::iter(0..RECORDS)
+        .map(|_| async {
             app.post_form("/auth/token", &client, &[("grant_type", "client_credentials")])
-        }))
+                .await
+                .status
+        })
+        .buffer_unordered(32)
+        .collect()
         .await;
-    assert!(answers.iter().all(|a| a.status == 200));
+    assert!(statuses.iter().all(|s| *s == 200));
     let db = app.stop().await;
     let storage = db.storage().await;
     let query = atoms_auth::storage::AuditQuery {
         event: Some(events::TOKEN_ISSUED.into()),
-        limit: 1000,
+        limit: 2 * RECORDS as u32,
         ..Default::default()
     };
-    assert_eq!(storage.query_audit(&query).await.expect("query").len(), 40);
+    assert_eq!(storage.query_audit(&query).await.expect("query").len(), RECORDS);
 }
 
 async fn repeated_failures_lock_the_account(backend: Backend) {
