@@ -37,6 +37,9 @@ pub struct Metrics {
 
 /// Every metric family name the server exports (without the `_bucket`/`_sum`/`_count`
 /// suffixes of histograms), process metrics included.
+/// The checks of `/health`, in the order the gauge and the answer list them.
+pub const HEALTH_CHECKS: [&str; 4] = ["storage", "cache", "signing_keys", "webhooks"];
+
 pub const FAMILIES: &[&str] = &[
     "atoms_auth_build_info",
     "atoms_auth_http_requests_total",
@@ -225,7 +228,7 @@ impl Metrics {
         touch(&metrics.webhook_deliveries, &[&["delivered"], &["retry"], &["failed"]]);
         touch(&metrics.storage_errors, &[&["ping"]]);
         // Unknown (1) until the first check, which runs in the background after start.
-        for check in ["storage", "cache", "signing_keys", "webhooks", "overall"] {
+        for check in HEALTH_CHECKS.iter().chain(&["overall"]) {
             metrics.health.with_label_values(&[check]).set(1);
         }
         for scope in ["client", "ip"] {

@@ -29,6 +29,8 @@ use uuid::Uuid;
 
 const PASSWORD: &str = "bench password 1";
 const DAY_MS: i64 = 24 * 3600 * 1000;
+/// The password hash of users the runs never log in as (a well-formed, unmatchable hash).
+const SEEDED_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$x$y";
 /// Pause between a bulk seeding and the runs measured on it.
 const SETTLE_SECS: u64 = 10;
 
@@ -636,13 +638,8 @@ async fn run(
     let mut floors = json!(null);
     if !args.no_floor {
         eprintln!("storage floor: rotation and introspection lookup, {} s each", args.duration);
-        let chains = seed_sessions(
-            storage,
-            &fixture.client_id,
-            "$argon2id$v=19$m=19456,t=2,p=1$x$y",
-            args.connections,
-        )
-        .await?;
+        let chains =
+            seed_sessions(storage, &fixture.client_id, SEEDED_HASH, args.connections).await?;
         let rotations = floor(storage, &fixture.client_id, chains, args.duration).await?;
         let sid = introspected_session(&http, &fixture).await?;
         let lookups = lookup_floor(storage, &sid, args.connections, args.duration).await?;
@@ -726,7 +723,7 @@ async fn remove_database(
             let (base, schema) = url
                 .rsplit_once("options[search_path]=")
                 .ok_or_else(|| anyhow!("no schema in {url}"))?;
-            let pool = sqlx::PgPool::connect(&base[..base.len() - 1]).await?;
+            let pool = sqlx::PgPool::connect(base.trim_end_matches(['?', '&'])).await?;
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
                 .execute(&pool)
                 .await?;
@@ -847,8 +844,7 @@ async fn scale_run(
     if count > stored {
         eprintln!("scale: seeding {} sessions ...", count - stored);
         let started = Instant::now();
-        seed_sessions(storage, &f.client_id, "$argon2id$v=19$m=19456,t=2,p=1$x$y", count - stored)
-            .await?;
+        seed_sessions(storage, &f.client_id, SEEDED_HASH, count - stored).await?;
         eprintln!("scale: seeded in {:.0} s", started.elapsed().as_secs_f64());
         // Steady state, not the load's aftermath: Redis rehashes its grown key space and
         // SQLite checkpoints its write-ahead log in the background for a while.

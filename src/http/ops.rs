@@ -9,12 +9,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
-
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::metrics::Metrics;
+use crate::metrics::{HEALTH_CHECKS, Metrics};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -222,13 +221,7 @@ async fn check_health(state: &AppState) -> Value {
         .max()
         .unwrap_or(Status::Healthy);
     let gauge = &state.metrics.health;
-    let checks = [
-        ("storage", &storage),
-        ("cache", &cache),
-        ("signing_keys", &keys),
-        ("webhooks", &webhooks),
-    ];
-    for (name, check) in checks {
+    for (name, check) in HEALTH_CHECKS.into_iter().zip([&storage, &cache, &keys, &webhooks]) {
         gauge.with_label_values(&[name]).set(check.status as i64);
     }
     gauge.with_label_values(&["overall"]).set(overall as i64);

@@ -79,7 +79,6 @@ impl QueuedRotation {
     }
 }
 
-/// Commits queued writes in groups until every sender is gone.
 /// Checkpoints the write-ahead log every [`CHECKPOINT_EVERY`] while the storage is open (its
 /// group-commit queue has a sender).
 async fn checkpoints(pool: SqlitePool, open: mpsc::WeakSender<GroupWrite>) {
@@ -98,6 +97,7 @@ async fn checkpoints(pool: SqlitePool, open: mpsc::WeakSender<GroupWrite>) {
     pool.close().await;
 }
 
+/// Commits queued writes in groups until every sender is gone.
 async fn commit_groups(writer: SqlitePool, mut queue: mpsc::Receiver<GroupWrite>) {
     let mut group = Vec::with_capacity(GROUP);
     while queue.recv_many(&mut group, GROUP).await > 0 {

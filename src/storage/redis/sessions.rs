@@ -166,10 +166,8 @@ impl SessionStore for RedisStorage {
         Ok(sessions
             .into_iter()
             .map(|s| {
-                let device =
-                    s.device_id.as_deref().and_then(|id| devices.iter().find(|d| d.id == id));
-                let device = device.cloned();
-                (s, device)
+                let device = devices.iter().find(|d| s.device_id.as_ref() == Some(&d.id));
+                (s, device.cloned())
             })
             .collect())
     }
