@@ -10,7 +10,7 @@
 //! cargo build --release --bins && target/release/bench --backend sqlite
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,6 +102,90 @@ struct Report {
     p95_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// CPU time per request over the measured seconds, where it could be read.
+    cpu_us_per_request: Option<CpuPerRequest>,
+}
+
+/// Microseconds of CPU (user and system) per request: the server process, the database's
+/// processes (none for SQLite, which runs inside the server) and the whole machine,
+/// load generator included.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct CpuPerRequest {
+    server: f64,
+    database: f64,
+    machine: f64,
+}
+
+/// Linux reports process and machine CPU time in ticks of 1/100 s (USER_HZ).
+const TICK_US: f64 = 10_000.0;
+
+/// Whose CPU time a run reads from /proc.
+#[derive(Clone, Default)]
+struct Processes {
+    server: Option<u32>,
+    /// The process name of the database server (`postgres`, `redis-server`).
+    database: Option<&'static str>,
+}
+
+/// CPU ticks used so far, per process, and the machine's busy ticks.
+struct CpuSample {
+    server: u64,
+    database: HashMap<u32, u64>,
+    machine: u64,
+}
+
+/// User plus system ticks of one process (fields 14 and 15 of /proc/PID/stat, counted
+/// after the parenthesised name, which may itself hold spaces).
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Every tick of the first line of /proc/stat except idle and I/O wait.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    Some(ticks.iter().sum::<u64>() - ticks.get(3)? - ticks.get(4)?)
+}
+
+impl Processes {
+    fn sample(&self) -> Option<CpuSample> {
+        let mut database = HashMap::new();
+        if let Some(name) = self.database {
+            for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                if comm.trim_end() == name {
+                    database.extend(process_ticks(pid).map(|t| (pid, t)));
+                }
+            }
+        }
+        let server = self.server.map_or(Some(0), process_ticks)?;
+        Some(CpuSample { server, database, machine: machine_busy_ticks()? })
+    }
+}
+
+impl CpuSample {
+    /// What was used between `self` and `later`, per request. A database process that
+    /// started in between (a new connection) counts from zero.
+    fn per_request(&self, later: &CpuSample, requests: u64) -> Option<CpuPerRequest> {
+        let per = |ticks: u64| (ticks as f64 * TICK_US / requests as f64 * 10.0).round() / 10.0;
+        let database = later
+            .database
+            .iter()
+            .map(|(pid, t)| t.saturating_sub(self.database.get(pid).copied().unwrap_or(0)))
+            .sum();
+        (requests > 0).then(|| CpuPerRequest {
+            server: per(later.server.saturating_sub(self.server)),
+            database: per(database),
+            machine: per(later.machine.saturating_sub(self.machine)),
+        })
+    }
 }
 
 fn report(
@@ -130,6 +214,7 @@ fn report(
         p95_ms: pct(0.95),
         p99_ms: pct(0.99),
         max_ms: pct(1.0),
+        cpu_us_per_request: None,
     }
 }
 
@@ -145,6 +230,8 @@ struct Fixture {
     access_token: String,
     /// Refresh-token chains, one per worker (a chain is always used by one request at once).
     chains: Arc<Mutex<VecDeque<String>>>,
+    /// The processes that serve the requests, for their CPU time.
+    processes: Processes,
 }
 
 /// The storage URL of a fresh database for `backend`, and the Redis prefix.
@@ -301,7 +388,12 @@ async fn start_server(
     Err(anyhow!("the server did not become ready"))
 }
 
-async fn seed(args: &Args, base: String, storage: Arc<dyn Storage>) -> anyhow::Result<Fixture> {
+async fn seed(
+    args: &Args,
+    base: String,
+    processes: Processes,
+    storage: Arc<dyn Storage>,
+) -> anyhow::Result<Fixture> {
     let secret = Secret::generate();
     let client = Client {
         client_id: format!("bench-{}", Uuid::new_v4().simple()),
@@ -347,6 +439,7 @@ async fn seed(args: &Args, base: String, storage: Arc<dyn Storage>) -> anyhow::R
         usernames,
         access_token,
         chains: Arc::new(Mutex::new(chains.into())),
+        processes,
     })
 }
 
@@ -421,6 +514,13 @@ async fn closed_loop(
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
     let end = measure_from + Duration::from_secs(args.duration);
+    let processes = f.processes.clone();
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let first = processes.sample();
+        tokio::time::sleep_until(end.into()).await;
+        first.zip(processes.sample())
+    });
     let workers: Vec<_> = (0..args.connections)
         .map(|w| {
             let (http, f, scenario) = (http.clone(), f.clone(), scenario.to_owned());
@@ -449,7 +549,12 @@ async fn closed_loop(
             errors += e;
         }
     }
-    report(scenario, "closed", args.connections, None, args.duration as f64, lat, errors)
+    let mut row =
+        report(scenario, "closed", args.connections, None, args.duration as f64, lat, errors);
+    if let Ok(Some((first, last))) = cpu.await {
+        row.cpu_us_per_request = first.per_request(&last, row.requests);
+    }
+    row
 }
 
 /// Requests sent at a fixed rate whatever the answers; each latency counts from when its
@@ -565,13 +670,17 @@ async fn per_second(
 
 fn print_table(rows: &[Report]) {
     println!(
-        "| scenario | mode | conns / offered | req/s | errors | p50 ms | p95 ms | p99 ms | max ms |"
+        "| scenario | mode | conns / offered | req/s | errors | p50 ms | p95 ms | p99 ms | max ms \
+         | CPU µs/req: server / db / machine |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let load = r.offered_rps.map_or(r.connections.to_string(), |o| format!("{o}/s"));
+        let cpu = r.cpu_us_per_request.map_or("-".into(), |c| {
+            format!("{:.0} / {:.0} / {:.0}", c.server, c.database, c.machine)
+        });
         println!(
-            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {cpu} |",
             r.scenario, r.mode, load, r.rps, r.errors, r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms
         );
     }
@@ -614,7 +723,17 @@ async fn run(
     };
     let idle_rss = server.as_ref().and_then(|s| rss_kib(s.pid, "VmRSS:"));
     eprintln!("seeding {} ...", args.backend);
-    let fixture = Arc::new(seed(args, base, storage.clone()).await?);
+    // Only a database on this machine shows its CPU time.
+    let local = ["localhost", "127.0.0.1", "[::1]", "host=/"].iter().any(|h| database_url.contains(h));
+    let processes = Processes {
+        server: server.as_ref().map(|s| s.pid),
+        database: match args.backend.as_str() {
+            "postgres" if local => Some("postgres"),
+            "redis" if local => Some("redis-server"),
+            _ => None,
+        },
+    };
+    let fixture = Arc::new(seed(args, base, processes, storage.clone()).await?);
     let http =
         reqwest::Client::builder().pool_max_idle_per_host(args.connections.max(256)).build()?;
     let mut rows = Vec::new();
@@ -739,6 +858,19 @@ struct AuditRuns {
     rps: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    cpu: Vec<CpuPerRequest>,
+}
+
+impl AuditRuns {
+    /// The median CPU per request of each kind of process.
+    fn cpu(&self) -> Option<CpuPerRequest> {
+        let of = |f: fn(&CpuPerRequest) -> f64| median(&mut self.cpu.iter().map(f).collect::<Vec<_>>());
+        (!self.cpu.is_empty()).then(|| CpuPerRequest {
+            server: of(|c| c.server),
+            database: of(|c| c.database),
+            machine: of(|c| c.machine),
+        })
+    }
 }
 
 /// Throughput with and without the audit log: `rounds` closed-loop runs of each scenario
@@ -757,7 +889,8 @@ async fn audit_comparison(
     let all = atoms_auth::domain::audit::events::ALL.join(",");
     let (mut quiet, base) =
         start_server(database_url, prefix, &[("ATOMS_AUTH_AUDIT_EXCLUDE", all)]).await?;
-    let without = Arc::new(Fixture { base, ..Fixture::clone(f) });
+    let processes = Processes { server: Some(quiet.pid), ..f.processes.clone() };
+    let without = Arc::new(Fixture { base, processes, ..Fixture::clone(f) });
     let mut out = serde_json::Map::new();
     for scenario in args.audit_scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (mut on, mut off) = (AuditRuns::default(), AuditRuns::default());
@@ -765,7 +898,9 @@ async fn audit_comparison(
             eprintln!("audit cost: {scenario}, round {} of {rounds}", round + 1);
             for audited in if round % 2 == 0 { [true, false] } else { [false, true] } {
                 let (target, runs) = if audited { (f, &mut on) } else { (&without, &mut off) };
-                runs.rps.push(closed_loop(args, target, http, scenario).await.rps);
+                let closed = closed_loop(args, target, http, scenario).await;
+                runs.rps.push(closed.rps);
+                runs.cpu.extend(closed.cpu_us_per_request);
                 if let Some(rate) = args.rate {
                     let open = open_loop(args, target, http, scenario, rate).await;
                     runs.p50.push(open.p50_ms);
@@ -782,6 +917,16 @@ async fn audit_comparison(
             "unaudited_rps": rps_off,
             "cost_percent": ((1.0 - rps_on / rps_off) * 1000.0).round() / 10.0,
         });
+        if let (Some(cpu_on), Some(cpu_off)) = (on.cpu(), off.cpu()) {
+            // CPU per request is steadier than saturated throughput on a shared machine:
+            // what one record costs the machine, whichever process pays it.
+            entry["cpu_us_per_request"] = json!({
+                "audited": cpu_on,
+                "unaudited": cpu_off,
+                "machine_cost_percent":
+                    ((cpu_on.machine / cpu_off.machine - 1.0) * 1000.0).round() / 10.0,
+            });
+        }
         if let Some(rate) = args.rate {
             entry["open_loop"] = json!({
                 "offered_rps": rate,
