@@ -724,7 +724,8 @@ async fn run(
     let idle_rss = server.as_ref().and_then(|s| rss_kib(s.pid, "VmRSS:"));
     eprintln!("seeding {} ...", args.backend);
     // Only a database on this machine shows its CPU time.
-    let local = ["localhost", "127.0.0.1", "[::1]", "host=/"].iter().any(|h| database_url.contains(h));
+    let local =
+        ["localhost", "127.0.0.1", "[::1]", "host=/"].iter().any(|h| database_url.contains(h));
     let processes = Processes {
         server: server.as_ref().map(|s| s.pid),
         database: match args.backend.as_str() {
@@ -864,7 +865,8 @@ struct AuditRuns {
 impl AuditRuns {
     /// The median CPU per request of each kind of process.
     fn cpu(&self) -> Option<CpuPerRequest> {
-        let of = |f: fn(&CpuPerRequest) -> f64| median(&mut self.cpu.iter().map(f).collect::<Vec<_>>());
+        let of =
+            |f: fn(&CpuPerRequest) -> f64| median(&mut self.cpu.iter().map(f).collect::<Vec<_>>());
         (!self.cpu.is_empty()).then(|| CpuPerRequest {
             server: of(|c| c.server),
             database: of(|c| c.database),
