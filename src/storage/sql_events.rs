@@ -23,6 +23,10 @@ macro_rules! sql_event_stores {
                 }
                 if let Some(event) = &q.event {
                     select.push(" AND event = ").push_bind(event);
+                    use $crate::domain::audit::events;
+                    if !events::UNINDEXED.contains(&event.as_str()) {
+                        select.push(" AND ").push(events::indexed_predicate());
+                    }
                 }
                 // Ids are UUIDv7 and start with their time, so a time range is an id range.
                 if let Some(since) = q.since {

@@ -102,6 +102,7 @@ macro_rules! scripts {
             4 "0004_audit_indexes" "audit indexes",
             5 "0005_user_roles" "user roles",
             6 "0006_audit_without_rowid" "audit without rowid",
+            7 "0007_audit_event_index" "audit event index",
         )
     };
     (@list $dialect:literal; $($version:literal $file:literal $description:literal,)*) => {
