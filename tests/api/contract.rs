@@ -318,7 +318,80 @@ async fn migrations_report_status_and_revert(backend: Backend) {
     storage.create_user(&user("after")).await.expect("works after re-migration");
 }
 
+/// Thirty records of every event type, two users and none, a millisecond apart.
+fn mixed_audit_records() -> Vec<AuditRecord> {
+    use atoms_auth::domain::audit::{entry, events};
+    (0..30)
+        .map(|i| {
+            let e = entry(events::ALL[i % events::ALL.len()]);
+            let e = match i % 3 {
+                0 => e.user("audit-user-a"),
+                1 => e.user("audit-user-b"),
+                _ => e,
+            };
+            e.at(t(i as i64))
+        })
+        .collect()
+}
+
+/// Pages of `limit` through `query`, following the cursor; the ids in page order.
+async fn audit_ids(storage: &dyn Storage, mut query: AuditQuery) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        let page = storage.query_audit(&query).await.expect("query");
+        ids.extend(page.iter().map(|r| r.id.clone()));
+        match page.last() {
+            Some(last) if page.len() == query.limit as usize => {
+                query.cursor = Some(last.id.clone())
+            }
+            _ => return ids,
+        }
+    }
+}
+
+async fn audit_listing_pages_every_event_in_id_order(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let records = mixed_audit_records();
+    storage.append_audit(records.clone().into()).await.expect("append");
+    let mut expected: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+    expected.sort_unstable();
+    for limit in [1, 7, 30, 100] {
+        let ascending = AuditQuery { ascending: true, limit, ..Default::default() };
+        assert_eq!(audit_ids(&*storage, ascending).await, expected, "ascending by {limit}");
+        let newest_first = AuditQuery { limit, ..Default::default() };
+        let mut reversed = expected.clone();
+        reversed.reverse();
+        assert_eq!(audit_ids(&*storage, newest_first).await, reversed, "descending by {limit}");
+    }
+    let window =
+        AuditQuery { since: Some(t(10)), until: Some(t(20)), limit: 4, ..Default::default() };
+    assert_eq!(audit_ids(&*storage, window).await.len(), 10);
+    let user = AuditQuery { user_id: Some("audit-user-b".into()), limit: 3, ..Default::default() };
+    assert_eq!(audit_ids(&*storage, user).await.len(), 10);
+}
+
+/// Layout 4 drops the index of every record; reverting rebuilds it for layout 3 to read.
+#[tokio::test]
+async fn redis_audit_layout_reverts_and_upgrades_whole() {
+    use ::redis::AsyncCommands;
+    let db = TestDb::new(Backend::Redis).await;
+    let storage = db.storage().await;
+    storage.append_audit(mixed_audit_records().into()).await.expect("append");
+    let client = ::redis::Client::open(db.url.as_str()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let all = format!("{}:audit_all:ids", db.redis_prefix);
+    assert!(!conn.exists::<_, bool>(&all).await.expect("exists"));
+    storage.migrate_down(1).await.expect("down one");
+    assert_eq!(conn.zcard::<_, usize>(&all).await.expect("zcard"), 30);
+    storage.migrate_up().await.expect("up");
+    assert!(!conn.exists::<_, bool>(&all).await.expect("exists"));
+    let every = AuditQuery { limit: 100, ..Default::default() };
+    assert_eq!(storage.query_audit(&every).await.expect("query").len(), 30);
+}
+
 backend_tests!(
+    audit_listing_pages_every_event_in_id_order,
     users_and_clients_round_trip_and_conflict,
     session_is_found_by_its_refresh_token,
     rotation_follows_the_refresh_rule,

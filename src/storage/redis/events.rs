@@ -1,7 +1,7 @@
-//! The audit log and the webhook queue on Redis. Audit records are indexed in sorted sets of
-//! equal scores ordered by member, the UUIDv7 id, so that a lexicographic range is a time
-//! range and a cursor. Deliveries wait in a sorted set scored by when they are due; claiming
-//! one moves its score to the end of its lease.
+//! The audit log and the webhook queue on Redis. Audit records are indexed per event type and
+//! per user in sorted sets of equal scores ordered by member, the UUIDv7 id, so that a
+//! lexicographic range is a time range and a cursor. Deliveries wait in a sorted set scored
+//! by when they are due; claiming one moves its score to the end of its lease.
 
 use std::collections::HashMap;
 
@@ -47,16 +47,14 @@ pub(super) fn uuid_v7_floor(ms: Millis) -> String {
 #[async_trait]
 impl AuditStore for RedisStorage {
     async fn append_audit(&self, records: Arc<[AuditRecord]>) -> StorageResult<()> {
-        // A batch is a few commands, not a few per record: one MSET of the records, one ZADD
-        // of all their ids, and one ZADD per event type and per user among them.
+        // A batch is a few commands, not a few per record: one MSET of the records and one
+        // ZADD per event type and per user among them. There is no index of every record:
+        // the event indexes together hold them all.
         for chunk in records.chunks(500) {
             let mut set = ::redis::cmd("MSET");
-            let mut all = ::redis::cmd("ZADD");
-            all.arg(self.key("audit_all", "ids"));
             let mut indexes: HashMap<String, ::redis::Cmd> = HashMap::new();
             for r in chunk {
                 set.arg(self.key("audit", &r.id)).arg(json(r)?);
-                all.arg(0).arg(&r.id);
                 let users = r.user_id.iter().map(|u| self.key("audit_user", u));
                 for key in std::iter::once(self.key("audit_event", &r.event)).chain(users) {
                     let zadd = indexes.entry(key).or_insert_with_key(|key| {
@@ -68,7 +66,7 @@ impl AuditStore for RedisStorage {
                 }
             }
             let mut pipe = ::redis::pipe();
-            pipe.add_command(set).ignore().add_command(all).ignore();
+            pipe.add_command(set).ignore();
             for zadd in indexes.into_values() {
                 pipe.add_command(zadd).ignore();
             }
@@ -78,10 +76,14 @@ impl AuditStore for RedisStorage {
     }
 
     async fn query_audit(&self, q: &AuditQuery) -> StorageResult<Vec<AuditRecord>> {
-        let index = match (&q.user_id, &q.event) {
-            (Some(user_id), _) => self.key("audit_user", user_id),
-            (None, Some(event)) => self.key("audit_event", event),
-            (None, None) => self.key("audit_all", "ids"),
+        // One index, or without a filter every event's, merged in id order.
+        let indexes: Vec<String> = match (&q.user_id, &q.event) {
+            (Some(user_id), _) => vec![self.key("audit_user", user_id)],
+            (None, Some(event)) => vec![self.key("audit_event", event)],
+            (None, None) => crate::domain::audit::events::ALL
+                .iter()
+                .map(|event| self.key("audit_event", event))
+                .collect(),
         };
         // Lexicographic bounds: "[x" includes x, "(x" excludes it.
         let mut low =
@@ -97,29 +99,37 @@ impl AuditStore for RedisStorage {
                 high = format!("({cursor}");
             }
         }
-        let (command, first, second) = if q.ascending {
-            ("ZRANGEBYLEX", &low, &high)
-        } else {
-            ("ZREVRANGEBYLEX", &high, &low)
-        };
         let want = q.limit as usize;
-        let page = (want * 2).clamp(50, 1000) as isize;
+        let page = (want * 2).clamp(50, 1000);
         let mut found = Vec::new();
-        let mut offset = 0isize;
         while found.len() < want {
-            let ids: Vec<String> = ::redis::cmd(command)
-                .arg(&index)
-                .arg(first)
-                .arg(second)
-                .arg("LIMIT")
-                .arg(offset)
-                .arg(page)
-                .query_async(&mut self.conn())
-                .await?;
-            if ids.is_empty() {
-                break;
+            let mut pipe = ::redis::pipe();
+            for index in &indexes {
+                let (command, first, second) = if q.ascending {
+                    ("ZRANGEBYLEX", &low, &high)
+                } else {
+                    ("ZREVRANGEBYLEX", &high, &low)
+                };
+                pipe.cmd(command).arg(index).arg(first).arg(second).arg("LIMIT").arg(0).arg(page);
             }
-            offset += ids.len() as isize;
+            let lists: Vec<Vec<String>> = pipe.query_async(&mut self.conn()).await?;
+            // Each list is its index's next `page` ids, so the first `page` of them all, in
+            // page order, are the next `page` ids of the merged order.
+            let more = lists.iter().any(|ids| ids.len() == page);
+            let mut ids = lists.concat();
+            if q.ascending {
+                ids.sort_unstable();
+            } else {
+                ids.sort_unstable_by(|a, b| b.cmp(a));
+            }
+            ids.truncate(page);
+            let Some(last) = ids.last() else { break };
+            // The next page starts past the last id read.
+            if q.ascending {
+                low = format!("({last}");
+            } else {
+                high = format!("({last}");
+            }
             let keys: Vec<String> = ids.iter().map(|id| self.key("audit", id)).collect();
             let raws: Vec<Option<String>> = self.conn().mget(&keys).await?;
             for raw in raws.into_iter().flatten() {
@@ -128,7 +138,7 @@ impl AuditStore for RedisStorage {
                     found.push(record);
                 }
             }
-            if (ids.len() as isize) < page {
+            if !more && ids.len() < page {
                 break;
             }
         }

@@ -19,7 +19,7 @@ mod events;
 mod sessions;
 
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Redis storage.
 #[derive(Clone)]
@@ -338,7 +338,12 @@ const LAYOUT: &[(i64, &str, &[&str])] = &[
             "login_failures",
         ],
     ),
+    // The audit log loses its index of every record: the event indexes together hold them.
+    (4, "audit without a global index", &[]),
 ];
+
+/// The index of every audit record that layout 3 kept and layout 4 does without.
+const AUDIT_ALL: (&str, &str) = ("audit_all", "ids");
 
 impl RedisStorage {
     async fn schema_version(&self) -> StorageResult<i64> {
@@ -375,7 +380,15 @@ impl RedisStorage {
 #[async_trait]
 impl Migrations for RedisStorage {
     async fn migrate_up(&self) -> StorageResult<()> {
-        if self.schema_version().await? < SCHEMA_VERSION {
+        let current = self.schema_version().await?;
+        if current < SCHEMA_VERSION {
+            if current == 3 {
+                // Freed in the background: the index may be large.
+                let _: () = ::redis::cmd("UNLINK")
+                    .arg(self.key(AUDIT_ALL.0, AUDIT_ALL.1))
+                    .query_async(&mut self.conn())
+                    .await?;
+            }
             let _: () = self.conn().set(self.key("meta", "schema_version"), SCHEMA_VERSION).await?;
         }
         Ok(())
@@ -389,6 +402,17 @@ impl Migrations for RedisStorage {
                 break;
             };
             self.delete_kinds(kinds).await?;
+            if version == 4 {
+                // Layout 3 reads unfiltered listings from the index of every record: it is
+                // the union of the event indexes.
+                let events = crate::domain::audit::events::ALL;
+                let _: () = ::redis::cmd("ZUNIONSTORE")
+                    .arg(self.key(AUDIT_ALL.0, AUDIT_ALL.1))
+                    .arg(events.len())
+                    .arg(events.map(|e| self.key("audit_event", e)).as_slice())
+                    .query_async(&mut self.conn())
+                    .await?;
+            }
             version -= 1;
             if version > 0 {
                 let _: () = self.conn().set(self.key("meta", "schema_version"), version).await?;

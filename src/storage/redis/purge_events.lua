@@ -1,16 +1,24 @@
 -- Deletes up to ARGV[4] audit records with ids below ARGV[2] (a UUIDv7 bound) and up to
--- ARGV[4] deliveries finished before ARGV[3]. ARGV[1]: key prefix. Returns both counts.
+-- ARGV[4] deliveries finished before ARGV[3]. ARGV[1]: key prefix; ARGV[5..]: the event
+-- types, whose indexes hold every record. Returns both counts.
 local P = ARGV[1]
-local audit = redis.call('ZRANGEBYLEX', P .. 'audit_all:ids', '-', '(' .. ARGV[2], 'LIMIT', 0, ARGV[4])
-for _, id in ipairs(audit) do
-  local raw = redis.call('GET', P .. 'audit:' .. id)
-  if raw then
-    local r = cjson.decode(raw)
-    if type(r.user_id) == 'string' then redis.call('ZREM', P .. 'audit_user:' .. r.user_id, id) end
-    redis.call('ZREM', P .. 'audit_event:' .. r.event, id)
+local limit = tonumber(ARGV[4])
+local purged = 0
+for i = 5, #ARGV do
+  if purged >= limit then break end
+  local index = P .. 'audit_event:' .. ARGV[i]
+  local ids = redis.call('ZRANGEBYLEX', index, '-', '(' .. ARGV[2], 'LIMIT', 0, limit - purged)
+  for _, id in ipairs(ids) do
+    local raw = redis.call('GET', P .. 'audit:' .. id)
+    if raw then
+      local r = cjson.decode(raw)
+      if type(r.user_id) == 'string' then redis.call('ZREM', P .. 'audit_user:' .. r.user_id, id) end
+    end
+    redis.call('DEL', P .. 'audit:' .. id)
   end
-  redis.call('DEL', P .. 'audit:' .. id)
-  redis.call('ZREM', P .. 'audit_all:ids', id)
+  -- The ids came from the start of the index in order: everything up to the last one goes.
+  if #ids > 0 then redis.call('ZREMRANGEBYLEX', index, '-', '[' .. ids[#ids]) end
+  purged = purged + #ids
 end
 local done = redis.call('ZRANGEBYSCORE', P .. 'deliveries_finished:all', '-inf', '(' .. ARGV[3], 'LIMIT', 0, ARGV[4])
 for _, id in ipairs(done) do
@@ -20,4 +28,4 @@ for _, id in ipairs(done) do
   redis.call('ZREM', P .. 'deliveries_finished:all', id)
   redis.call('ZREM', P .. 'deliveries_failed:all', id)
 end
-return {#audit, #done}
+return {purged, #done}

@@ -342,6 +342,7 @@ impl Maintenance for RedisStorage {
             .arg(super::events::uuid_v7_floor(p.audit_before))
             .arg(p.audit_before)
             .arg(p.batch)
+            .arg(&crate::domain::audit::events::ALL[..])
             .invoke_async(&mut self.conn())
             .await?;
         Ok(PurgeReport {
