@@ -318,10 +318,10 @@ async fn migrations_report_status_and_revert(backend: Backend) {
     storage.create_user(&user("after")).await.expect("works after re-migration");
 }
 
-/// Thirty records of every event type, two users and none, a millisecond apart.
-fn mixed_audit_records() -> Vec<AuditRecord> {
+/// `n` records of every event type, two users and none, a millisecond apart.
+fn mixed_audit_records(n: usize) -> Vec<AuditRecord> {
     use atoms_auth::domain::audit::{entry, events};
-    (0..30)
+    (0..n)
         .map(|i| {
             let e = entry(events::ALL[i % events::ALL.len()]);
             let e = match i % 3 {
@@ -352,7 +352,7 @@ async fn audit_ids(storage: &dyn Storage, mut query: AuditQuery) -> Vec<String> 
 async fn audit_listing_pages_every_event_in_id_order(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
-    let records = mixed_audit_records();
+    let records = mixed_audit_records(30);
     storage.append_audit(records.clone().into()).await.expect("append");
     let mut expected: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
     expected.sort_unstable();
@@ -371,23 +371,25 @@ async fn audit_listing_pages_every_event_in_id_order(backend: Backend) {
     assert_eq!(audit_ids(&*storage, user).await.len(), 10);
 }
 
-/// Layout 4 drops the index of every record; reverting rebuilds it for layout 3 to read.
+/// Layout 4 drops the index of every record; reverting rebuilds it for layout 3 to read,
+/// a page of a thousand at a time (several pages per event here).
 #[tokio::test]
 async fn redis_audit_layout_reverts_and_upgrades_whole() {
     use ::redis::AsyncCommands;
+    const RECORDS: usize = 15_000;
     let db = TestDb::new(Backend::Redis).await;
     let storage = db.storage().await;
-    storage.append_audit(mixed_audit_records().into()).await.expect("append");
+    storage.append_audit(mixed_audit_records(RECORDS).into()).await.expect("append");
     let client = ::redis::Client::open(db.url.as_str()).expect("redis url");
     let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
     let all = format!("{}:audit_all:ids", db.redis_prefix);
     assert!(!conn.exists::<_, bool>(&all).await.expect("exists"));
     storage.migrate_down(1).await.expect("down one");
-    assert_eq!(conn.zcard::<_, usize>(&all).await.expect("zcard"), 30);
+    assert_eq!(conn.zcard::<_, usize>(&all).await.expect("zcard"), RECORDS);
     storage.migrate_up().await.expect("up");
     assert!(!conn.exists::<_, bool>(&all).await.expect("exists"));
-    let every = AuditQuery { limit: 100, ..Default::default() };
-    assert_eq!(storage.query_audit(&every).await.expect("query").len(), 30);
+    let every = AuditQuery { limit: 1000, ..Default::default() };
+    assert_eq!(storage.query_audit(&every).await.expect("query").len(), 1000);
 }
 
 backend_tests!(

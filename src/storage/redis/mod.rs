@@ -351,6 +351,40 @@ impl RedisStorage {
         Ok(current.unwrap_or(0))
     }
 
+    /// Layout 3 reads unfiltered audit listings from an index of every record: the union of
+    /// the event indexes, copied a page at a time so that no command blocks Redis for long.
+    async fn rebuild_audit_all(&self) -> StorageResult<()> {
+        const PAGE: usize = 1000;
+        let all = self.key(AUDIT_ALL.0, AUDIT_ALL.1);
+        for event in crate::domain::audit::events::ALL {
+            let index = self.key("audit_event", event);
+            let mut low = "-".to_owned();
+            loop {
+                let ids: Vec<String> = ::redis::cmd("ZRANGEBYLEX")
+                    .arg(&index)
+                    .arg(&low)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(PAGE)
+                    .query_async(&mut self.conn())
+                    .await?;
+                let Some(last) = ids.last() else { break };
+                low = format!("({last}");
+                let mut zadd = ::redis::cmd("ZADD");
+                zadd.arg(&all);
+                for id in &ids {
+                    zadd.arg(0).arg(id);
+                }
+                let _: () = zadd.query_async(&mut self.conn()).await?;
+                if ids.len() < PAGE {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes every key of the given kinds, in batches.
     async fn delete_kinds(&self, kinds: &[&str]) -> StorageResult<()> {
         // One pass over the prefix's keys, a thousand a step; the kind is the name's first
@@ -403,15 +437,7 @@ impl Migrations for RedisStorage {
             };
             self.delete_kinds(kinds).await?;
             if version == 4 {
-                // Layout 3 reads unfiltered listings from the index of every record: it is
-                // the union of the event indexes.
-                let events = crate::domain::audit::events::ALL;
-                let _: () = ::redis::cmd("ZUNIONSTORE")
-                    .arg(self.key(AUDIT_ALL.0, AUDIT_ALL.1))
-                    .arg(events.len())
-                    .arg(events.map(|e| self.key("audit_event", e)).as_slice())
-                    .query_async(&mut self.conn())
-                    .await?;
+                self.rebuild_audit_all().await?;
             }
             version -= 1;
             if version > 0 {
