@@ -35,11 +35,11 @@ pub struct Metrics {
     pub health: IntGaugeVec,
 }
 
-/// Every metric family name the server exports (without the `_bucket`/`_sum`/`_count`
-/// suffixes of histograms), process metrics included.
 /// The checks of `/health`, in the order the gauge and the answer list them.
 pub const HEALTH_CHECKS: [&str; 4] = ["storage", "cache", "signing_keys", "webhooks"];
 
+/// Every metric family name the server exports (without the `_bucket`/`_sum`/`_count`
+/// suffixes of histograms), process metrics included.
 pub const FAMILIES: &[&str] = &[
     "atoms_auth_build_info",
     "atoms_auth_http_requests_total",

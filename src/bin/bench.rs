@@ -174,7 +174,7 @@ impl CpuSample {
     /// What was used between `self` and `later`, per request. A database process that
     /// started in between (a new connection) counts from zero.
     fn per_request(&self, later: &CpuSample, requests: u64) -> Option<CpuPerRequest> {
-        let per = |ticks: u64| (ticks as f64 * TICK_US / requests as f64 * 10.0).round() / 10.0;
+        let per = |ticks: u64| tenths(ticks as f64 * TICK_US / requests as f64);
         let database = later
             .database
             .iter()
@@ -917,7 +917,7 @@ async fn audit_comparison(
             "rounds": rounds,
             "audited_rps": rps_on,
             "unaudited_rps": rps_off,
-            "cost_percent": ((1.0 - rps_on / rps_off) * 1000.0).round() / 10.0,
+            "cost_percent": tenths((1.0 - rps_on / rps_off) * 100.0),
         });
         if let (Some(cpu_on), Some(cpu_off)) = (on.cpu(), off.cpu()) {
             // CPU per request is steadier than saturated throughput on a shared machine:
@@ -925,8 +925,7 @@ async fn audit_comparison(
             entry["cpu_us_per_request"] = json!({
                 "audited": cpu_on,
                 "unaudited": cpu_off,
-                "machine_cost_percent":
-                    ((cpu_on.machine / cpu_off.machine - 1.0) * 1000.0).round() / 10.0,
+                "machine_cost_percent": tenths((cpu_on.machine / cpu_off.machine - 1.0) * 100.0),
             });
         }
         if let Some(rate) = args.rate {
@@ -942,6 +941,11 @@ async fn audit_comparison(
     }
     let _ = quiet.child.kill().await;
     Ok(Value::Object(out))
+}
+
+/// `x` rounded to one decimal.
+fn tenths(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 fn median(values: &mut [f64]) -> f64 {

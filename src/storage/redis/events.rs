@@ -103,13 +103,13 @@ impl AuditStore for RedisStorage {
         let page = (want * 2).clamp(50, 1000);
         let mut found = Vec::new();
         while found.len() < want {
+            let (command, first, second) = if q.ascending {
+                ("ZRANGEBYLEX", &low, &high)
+            } else {
+                ("ZREVRANGEBYLEX", &high, &low)
+            };
             let mut pipe = ::redis::pipe();
             for index in &indexes {
-                let (command, first, second) = if q.ascending {
-                    ("ZRANGEBYLEX", &low, &high)
-                } else {
-                    ("ZREVRANGEBYLEX", &high, &low)
-                };
                 pipe.cmd(command).arg(index).arg(first).arg(second).arg("LIMIT").arg(0).arg(page);
             }
             let lists: Vec<Vec<String>> = pipe.query_async(&mut self.conn()).await?;

@@ -342,10 +342,12 @@ const LAYOUT: &[(i64, &str, &[&str])] = &[
     (4, "audit without a global index", &[]),
 ];
 
-/// The index of every audit record that layout 3 kept and layout 4 does without.
-const AUDIT_ALL: (&str, &str) = ("audit_all", "ids");
-
 impl RedisStorage {
+    /// The index of every audit record that layout 3 kept and layout 4 does without.
+    fn audit_all_key(&self) -> String {
+        self.key("audit_all", "ids")
+    }
+
     async fn schema_version(&self) -> StorageResult<i64> {
         let current: Option<i64> = self.conn().get(self.key("meta", "schema_version")).await?;
         Ok(current.unwrap_or(0))
@@ -355,7 +357,7 @@ impl RedisStorage {
     /// the event indexes, copied a page at a time so that no command blocks Redis for long.
     async fn rebuild_audit_all(&self) -> StorageResult<()> {
         const PAGE: usize = 1000;
-        let all = self.key(AUDIT_ALL.0, AUDIT_ALL.1);
+        let all = self.audit_all_key();
         for event in crate::domain::audit::events::ALL {
             let index = self.key("audit_event", event);
             let mut low = "-".to_owned();
@@ -419,7 +421,7 @@ impl Migrations for RedisStorage {
             if current == 3 {
                 // Freed in the background: the index may be large.
                 let _: () = ::redis::cmd("UNLINK")
-                    .arg(self.key(AUDIT_ALL.0, AUDIT_ALL.1))
+                    .arg(self.audit_all_key())
                     .query_async(&mut self.conn())
                     .await?;
             }
@@ -431,12 +433,16 @@ impl Migrations for RedisStorage {
     /// Reverting a version deletes the keys of the kinds it introduced.
     async fn migrate_down(&self, steps: usize) -> StorageResult<()> {
         let mut version = self.schema_version().await?;
-        for _ in 0..steps {
+        for step in 1..=steps {
             let Some((_, _, kinds)) = LAYOUT.iter().find(|(v, _, _)| *v == version) else {
                 break;
             };
-            self.delete_kinds(kinds).await?;
-            if version == 4 {
+            if !kinds.is_empty() {
+                self.delete_kinds(kinds).await?;
+            }
+            // Only a revert that stops at layout 3 reads the index; reverting past it
+            // deletes the audit log.
+            if version == 4 && step == steps {
                 self.rebuild_audit_all().await?;
             }
             version -= 1;
