@@ -2,6 +2,7 @@
 //! makes it atomic in its own way: a PostgreSQL function call, a Redis Lua script, a SQLite
 //! `BEGIN IMMEDIATE` transaction. Nothing outside this module knows which backend runs.
 
+mod batch;
 mod events;
 mod instrumented;
 mod models;
@@ -45,6 +46,9 @@ pub enum StorageError {
     /// A group commit failed: every operation of the group reports it.
     #[error("storage write failed: {0}")]
     Write(String),
+    /// A batched read failed: every lookup of the batch reports it.
+    #[error("storage read failed: {0}")]
+    Read(String),
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;

@@ -9,7 +9,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::sql_common::sql_storage;
+use super::batch::Batched;
+use super::sql_common::{TokenLookup, sql_storage};
 use super::sql_migrate::Script;
 use super::*;
 
@@ -19,6 +20,7 @@ const SCRIPTS: &[Script] = super::sql_migrate::scripts!("postgres");
 #[derive(Debug, Clone)]
 pub struct PgStorage {
     pool: PgPool,
+    token_states: Batched<TokenLookup, AccessTokenState>,
 }
 
 impl PgStorage {
@@ -30,7 +32,7 @@ impl PgStorage {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(connect)
             .await?;
-        Ok(Self { pool })
+        Ok(Self { token_states: Self::token_state_reader(pool.clone()), pool })
     }
 
     fn reader(&self) -> &PgPool {
@@ -113,4 +115,11 @@ impl PgStorage {
     }
 }
 
-sql_storage!(PgStorage, "postgres", SCRIPTS, "FOR UPDATE SKIP LOCKED");
+sql_storage!(
+    PgStorage,
+    PgPool,
+    "postgres",
+    SCRIPTS,
+    "FOR UPDATE SKIP LOCKED",
+    "jsonb_array_elements($1::jsonb) AS q(value)"
+);

@@ -12,11 +12,90 @@ pub fn unique(what: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {
     }
 }
 
+/// An access token's id and session, as one lookup of a batch.
+#[derive(Debug)]
+pub struct TokenLookup {
+    pub jti: String,
+    pub session_id: Option<String>,
+}
+
+/// The most lookups one statement answers, and how many such statements run at once.
+pub const TOKEN_BATCH: usize = 128;
+pub const TOKEN_SLOTS: usize = 4;
+
+/// A batch of lookups as the JSON array the statement reads its rows from: each with its
+/// place in the batch, since a join may return rows in any order.
+pub fn token_lookups_json(lookups: &[TokenLookup]) -> String {
+    let rows: Vec<_> = lookups
+        .iter()
+        .enumerate()
+        .map(|(n, l)| serde_json::json!({ "n": n, "jti": l.jti, "sid": l.session_id }))
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
 /// Implements every store of [`super::Storage`] on a type with `reader()` and `writer()`
 /// pools, a `rotate(&Rotation)` method, `begin_exclusive()` and `begin_for_user(user_id)`
-/// transactions and the migration scripts `$scripts`.
+/// transactions, the migration scripts `$scripts` and a `token_states` field made by the
+/// generated `token_state_reader($pool)`. `$json_rows` is the dialect's table of the
+/// elements of the JSON array `$1`, as `q` with a column `value`.
 macro_rules! sql_storage {
-    ($ty:ty, $name:literal, $scripts:expr, $skip_locked:literal) => {
+    ($ty:ty, $pool:ty, $name:literal, $scripts:expr, $skip_locked:literal, $json_rows:literal) => {
+        impl $ty {
+            /// Batches the introspection lookups of concurrent requests.
+            fn token_state_reader(
+                pool: $pool,
+            ) -> $crate::storage::batch::Batched<
+                $crate::storage::sql_common::TokenLookup,
+                AccessTokenState,
+            > {
+                use $crate::storage::sql_common::{TOKEN_BATCH, TOKEN_SLOTS};
+                $crate::storage::batch::Batched::spawn(TOKEN_BATCH, TOKEN_SLOTS, move |lookups| {
+                    Self::read_token_states(pool.clone(), lookups)
+                })
+            }
+
+            /// The states of a batch of access tokens in one statement, in the batch's order.
+            async fn read_token_states(
+                pool: $pool,
+                lookups: Vec<$crate::storage::sql_common::TokenLookup>,
+            ) -> StorageResult<Vec<AccessTokenState>> {
+                use sqlx::Row;
+                let rows = sqlx::query(concat!(
+                    "SELECT CAST(q.value ->> 'n' AS BIGINT) AS n, \
+                     EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = (q.value ->> 'jti')) \
+                     AS revoked, s.revoked_at, s.expires_at, s.idle_expires_at FROM ",
+                    $json_rows,
+                    " LEFT JOIN sessions s ON s.id = (q.value ->> 'sid')"
+                ))
+                .bind($crate::storage::sql_common::token_lookups_json(&lookups))
+                .fetch_all(&pool)
+                .await?;
+                let mut states = vec![None; lookups.len()];
+                for row in rows {
+                    let expires_at: Option<Millis> = row.try_get("expires_at")?;
+                    let session = match expires_at {
+                        Some(expires_at) => Some($crate::storage::SessionLiveness {
+                            revoked: row.try_get::<Option<Millis>, _>("revoked_at")?.is_some(),
+                            expires_at,
+                            idle_expires_at: row.try_get("idle_expires_at")?,
+                        }),
+                        None => None,
+                    };
+                    let n: i64 = row.try_get("n")?;
+                    let place = usize::try_from(n).ok().and_then(|n| states.get_mut(n));
+                    let place = place.ok_or_else(|| {
+                        StorageError::Corrupt(format!("token lookup {n} is not in the batch"))
+                    })?;
+                    *place = Some(AccessTokenState { revoked: row.try_get("revoked")?, session });
+                }
+                states
+                    .into_iter()
+                    .map(|s| s.ok_or_else(|| StorageError::Corrupt("a token lookup got no row".into())))
+                    .collect()
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::storage::UserStore for $ty {
             async fn create_user(&self, user: &User) -> StorageResult<()> {
@@ -225,26 +304,11 @@ macro_rules! sql_storage {
                 jti: &str,
                 session_id: Option<&str>,
             ) -> StorageResult<AccessTokenState> {
-                use sqlx::Row;
-                let row = sqlx::query(
-                    "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1) AS revoked, \
-                     s.revoked_at, s.expires_at, s.idle_expires_at \
-                     FROM (SELECT 1 AS one) AS one LEFT JOIN sessions s ON s.id = $2",
-                )
-                .bind(jti)
-                .bind(session_id)
-                .fetch_one(self.reader())
-                .await?;
-                let expires_at: Option<Millis> = row.try_get("expires_at")?;
-                let session = match expires_at {
-                    Some(expires_at) => Some($crate::storage::SessionLiveness {
-                        revoked: row.try_get::<Option<Millis>, _>("revoked_at")?.is_some(),
-                        expires_at,
-                        idle_expires_at: row.try_get("idle_expires_at")?,
-                    }),
-                    None => None,
+                let lookup = $crate::storage::sql_common::TokenLookup {
+                    jti: jti.to_owned(),
+                    session_id: session_id.map(str::to_owned),
                 };
-                Ok(AccessTokenState { revoked: row.try_get("revoked")?, session })
+                self.token_states.get(lookup).await
             }
         }
 

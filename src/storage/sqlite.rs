@@ -22,7 +22,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql_common::sql_storage;
+use super::batch::Batched;
+use super::sql_common::{TokenLookup, sql_storage};
 use super::sql_migrate::Script;
 use super::*;
 
@@ -40,6 +41,7 @@ pub struct SqliteStorage {
     reader: SqlitePool,
     writer: SqlitePool,
     group_writes: mpsc::Sender<GroupWrite>,
+    token_states: Batched<TokenLookup, AccessTokenState>,
 }
 
 /// A write waiting for the next group commit, with where its result goes once the group is
@@ -200,7 +202,8 @@ impl SqliteStorage {
         let (group_writes, queue) = mpsc::channel(4 * GROUP);
         tokio::spawn(checkpoints(checkpointer, group_writes.downgrade()));
         tokio::spawn(commit_groups(writer.clone(), queue));
-        Ok(Self { reader, writer, group_writes })
+        let token_states = Self::token_state_reader(reader.clone());
+        Ok(Self { reader, writer, group_writes, token_states })
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -336,4 +339,4 @@ async fn rotate_in(tx: &mut SqliteConnection, r: &Rotation<'_>) -> StorageResult
     })
 }
 
-sql_storage!(SqliteStorage, "sqlite", SCRIPTS, "");
+sql_storage!(SqliteStorage, SqlitePool, "sqlite", SCRIPTS, "", "json_each($1) AS q");

@@ -265,6 +265,49 @@ async fn access_token_state_reports_revocation_and_session(backend: Backend) {
     assert_eq!(state.session, None);
 }
 
+/// Lookups of many requests at once (read in shared statements where the backend batches
+/// them) each get their own token's state, whatever the ids hold.
+async fn concurrent_token_lookups_each_get_their_own_state(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let now = t(0);
+    let live = seeded(storage.as_ref(), 0).await;
+    let other = user(&format!("user-{}", Uuid::new_v4()));
+    storage.create_user(&other).await.expect("user");
+    let ended = login(storage.as_ref(), &session(&other.id, now), &[2; 32], "fp", 10).await.session;
+    storage.revoke_session(&ended.id, now, "test").await.expect("end");
+    let odd = ["plain", "quote\"'", "back\\slash", "ünï\u{1F511}", "{\"n\":0}", "' OR 1=1 --"];
+    let sessions = [Some(live.id.as_str()), Some(ended.id.as_str()), Some("no-such"), None];
+    let mut lookups = Vec::new();
+    for (i, name) in odd.iter().enumerate() {
+        for (j, sid) in sessions.iter().enumerate() {
+            for revoked in [false, true] {
+                let jti = format!("{name}-{i}-{j}-{revoked}");
+                if revoked {
+                    storage.revoke_access_token(&jti, now + 60_000).await.expect("revoke");
+                }
+                lookups.push((jti, *sid, revoked));
+            }
+        }
+    }
+    // Every lookup several times over, all at once.
+    let asked = lookups.iter().cycle().take(lookups.len() * 8);
+    let states = futures::future::join_all(
+        asked.clone().map(|(jti, sid, _)| storage.access_token_state(jti, *sid)),
+    )
+    .await;
+    for ((jti, sid, revoked), state) in asked.zip(states) {
+        let state = state.expect("state");
+        assert_eq!(state.revoked, *revoked, "{jti}");
+        let expected = match *sid {
+            Some(id) if id == live.id => Some(false),
+            Some(id) if id == ended.id => Some(true),
+            _ => None,
+        };
+        assert_eq!(state.session.map(|s| s.revoked), expected, "{jti} in {sid:?}");
+    }
+}
+
 fn key(kid: &str, at: i64) -> StoredKey {
     StoredKey {
         kid: kid.into(),
@@ -404,6 +447,7 @@ backend_tests!(
     imported_sessions_are_stored_whole,
     revoking_a_session_happens_once,
     access_token_state_reports_revocation_and_session,
+    concurrent_token_lookups_each_get_their_own_state,
     key_rotation_is_compare_and_set,
     migrations_report_status_and_revert,
 );
