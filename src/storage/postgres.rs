@@ -121,5 +121,8 @@ sql_storage!(
     "postgres",
     SCRIPTS,
     "FOR UPDATE SKIP LOCKED",
-    "jsonb_array_elements($1::jsonb) AS q(value)"
+    // LATERAL with LIMIT keeps the join a primary-key probe per lookup: as a plain join, the
+    // planner's guess of 100 elements makes a hash of the whole sessions table look cheaper.
+    "jsonb_array_elements($1::jsonb) AS q(value) LEFT JOIN LATERAL (SELECT * FROM sessions \
+     WHERE id = (q.value ->> 'sid') LIMIT 1) s ON true"
 );

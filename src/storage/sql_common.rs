@@ -37,10 +37,11 @@ pub fn token_lookups_json(lookups: &[TokenLookup]) -> String {
 /// Implements every store of [`super::Storage`] on a type with `reader()` and `writer()`
 /// pools, a `rotate(&Rotation)` method, `begin_exclusive()` and `begin_for_user(user_id)`
 /// transactions, the migration scripts `$scripts` and a `token_states` field made by the
-/// generated `token_state_reader($pool)`. `$json_rows` is the dialect's table of the
-/// elements of the JSON array `$1`, as `q` with a column `value`.
+/// generated `token_state_reader($pool)`. `$token_rows` is the dialect's table of the
+/// elements of the JSON array `$1` (as `q`, with a column `value`) each joined to the
+/// session whose id is its `sid` (as `s`), by the session's primary key.
 macro_rules! sql_storage {
-    ($ty:ty, $pool:ty, $name:literal, $scripts:expr, $skip_locked:literal, $json_rows:literal) => {
+    ($ty:ty, $pool:ty, $name:literal, $scripts:expr, $skip_locked:literal, $token_rows:literal) => {
         impl $ty {
             /// Batches the introspection lookups of concurrent requests.
             fn token_state_reader(
@@ -61,12 +62,12 @@ macro_rules! sql_storage {
                 lookups: Vec<$crate::storage::sql_common::TokenLookup>,
             ) -> StorageResult<Vec<AccessTokenState>> {
                 use sqlx::Row;
+                // A scalar subquery, never a hashed scan of the whole revocation list.
                 let rows = sqlx::query(concat!(
-                    "SELECT CAST(q.value ->> 'n' AS BIGINT) AS n, \
-                     EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = (q.value ->> 'jti')) \
-                     AS revoked, s.revoked_at, s.expires_at, s.idle_expires_at FROM ",
-                    $json_rows,
-                    " LEFT JOIN sessions s ON s.id = (q.value ->> 'sid')"
+                    "SELECT CAST(q.value ->> 'n' AS BIGINT) AS n, (SELECT 1 FROM revoked_tokens \
+                     r WHERE r.jti = (q.value ->> 'jti')) IS NOT NULL AS revoked, \
+                     s.revoked_at, s.expires_at, s.idle_expires_at FROM ",
+                    $token_rows
                 ))
                 .bind($crate::storage::sql_common::token_lookups_json(&lookups))
                 .fetch_all(&pool)

@@ -339,4 +339,11 @@ async fn rotate_in(tx: &mut SqliteConnection, r: &Rotation<'_>) -> StorageResult
     })
 }
 
-sql_storage!(SqliteStorage, SqlitePool, "sqlite", SCRIPTS, "", "json_each($1) AS q");
+sql_storage!(
+    SqliteStorage,
+    SqlitePool,
+    "sqlite",
+    SCRIPTS,
+    "",
+    "json_each($1) AS q LEFT JOIN sessions s ON s.id = (q.value ->> 'sid')"
+);
