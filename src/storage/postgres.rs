@@ -9,8 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::batch::Batched;
-use super::sql_common::{TokenLookup, sql_storage};
+use super::sql_common::{BatchedReaders, sql_storage};
 use super::sql_migrate::Script;
 use super::*;
 
@@ -20,7 +19,7 @@ const SCRIPTS: &[Script] = super::sql_migrate::scripts!("postgres");
 #[derive(Debug, Clone)]
 pub struct PgStorage {
     pool: PgPool,
-    token_states: Batched<TokenLookup, AccessTokenState>,
+    batched: BatchedReaders,
 }
 
 impl PgStorage {
@@ -32,7 +31,7 @@ impl PgStorage {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(connect)
             .await?;
-        Ok(Self { token_states: Self::token_state_reader(pool.clone()), pool })
+        Ok(Self { batched: Self::batched_readers(pool.clone()), pool })
     }
 
     fn reader(&self) -> &PgPool {
@@ -121,8 +120,11 @@ sql_storage!(
     "postgres",
     SCRIPTS,
     "FOR UPDATE SKIP LOCKED",
-    // LATERAL with LIMIT keeps the join a primary-key probe per lookup: as a plain join, the
-    // planner's guess of 100 elements makes a hash of the whole sessions table look cheaper.
+    // LATERAL subqueries that cannot be flattened (LIMIT, OFFSET) keep each join an index
+    // probe per lookup: as a plain join, the planner's guess of 100 elements can make a hash
+    // of the whole sessions table look cheaper.
     "jsonb_array_elements($1::jsonb) AS q(value) LEFT JOIN LATERAL (SELECT * FROM sessions \
-     WHERE id = (q.value ->> 'sid') LIMIT 1) s ON true"
+     WHERE id = (q.value ->> 'sid') LIMIT 1) s ON true",
+    "jsonb_array_elements($1::jsonb) AS q(value) JOIN LATERAL (SELECT * FROM sessions \
+     WHERE user_id = (q.value ->> 'user') OFFSET 0) s ON true"
 );

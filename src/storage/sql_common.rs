@@ -3,6 +3,7 @@
 //! method, which the shared code calls.
 
 use super::StorageError;
+use super::batch::Batched;
 
 /// Maps a unique-constraint violation to [`StorageError::Conflict`]: the one place it is done.
 pub fn unique(what: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {
@@ -13,47 +14,86 @@ pub fn unique(what: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {
 }
 
 /// An access token's id and session, as one lookup of a batch.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct TokenLookup {
     pub jti: String,
-    pub session_id: Option<String>,
+    pub sid: Option<String>,
+}
+
+/// A user's live sessions at `now`, as one lookup of a batch.
+#[derive(Debug, serde::Serialize)]
+pub struct SessionsLookup {
+    pub user: String,
+    pub now: crate::clock::Millis,
+}
+
+/// A user's sessions, each with its device.
+pub type SessionList = Vec<(super::Session, Option<super::Device>)>;
+
+/// The reads of concurrent requests that share statements.
+#[derive(Debug, Clone)]
+pub struct BatchedReaders {
+    pub token_states: Batched<TokenLookup, super::AccessTokenState>,
+    pub sessions: Batched<SessionsLookup, SessionList>,
 }
 
 /// The most lookups one statement answers, and how many such statements run at once.
-pub const TOKEN_BATCH: usize = 128;
-pub const TOKEN_SLOTS: usize = 4;
+pub const BATCH: usize = 128;
+pub const SLOTS: usize = 4;
 
 /// A batch of lookups as the JSON array the statement reads its rows from: each with its
-/// place in the batch, since a join may return rows in any order.
-pub fn token_lookups_json(lookups: &[TokenLookup]) -> String {
-    let rows: Vec<_> = lookups
-        .iter()
-        .enumerate()
-        .map(|(n, l)| serde_json::json!({ "n": n, "jti": l.jti, "sid": l.session_id }))
-        .collect();
-    serde_json::Value::Array(rows).to_string()
+/// place `n` in the batch, since a join may return rows in any order.
+pub fn lookups_json<T: serde::Serialize>(lookups: &[T]) -> Result<String, StorageError> {
+    #[derive(serde::Serialize)]
+    struct Numbered<'a, T> {
+        n: usize,
+        #[serde(flatten)]
+        lookup: &'a T,
+    }
+    let rows: Vec<_> =
+        lookups.iter().enumerate().map(|(n, lookup)| Numbered { n, lookup }).collect();
+    serde_json::to_string(&rows).map_err(|e| StorageError::Corrupt(e.to_string()))
+}
+
+/// The place in its batch of the lookup a row answers.
+pub fn place<'a, T>(places: &'a mut [T], n: i64) -> Result<&'a mut T, StorageError> {
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| places.get_mut(n))
+        .ok_or_else(|| StorageError::Corrupt(format!("lookup {n} is not in the batch")))
 }
 
 /// Implements every store of [`super::Storage`] on a type with `reader()` and `writer()`
 /// pools, a `rotate(&Rotation)` method, `begin_exclusive()` and `begin_for_user(user_id)`
-/// transactions, the migration scripts `$scripts` and a `token_states` field made by the
-/// generated `token_state_reader($pool)`. `$token_rows` is the dialect's table of the
-/// elements of the JSON array `$1` (as `q`, with a column `value`) each joined to the
-/// session whose id is its `sid` (as `s`), by the session's primary key.
+/// transactions, the migration scripts `$scripts` and a `batched` field made by the
+/// generated `batched_readers($pool)`. `$token_rows` and `$session_rows` are the dialect's
+/// tables of the elements of the JSON array `$1` (as `q`, with a column `value`), each
+/// joined to its sessions (as `s`) by index: the session whose id is its `sid`, and the
+/// sessions of its `user`.
 macro_rules! sql_storage {
-    ($ty:ty, $pool:ty, $name:literal, $scripts:expr, $skip_locked:literal, $token_rows:literal) => {
+    (
+        $ty:ty,
+        $pool:ty,
+        $name:literal,
+        $scripts:expr,
+        $skip_locked:literal,
+        $token_rows:literal,
+        $session_rows:literal
+    ) => {
         impl $ty {
-            /// Batches the introspection lookups of concurrent requests.
-            fn token_state_reader(
-                pool: $pool,
-            ) -> $crate::storage::batch::Batched<
-                $crate::storage::sql_common::TokenLookup,
-                AccessTokenState,
-            > {
-                use $crate::storage::sql_common::{TOKEN_BATCH, TOKEN_SLOTS};
-                $crate::storage::batch::Batched::spawn(TOKEN_BATCH, TOKEN_SLOTS, move |lookups| {
-                    Self::read_token_states(pool.clone(), lookups)
-                })
+            /// Starts the readers that batch the lookups of concurrent requests.
+            fn batched_readers(pool: $pool) -> $crate::storage::sql_common::BatchedReaders {
+                use $crate::storage::batch::Batched;
+                use $crate::storage::sql_common::{BATCH, SLOTS};
+                let tokens = pool.clone();
+                $crate::storage::sql_common::BatchedReaders {
+                    token_states: Batched::spawn(BATCH, SLOTS, move |lookups| {
+                        Self::read_token_states(tokens.clone(), lookups)
+                    }),
+                    sessions: Batched::spawn(BATCH, SLOTS, move |lookups| {
+                        Self::read_user_sessions(pool.clone(), lookups)
+                    }),
+                }
             }
 
             /// The states of a batch of access tokens in one statement, in the batch's order.
@@ -69,7 +109,7 @@ macro_rules! sql_storage {
                      s.revoked_at, s.expires_at, s.idle_expires_at FROM ",
                     $token_rows
                 ))
-                .bind($crate::storage::sql_common::token_lookups_json(&lookups))
+                .bind($crate::storage::sql_common::lookups_json(&lookups)?)
                 .fetch_all(&pool)
                 .await?;
                 let mut states = vec![None; lookups.len()];
@@ -83,17 +123,61 @@ macro_rules! sql_storage {
                         }),
                         None => None,
                     };
-                    let n: i64 = row.try_get("n")?;
-                    let place = usize::try_from(n).ok().and_then(|n| states.get_mut(n));
-                    let place = place.ok_or_else(|| {
-                        StorageError::Corrupt(format!("token lookup {n} is not in the batch"))
-                    })?;
+                    let place = $crate::storage::sql_common::place(&mut states, row.try_get("n")?)?;
                     *place = Some(AccessTokenState { revoked: row.try_get("revoked")?, session });
                 }
                 states
                     .into_iter()
                     .map(|s| s.ok_or_else(|| StorageError::Corrupt("a token lookup got no row".into())))
                     .collect()
+            }
+
+            /// The live sessions of a batch of users in one statement, newest use first, each
+            /// with its device. The device's columns are renamed so the session's keep their
+            /// own names.
+            async fn read_user_sessions(
+                pool: $pool,
+                lookups: Vec<$crate::storage::sql_common::SessionsLookup>,
+            ) -> StorageResult<Vec<$crate::storage::sql_common::SessionList>> {
+                use sqlx::{FromRow, Row};
+                let rows = sqlx::query(concat!(
+                    "SELECT CAST(q.value ->> 'n' AS BIGINT) AS n, s.*, d.id AS d_id, \
+                     d.fingerprint AS d_fingerprint, d.name AS d_name, d.platform AS d_platform, \
+                     d.user_agent AS d_user_agent, d.last_ip AS d_last_ip, \
+                     d.first_seen_at AS d_first_seen_at, d.last_seen_at AS d_last_seen_at, \
+                     d.trusted AS d_trusted FROM ",
+                    $session_rows,
+                    " LEFT JOIN devices d ON d.id = s.device_id AND d.user_id = s.user_id \
+                     WHERE s.revoked_at IS NULL AND s.expires_at > CAST(q.value ->> 'now' AS BIGINT) \
+                     AND s.idle_expires_at > CAST(q.value ->> 'now' AS BIGINT) \
+                     ORDER BY s.last_used_at DESC, s.id DESC"
+                ))
+                .bind($crate::storage::sql_common::lookups_json(&lookups)?)
+                .fetch_all(&pool)
+                .await?;
+                let mut lists: Vec<$crate::storage::sql_common::SessionList> =
+                    lookups.iter().map(|_| Vec::new()).collect();
+                for row in &rows {
+                    let session = Session::from_row(row)?;
+                    let device = match row.try_get::<Option<String>, _>("d_id")? {
+                        Some(id) => Some(Device {
+                            id,
+                            user_id: session.user_id.clone(),
+                            fingerprint: row.try_get("d_fingerprint")?,
+                            name: row.try_get("d_name")?,
+                            platform: row.try_get("d_platform")?,
+                            user_agent: row.try_get("d_user_agent")?,
+                            last_ip: row.try_get("d_last_ip")?,
+                            first_seen_at: row.try_get("d_first_seen_at")?,
+                            last_seen_at: row.try_get("d_last_seen_at")?,
+                            trusted: row.try_get("d_trusted")?,
+                        }),
+                        None => None,
+                    };
+                    $crate::storage::sql_common::place(&mut lists, row.try_get("n")?)?
+                        .push((session, device));
+                }
+                Ok(lists)
             }
         }
 
@@ -307,9 +391,9 @@ macro_rules! sql_storage {
             ) -> StorageResult<AccessTokenState> {
                 let lookup = $crate::storage::sql_common::TokenLookup {
                     jti: jti.to_owned(),
-                    session_id: session_id.map(str::to_owned),
+                    sid: session_id.map(str::to_owned),
                 };
-                self.token_states.get(lookup).await
+                self.batched.token_states.get(lookup).await
             }
         }
 

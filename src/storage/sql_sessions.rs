@@ -200,43 +200,9 @@ macro_rules! sql_session_stores {
                 user_id: &str,
                 now: Millis,
             ) -> StorageResult<Vec<(Session, Option<Device>)>> {
-                use sqlx::{FromRow, Row};
-                // The device's columns are renamed so the session's keep their own names.
-                let rows = sqlx::query(
-                    "SELECT s.*, d.id AS d_id, d.fingerprint AS d_fingerprint, d.name AS d_name, \
-                     d.platform AS d_platform, d.user_agent AS d_user_agent, \
-                     d.last_ip AS d_last_ip, d.first_seen_at AS d_first_seen_at, \
-                     d.last_seen_at AS d_last_seen_at, d.trusted AS d_trusted \
-                     FROM sessions s LEFT JOIN devices d ON d.id = s.device_id AND d.user_id = s.user_id \
-                     WHERE s.user_id = $1 AND s.revoked_at IS NULL \
-                     AND s.expires_at > $2 AND s.idle_expires_at > $2 \
-                     ORDER BY s.last_used_at DESC, s.id DESC",
-                )
-                .bind(user_id)
-                .bind(now)
-                .fetch_all(self.reader())
-                .await?;
-                rows.iter()
-                    .map(|row| {
-                        let session = Session::from_row(row)?;
-                        let device = match row.try_get::<Option<String>, _>("d_id")? {
-                            Some(id) => Some(Device {
-                                id,
-                                user_id: session.user_id.clone(),
-                                fingerprint: row.try_get("d_fingerprint")?,
-                                name: row.try_get("d_name")?,
-                                platform: row.try_get("d_platform")?,
-                                user_agent: row.try_get("d_user_agent")?,
-                                last_ip: row.try_get("d_last_ip")?,
-                                first_seen_at: row.try_get("d_first_seen_at")?,
-                                last_seen_at: row.try_get("d_last_seen_at")?,
-                                trusted: row.try_get("d_trusted")?,
-                            }),
-                            None => None,
-                        };
-                        Ok((session, device))
-                    })
-                    .collect()
+                let lookup =
+                    $crate::storage::sql_common::SessionsLookup { user: user_id.to_owned(), now };
+                self.batched.sessions.get(lookup).await
             }
 
             async fn revoke_user_sessions(

@@ -22,8 +22,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::Batched;
-use super::sql_common::{TokenLookup, sql_storage};
+use super::sql_common::{BatchedReaders, sql_storage};
 use super::sql_migrate::Script;
 use super::*;
 
@@ -41,7 +40,7 @@ pub struct SqliteStorage {
     reader: SqlitePool,
     writer: SqlitePool,
     group_writes: mpsc::Sender<GroupWrite>,
-    token_states: Batched<TokenLookup, AccessTokenState>,
+    batched: BatchedReaders,
 }
 
 /// A write waiting for the next group commit, with where its result goes once the group is
@@ -202,8 +201,8 @@ impl SqliteStorage {
         let (group_writes, queue) = mpsc::channel(4 * GROUP);
         tokio::spawn(checkpoints(checkpointer, group_writes.downgrade()));
         tokio::spawn(commit_groups(writer.clone(), queue));
-        let token_states = Self::token_state_reader(reader.clone());
-        Ok(Self { reader, writer, group_writes, token_states })
+        let batched = Self::batched_readers(reader.clone());
+        Ok(Self { reader, writer, group_writes, batched })
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -345,5 +344,6 @@ sql_storage!(
     "sqlite",
     SCRIPTS,
     "",
-    "json_each($1) AS q LEFT JOIN sessions s ON s.id = (q.value ->> 'sid')"
+    "json_each($1) AS q LEFT JOIN sessions s ON s.id = (q.value ->> 'sid')",
+    "json_each($1) AS q JOIN sessions s ON s.user_id = (q.value ->> 'user')"
 );

@@ -308,6 +308,49 @@ async fn concurrent_token_lookups_each_get_their_own_state(backend: Backend) {
     }
 }
 
+/// Session listings of many requests at once each get their own user's live sessions,
+/// newest use first, each with its device.
+async fn concurrent_session_listings_each_get_their_own_user(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let now = t(0);
+    let mut users = Vec::new();
+    let mut hash = 0u8;
+    for count in [0usize, 1, 3] {
+        let u = user(&format!("user-{}", Uuid::new_v4()));
+        storage.create_user(&u).await.expect("user");
+        let mut live = Vec::new();
+        for k in 0..count {
+            hash += 1;
+            let s = Session { last_used_at: now + k as i64, ..session(&u.id, now) };
+            let fp = format!("fp-{k}");
+            let made = login(storage.as_ref(), &s, &[hash; 32], &fp, 10).await;
+            live.push((made.session.id, made.device.id));
+        }
+        // An ended session is not listed.
+        hash += 1;
+        let ended = login(storage.as_ref(), &session(&u.id, now), &[hash; 32], "fp-0", 10).await;
+        storage.revoke_session(&ended.session.id, now, "test").await.expect("end");
+        live.reverse();
+        users.push((u.id, live));
+    }
+    let asked = users.iter().cycle().take(users.len() * 50);
+    let lists =
+        futures::future::join_all(asked.clone().map(|(id, _)| storage.user_sessions(id, now)))
+            .await;
+    for ((user_id, live), list) in asked.zip(lists) {
+        let got: Vec<_> = list
+            .expect("list")
+            .into_iter()
+            .map(|(s, d)| {
+                assert_eq!(&s.user_id, user_id);
+                (s.id, d.expect("device").id)
+            })
+            .collect();
+        assert_eq!(&got, live, "{user_id}");
+    }
+}
+
 fn key(kid: &str, at: i64) -> StoredKey {
     StoredKey {
         kid: kid.into(),
@@ -448,6 +491,7 @@ backend_tests!(
     revoking_a_session_happens_once,
     access_token_state_reports_revocation_and_session,
     concurrent_token_lookups_each_get_their_own_state,
+    concurrent_session_listings_each_get_their_own_user,
     key_rotation_is_compare_and_set,
     migrations_report_status_and_revert,
 );
