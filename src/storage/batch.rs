@@ -136,8 +136,8 @@ mod tests {
             tokio::spawn(async move { (n, reader.get(n).await) })
         });
         for lookup in futures::future::join_all(lookups).await {
-            let (n, answer) = lookup.unwrap();
-            assert_eq!(answer.unwrap(), 2 * n);
+            let (n, answer) = lookup.expect("task");
+            assert_eq!(answer.expect("answer"), 2 * n);
         }
         let batches = batches.load(Ordering::SeqCst);
         assert!(batches < 200, "200 concurrent lookups took {batches} batches");
@@ -149,7 +149,7 @@ mod tests {
         let (batches, largest) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let reader = doubler(batches.clone(), largest.clone());
         for n in 0..3 {
-            assert_eq!(reader.get(n).await.unwrap(), 2 * n);
+            assert_eq!(reader.get(n).await.expect("answer"), 2 * n);
         }
         assert_eq!(batches.load(Ordering::SeqCst), 3);
         assert_eq!(largest.load(Ordering::SeqCst), 1);
@@ -165,7 +165,7 @@ mod tests {
             }
         });
         assert!(matches!(failing.get(7).await, Err(StorageError::Read(m)) if m.contains("seven")));
-        assert_eq!(failing.get(1).await.unwrap(), 1);
+        assert_eq!(failing.get(1).await.expect("answer"), 1);
         let short: Batched<u64, u64> = Batched::spawn(8, 1, |_| async { Ok(Vec::new()) });
         assert!(
             matches!(short.get(1).await, Err(StorageError::Read(m)) if m.contains("0 answers"))
