@@ -56,7 +56,7 @@ pub fn lookups_json<T: serde::Serialize>(lookups: &[T]) -> Result<String, Storag
 }
 
 /// The place in its batch of the lookup a row answers.
-pub fn place<'a, T>(places: &'a mut [T], n: i64) -> Result<&'a mut T, StorageError> {
+pub fn place<T>(places: &mut [T], n: i64) -> Result<&mut T, StorageError> {
     usize::try_from(n)
         .ok()
         .and_then(|n| places.get_mut(n))
