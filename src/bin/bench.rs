@@ -656,6 +656,21 @@ async fn lookup_floor(
     per_second(tasks, seconds).await
 }
 
+/// A floor's operations per second, with the CPU time each cost (the bench process does the
+/// server's part, so only the database's and the machine's columns say something).
+async fn with_cpu(
+    processes: &Processes,
+    seconds: u64,
+    floor: impl std::future::Future<Output = anyhow::Result<f64>>,
+) -> anyhow::Result<(f64, Option<CpuPerRequest>)> {
+    let first = processes.sample();
+    let rate = floor.await?;
+    let cpu = first
+        .zip(processes.sample())
+        .and_then(|(first, last)| first.per_request(&last, (rate * seconds as f64).round() as u64));
+    Ok((rate, cpu))
+}
+
 /// Operations per second of loops that each return how many operations they did.
 async fn per_second(
     loops: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
@@ -760,10 +775,20 @@ async fn run(
         eprintln!("storage floor: rotation and introspection lookup, {} s each", args.duration);
         let chains =
             seed_sessions(storage, &fixture.client_id, SEEDED_HASH, args.connections).await?;
-        let rotations = floor(storage, &fixture.client_id, chains, args.duration).await?;
+        let (seconds, processes) = (args.duration, &fixture.processes);
+        let (rotations, rotation_cpu) =
+            with_cpu(processes, seconds, floor(storage, &fixture.client_id, chains, seconds))
+                .await?;
         let sid = introspected_session(&http, &fixture).await?;
-        let lookups = lookup_floor(storage, &sid, args.connections, args.duration).await?;
-        floors = json!({ "rotate_refresh_per_sec": rotations.round(), "access_token_state_per_sec": lookups.round() });
+        let (lookups, lookup_cpu) =
+            with_cpu(processes, seconds, lookup_floor(storage, &sid, args.connections, seconds))
+                .await?;
+        floors = json!({
+            "rotate_refresh_per_sec": rotations.round(),
+            "access_token_state_per_sec": lookups.round(),
+            "cpu_us_per_rotation": rotation_cpu,
+            "cpu_us_per_lookup": lookup_cpu,
+        });
     }
 
     let mut scale = Vec::new();
@@ -792,6 +817,15 @@ async fn run(
         let refresh = rows.iter().find(|r| r.scenario == "refresh" && r.mode == "closed");
         if let (Some(r), Some(f)) = (refresh, floors["rotate_refresh_per_sec"].as_f64()) {
             println!("refresh over HTTP is {:.0}% of the rotation floor", 100.0 * r.rps / f);
+            let machine = |cpu: &Value| cpu["machine"].as_f64();
+            let http_cpu = r.cpu_us_per_request.map(|c| c.machine);
+            if let (Some(h), Some(f)) = (http_cpu, machine(&floors["cpu_us_per_rotation"])) {
+                println!(
+                    "machine CPU per refresh {h:.0} µs, per floor rotation {f:.0} µs: the HTTP \
+                     part costs {:.0} µs",
+                    h - f
+                );
+            }
         }
         let introspect = rows.iter().find(|r| r.scenario == "introspect");
         if let (Some(r), Some(f)) = (introspect, floors["access_token_state_per_sec"].as_f64()) {

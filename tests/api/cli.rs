@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::helpers::{Backend, TestDb, spawn_on};
+use crate::helpers::{Backend, TestDb, postgres_base, redis_base, spawn_on};
 
 fn atoms_auth(db: &TestDb, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_atoms-auth"))
@@ -68,7 +68,51 @@ async fn cli_walkthrough(backend: Backend) {
     assert!(ok && out.contains("pending"), "{out}{err}");
 }
 
-crate::backend_tests!(cli_walkthrough);
+/// The benchmark's documented command, cut short: a row for each scenario without errors,
+/// the storage floors with their CPU time, and the run's database removed.
+async fn bench_reports_every_scenario_and_the_storage_floor(backend: Backend) {
+    let name = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+        Backend::Redis => "redis",
+    };
+    let report = tempfile::NamedTempFile::new().expect("temp file");
+    let scenarios = "refresh,client_credentials,introspect,sessions,password,health,metrics";
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--backend", name, "-c", "4", "-d", "1", "--warmup", "0", "--rate", "50"])
+        .args(["--scenarios", scenarios, "--json"])
+        .arg(report.path())
+        .env("ATOMS_AUTH_BENCH_POSTGRES_URL", postgres_base())
+        .env("ATOMS_AUTH_BENCH_REDIS_URL", redis_base())
+        .output()
+        .await
+        .expect("bench runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("removing the run's database"), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.path()).expect("report")).expect("json");
+    let runs = report["runs"].as_array().expect("runs");
+    for scenario in scenarios.split(',') {
+        let row = runs.iter().find(|r| r["scenario"] == scenario && r["mode"] == "closed");
+        let row = row.unwrap_or_else(|| panic!("no {scenario} row: {report}"));
+        assert!(row["requests"].as_u64() > Some(0), "{row}");
+        assert_eq!(row["errors"], 0, "{row}");
+        assert!(row["cpu_us_per_request"]["machine"].as_f64() > Some(0.0), "{row}");
+    }
+    let open = runs.iter().find(|r| r["mode"] == "open").expect("open loop row");
+    assert_eq!((open["scenario"].as_str(), open["errors"].as_u64()), (Some("refresh"), Some(0)));
+    let floor = &report["storage_floor"];
+    for field in ["rotate_refresh_per_sec", "access_token_state_per_sec"] {
+        assert!(floor[field].as_f64() > Some(0.0), "{field}: {floor}");
+    }
+    for field in ["cpu_us_per_rotation", "cpu_us_per_lookup"] {
+        assert!(floor[field]["machine"].as_f64() > Some(0.0), "{field}: {floor}");
+    }
+    assert!(report["rss_kib"]["peak"].as_u64() > Some(0), "{report}");
+}
+
+crate::backend_tests!(cli_walkthrough, bench_reports_every_scenario_and_the_storage_floor);
 
 /// A free port on loopback (bound, then released for the server to take).
 fn free_port() -> u16 {

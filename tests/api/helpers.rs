@@ -20,12 +20,12 @@ pub enum Backend {
     Redis,
 }
 
-fn postgres_base() -> String {
+pub fn postgres_base() -> String {
     std::env::var("ATOMS_AUTH_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-fn redis_base() -> String {
+pub fn redis_base() -> String {
     std::env::var("ATOMS_AUTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
