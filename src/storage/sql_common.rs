@@ -1,6 +1,7 @@
 //! The SQL both relational backends share word for word. Where the dialects differ (the
 //! refresh rotation, the exclusive transaction of key rotation) each backend has its own
-//! method, which the shared code calls.
+//! method, which the shared code calls; where they differ in one clause (the row lock of a
+//! claim, the table a batch of reads is unpacked into) the backend passes that clause.
 
 use super::StorageError;
 use super::batch::Batched;
