@@ -599,35 +599,33 @@ async fn floor(
     seconds: u64,
 ) -> anyhow::Result<f64> {
     let end = Instant::now() + Duration::from_secs(seconds);
-    let rotations: Vec<_> = chains
-        .into_iter()
-        .map(|token| {
-            let (storage, client_id) = (storage.clone(), client_id.to_owned());
-            tokio::spawn(async move {
-                let mut hash = Secret::from_client(token).sha256();
-                let mut done = 0u64;
-                while Instant::now() < end {
-                    let next = Secret::generate().sha256();
-                    let rotation = Rotation {
-                        presented_hash: &hash,
-                        new_hash: &next,
-                        client_id: &client_id,
-                        now: SystemClock.now_ms(),
-                        grace_ms: 300_000,
-                        idle_timeout_ms: 7 * DAY_MS,
-                        ip: Some("192.0.2.10"),
-                        reuse_window_ms: 7 * DAY_MS,
-                    };
-                    match storage.rotate_refresh(&rotation).await? {
-                        RotationOutcome::Rotated(_) => hash = next,
-                        other => return Err(anyhow!("floor rotation: {other:?}")),
-                    }
-                    done += 1;
+    let mut rotations = tokio::task::JoinSet::new();
+    for token in chains {
+        let (storage, client_id) = (storage.clone(), client_id.to_owned());
+        rotations.spawn(async move {
+            let mut hash = Secret::from_client(token).sha256();
+            let mut done = 0u64;
+            while Instant::now() < end {
+                let next = Secret::generate().sha256();
+                let rotation = Rotation {
+                    presented_hash: &hash,
+                    new_hash: &next,
+                    client_id: &client_id,
+                    now: SystemClock.now_ms(),
+                    grace_ms: 300_000,
+                    idle_timeout_ms: 7 * DAY_MS,
+                    ip: Some("192.0.2.10"),
+                    reuse_window_ms: 7 * DAY_MS,
+                };
+                match storage.rotate_refresh(&rotation).await? {
+                    RotationOutcome::Rotated(_) => hash = next,
+                    other => return Err(anyhow!("floor rotation: {other:?}")),
                 }
-                Ok::<_, anyhow::Error>(done)
-            })
-        })
-        .collect();
+                done += 1;
+            }
+            Ok::<_, anyhow::Error>(done)
+        });
+    }
     per_second(rotations, seconds).await
 }
 
@@ -639,20 +637,19 @@ async fn lookup_floor(
     seconds: u64,
 ) -> anyhow::Result<f64> {
     let end = Instant::now() + Duration::from_secs(seconds);
-    let tasks: Vec<_> = (0..parallel)
-        .map(|_| {
-            let (storage, sid) = (storage.clone(), session_id.to_owned());
-            tokio::spawn(async move {
-                let mut done = 0u64;
-                let jti = Uuid::new_v4().to_string();
-                while Instant::now() < end {
-                    storage.access_token_state(&jti, Some(&sid)).await?;
-                    done += 1;
-                }
-                Ok::<_, anyhow::Error>(done)
-            })
-        })
-        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..parallel {
+        let (storage, sid) = (storage.clone(), session_id.to_owned());
+        tasks.spawn(async move {
+            let mut done = 0u64;
+            let jti = Uuid::new_v4().to_string();
+            while Instant::now() < end {
+                storage.access_token_state(&jti, Some(&sid)).await?;
+                done += 1;
+            }
+            Ok::<_, anyhow::Error>(done)
+        });
+    }
     per_second(tasks, seconds).await
 }
 
@@ -671,14 +668,15 @@ async fn with_cpu(
     Ok((rate, cpu))
 }
 
-/// Operations per second of loops that each return how many operations they did.
+/// Operations per second of loops that each return how many operations they did. The loops
+/// are aborted if this is dropped.
 async fn per_second(
-    loops: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+    mut loops: tokio::task::JoinSet<anyhow::Result<u64>>,
     seconds: u64,
 ) -> anyhow::Result<f64> {
     let mut total = 0;
-    for done in loops {
-        total += done.await??;
+    while let Some(done) = loops.join_next().await {
+        total += done??;
     }
     Ok(total as f64 / seconds as f64)
 }
@@ -710,8 +708,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let options = ConnectOptions { pool_size: 16, redis_key_prefix: prefix.clone() };
     let storage = storage::connect(&database_url, &options).await?;
-    let result = run(&args, &storage, &database_url, &prefix).await;
-    // The run's database goes even when the run failed.
+    // Dropping the run on Ctrl-C or SIGTERM stops its server (killed on drop) and aborts its
+    // storage loops (held in join sets), so nothing writes while the database is removed.
+    let result = tokio::select! {
+        result = run(&args, &storage, &database_url, &prefix) => result,
+        () = atoms_auth::shutdown_signal() => Err(anyhow!("interrupted")),
+    };
+    // The run's database goes even when the run failed or was interrupted.
     if args.database_url.is_none() && !args.keep {
         eprintln!("removing the run's database");
         remove_database(&args.backend, &database_url, storage).await?;

@@ -71,15 +71,11 @@ async fn cli_walkthrough(backend: Backend) {
 /// The benchmark's documented command, cut short: a row for each scenario without errors,
 /// the storage floors with their CPU time, and the run's database removed.
 async fn bench_reports_every_scenario_and_the_storage_floor(backend: Backend) {
-    let name = match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-        Backend::Redis => "redis",
-    };
     let report = tempfile::NamedTempFile::new().expect("temp file");
     let scenarios = "refresh,client_credentials,introspect,sessions,password,health,metrics";
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--backend", name, "-c", "4", "-d", "1", "--warmup", "0", "--rate", "50"])
+        .args(["--backend", bench_name(backend), "-c", "4", "-d", "1", "--warmup", "0"])
+        .args(["--rate", "50"])
         .args(["--scenarios", scenarios, "--json"])
         .arg(report.path())
         .env("ATOMS_AUTH_BENCH_POSTGRES_URL", postgres_base())
@@ -112,7 +108,52 @@ async fn bench_reports_every_scenario_and_the_storage_floor(backend: Backend) {
     assert!(report["rss_kib"]["peak"].as_u64() > Some(0), "{report}");
 }
 
-crate::backend_tests!(cli_walkthrough, bench_reports_every_scenario_and_the_storage_floor);
+/// An interrupted benchmark still removes the database it made.
+async fn interrupted_bench_removes_its_database(backend: Backend) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--backend", bench_name(backend), "-c", "4", "-d", "30", "--scenarios", "refresh"])
+        .env("ATOMS_AUTH_BENCH_POSTGRES_URL", postgres_base())
+        .env("ATOMS_AUTH_BENCH_REDIS_URL", redis_base())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("bench runs");
+    let mut lines = BufReader::new(bench.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    while let Some(line) = lines.next_line().await.expect("stderr line") {
+        let started = line.contains("closed loop");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.contains("closed loop")), "{seen:?}");
+    let pid = bench.id().expect("pid").to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status().expect("kill");
+    assert!(sent.success());
+    while let Some(line) = lines.next_line().await.expect("stderr line") {
+        seen.push(line);
+    }
+    let status = bench.wait().await.expect("exit");
+    assert!(!status.success(), "{seen:?}");
+    assert!(seen.iter().any(|l| l == "removing the run's database"), "{seen:?}");
+    assert!(seen.iter().any(|l| l.contains("interrupted")), "{seen:?}");
+}
+
+fn bench_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+        Backend::Redis => "redis",
+    }
+}
+
+crate::backend_tests!(
+    cli_walkthrough,
+    bench_reports_every_scenario_and_the_storage_floor,
+    interrupted_bench_removes_its_database
+);
 
 /// A free port on loopback (bound, then released for the server to take).
 fn free_port() -> u16 {
