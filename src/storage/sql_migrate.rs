@@ -103,6 +103,7 @@ macro_rules! scripts {
             5 "0005_user_roles" "user roles",
             6 "0006_audit_without_rowid" "audit without rowid",
             7 "0007_audit_event_index" "audit event index",
+            8 "0008_single_rotation_function" "single rotation function",
         )
     };
     (@list $dialect:literal; $($version:literal $file:literal $description:literal,)*) => {

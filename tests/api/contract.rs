@@ -515,6 +515,32 @@ async fn tampered_sql_migration_is_flagged_by_status() {
     }
 }
 
+/// PostgreSQL keeps one refresh-rotation function; reverting the migration that dropped the
+/// old one brings it back.
+#[tokio::test]
+async fn postgres_has_one_rotation_function() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let storage = db.storage().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("pool");
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_proc WHERE proname = 'atoms_rotate_refresh' \
+             AND pronamespace = current_schema()::regnamespace",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count")
+    };
+    assert_eq!(count().await, 1);
+    storage.migrate_down(1).await.expect("down one");
+    assert_eq!(count().await, 2);
+    storage.migrate_up().await.expect("up");
+    assert_eq!(count().await, 1);
+    let s = seeded(storage.as_ref(), 0).await;
+    let outcome = storage.rotate_refresh(&rotation(&[1; 32], &[2; 32], 1_000)).await;
+    assert!(matches!(outcome, Ok(RotationOutcome::Rotated(r)) if r.id == s.id));
+}
+
 /// Commits do not checkpoint SQLite's write-ahead log (a commit that did would keep its whole
 /// group waiting); a background checkpointer copies it into the database file instead.
 #[tokio::test]
