@@ -820,9 +820,10 @@ async fn run(
         let refresh = rows.iter().find(|r| r.scenario == "refresh" && r.mode == "closed");
         if let (Some(r), Some(f)) = (refresh, floors["rotate_refresh_per_sec"].as_f64()) {
             println!("refresh over HTTP is {:.0}% of the rotation floor", 100.0 * r.rps / f);
-            let machine = |cpu: &Value| cpu["machine"].as_f64();
             let http_cpu = r.cpu_us_per_request.map(|c| c.machine);
-            if let (Some(h), Some(f)) = (http_cpu, machine(&floors["cpu_us_per_rotation"])) {
+            if let (Some(h), Some(f)) =
+                (http_cpu, floors["cpu_us_per_rotation"]["machine"].as_f64())
+            {
                 println!(
                     "machine CPU per refresh {h:.0} µs, per floor rotation {f:.0} µs: the HTTP \
                      part costs {:.0} µs",

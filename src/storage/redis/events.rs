@@ -117,10 +117,9 @@ impl AuditStore for RedisStorage {
             // page order, are the next `page` ids of the merged order.
             let more = lists.iter().any(|ids| ids.len() == page);
             let mut ids = lists.concat();
-            if q.ascending {
-                ids.sort_unstable();
-            } else {
-                ids.sort_unstable_by(|a, b| b.cmp(a));
+            ids.sort_unstable();
+            if !q.ascending {
+                ids.reverse();
             }
             ids.truncate(page);
             let Some(last) = ids.last() else { break };
