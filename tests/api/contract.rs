@@ -457,6 +457,33 @@ async fn audit_listing_pages_every_event_in_id_order(backend: Backend) {
     assert_eq!(audit_ids(&*storage, user).await.len(), 10);
 }
 
+/// Text the bulk writers give a meaning to (separators, escapes, the null marker) comes
+/// back as it went in, an empty text stays empty rather than none, and a batch written again
+/// (a retry whose first answer was lost) is stored once.
+async fn audit_records_come_back_whole_and_a_repeated_batch_once(backend: Backend) {
+    use atoms_auth::domain::audit::{entry, events};
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let awkward = ["tab\there", "line\nbreak\r\n", "back\\slash \\N \\t", "\\N", "", "naïve ☃ '\"%_"];
+    let records: Vec<AuditRecord> = awkward
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut r = entry(events::ALL[i]).detail("note", *text).at(t(i as i64));
+            r.actor = Some(text.to_string());
+            r.user_id = Some(format!("user {text}"));
+            r.user_agent = Some(text.to_string());
+            r.request_id = (i % 2 == 0).then(|| text.to_string());
+            r.ip = None;
+            r
+        })
+        .collect();
+    storage.append_audit(records.clone().into()).await.expect("append");
+    storage.append_audit(records.clone().into()).await.expect("append the same batch again");
+    let every = AuditQuery { ascending: true, limit: 100, ..Default::default() };
+    assert_eq!(storage.query_audit(&every).await.expect("query"), records);
+}
+
 /// Layout 4 drops the index of every record; reverting rebuilds it for layout 3 to read,
 /// a page of a thousand at a time (several pages per event here).
 #[tokio::test]
@@ -480,6 +507,7 @@ async fn redis_audit_layout_reverts_and_upgrades_whole() {
 
 backend_tests!(
     audit_listing_pages_every_event_in_id_order,
+    audit_records_come_back_whole_and_a_repeated_batch_once,
     users_and_clients_round_trip_and_conflict,
     session_is_found_by_its_refresh_token,
     rotation_follows_the_refresh_rule,
