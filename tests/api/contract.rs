@@ -464,7 +464,8 @@ async fn audit_records_come_back_whole_and_a_repeated_batch_once(backend: Backen
     use atoms_auth::domain::audit::{entry, events};
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
-    let awkward = ["tab\there", "line\nbreak\r\n", "back\\slash \\N \\t", "\\N", "", "naïve ☃ '\"%_"];
+    let awkward =
+        ["tab\there", "line\nbreak\r\n", "back\\slash \\N \\t", "\\N", "", "naïve ☃ '\"%_"];
     let records: Vec<AuditRecord> = awkward
         .iter()
         .enumerate()
