@@ -50,16 +50,24 @@ impl AuditStore for RedisStorage {
         // A batch is a few commands, not a few per record: one MSET of the records and one
         // ZADD per event type and per user among them. There is no index of every record:
         // the event indexes together hold them all.
+        // The key and the JSON of each record are written into buffers reused across the
+        // batch, and each index's key is built once per chunk: no allocation per record.
+        let mut key = String::new();
+        let mut value = Vec::with_capacity(1024);
         for chunk in records.chunks(500) {
             let mut set = ::redis::cmd("MSET");
-            let mut indexes: HashMap<String, ::redis::Cmd> = HashMap::new();
+            let mut indexes: HashMap<(&str, &str), ::redis::Cmd> = HashMap::new();
             for r in chunk {
-                set.arg(self.key("audit", &r.id)).arg(json(r)?);
-                let users = r.user_id.iter().map(|u| self.key("audit_user", u));
-                for key in std::iter::once(self.key("audit_event", &r.event)).chain(users) {
-                    let zadd = indexes.entry(key).or_insert_with_key(|key| {
+                self.write_key(&mut key, "audit", &r.id);
+                value.clear();
+                serde_json::to_writer(&mut value, r)
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                set.arg(key.as_str()).arg(value.as_slice());
+                let user = r.user_id.as_deref().map(|u| ("audit_user", u));
+                for (kind, name) in std::iter::once(("audit_event", r.event.as_str())).chain(user) {
+                    let zadd = indexes.entry((kind, name)).or_insert_with(|| {
                         let mut zadd = ::redis::cmd("ZADD");
-                        zadd.arg(key);
+                        zadd.arg(self.key(kind, name));
                         zadd
                     });
                     zadd.arg(0).arg(&r.id);

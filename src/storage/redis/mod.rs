@@ -80,7 +80,17 @@ impl RedisStorage {
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}:{kind}:{id}", self.prefix)
+        let mut key = String::with_capacity(self.prefix.len() + kind.len() + id.len() + 2);
+        self.write_key(&mut key, kind, id);
+        key
+    }
+
+    /// Replaces `out` with the name [`Self::key`] gives, reusing its buffer.
+    fn write_key(&self, out: &mut String, kind: &str, id: &str) {
+        out.clear();
+        for part in [self.prefix.as_str(), ":", kind, ":", id] {
+            out.push_str(part);
+        }
     }
 
     /// The prefix scripts prepend to key names.
