@@ -485,25 +485,58 @@ async fn audit_records_come_back_whole_and_a_repeated_batch_once(backend: Backen
     assert_eq!(storage.query_audit(&every).await.expect("query"), records);
 }
 
-/// Layout 4 drops the index of every record; reverting rebuilds it for layout 3 to read,
-/// a page of a thousand at a time (several pages per event here).
+/// Layout 5 keeps each record inside its event's index; reverting to layout 4 gives every
+/// record its key back and the indexes bare ids, reverting on to layout 3 rebuilds the index
+/// of every record, a page of a thousand at a time (several pages per event here), and
+/// upgrading again converts it all back.
 #[tokio::test]
 async fn redis_audit_layout_reverts_and_upgrades_whole() {
     use ::redis::AsyncCommands;
     const RECORDS: usize = 15_000;
     let db = TestDb::new(Backend::Redis).await;
     let storage = db.storage().await;
-    storage.append_audit(mixed_audit_records(RECORDS).into()).await.expect("append");
+    let records = mixed_audit_records(RECORDS);
+    storage.append_audit(records.clone().into()).await.expect("append");
     let client = ::redis::Client::open(db.url.as_str()).expect("redis url");
     let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
-    let all = format!("{}:audit_all:ids", db.redis_prefix);
+    let p = &db.redis_prefix;
+    let all = format!("{p}:audit_all:ids");
+    let first = &records[0];
+    let record_key = format!("{p}:audit:{}", first.id);
+    let event_index = format!("{p}:audit_event:{}", first.event);
+    let user_index = format!("{p}:audit_user:{}", first.user_id.as_deref().expect("a user"));
+    let firsts = {
+        let conn = conn.clone();
+        move |key: String| {
+            let mut conn = conn.clone();
+            async move { conn.zrange::<_, Vec<String>>(key, 0, 0).await.expect("zrange") }
+        }
+    };
+    assert!(!conn.exists::<_, bool>(&record_key).await.expect("exists"));
+    assert!(firsts(event_index.clone()).await[0].starts_with(&format!("{}\t{{", first.id)));
+    assert_eq!(firsts(user_index.clone()).await, [format!("{}\t{}", first.id, first.event)]);
+
+    storage.migrate_down(1).await.expect("down to layout 4");
+    let stored: String = conn.get(&record_key).await.expect("the record's own key");
+    assert_eq!(serde_json::from_str::<AuditRecord>(&stored).expect("json"), *first);
+    assert_eq!(firsts(event_index.clone()).await, std::slice::from_ref(&first.id));
+    assert_eq!(firsts(user_index.clone()).await, std::slice::from_ref(&first.id));
     assert!(!conn.exists::<_, bool>(&all).await.expect("exists"));
-    storage.migrate_down(1).await.expect("down one");
+
+    storage.migrate_down(1).await.expect("down to layout 3");
     assert_eq!(conn.zcard::<_, usize>(&all).await.expect("zcard"), RECORDS);
+
     storage.migrate_up().await.expect("up");
     assert!(!conn.exists::<_, bool>(&all).await.expect("exists"));
-    let every = AuditQuery { limit: 1000, ..Default::default() };
-    assert_eq!(storage.query_audit(&every).await.expect("query").len(), 1000);
+    assert!(!conn.exists::<_, bool>(&record_key).await.expect("exists"));
+    let every = AuditQuery { ascending: true, limit: 1000, ..Default::default() };
+    let mut expected: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+    expected.sort_unstable();
+    assert_eq!(audit_ids(&*storage, every).await, expected);
+    let user = AuditQuery { user_id: first.user_id.clone(), limit: 1000, ..Default::default() };
+    let theirs = storage.query_audit(&user).await.expect("query");
+    assert_eq!(theirs.len(), 1000);
+    assert!(theirs.iter().all(|r| r.user_id == first.user_id));
 }
 
 backend_tests!(

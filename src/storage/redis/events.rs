@@ -34,7 +34,7 @@ fn json<T: serde::Serialize>(value: &T) -> StorageResult<String> {
     serde_json::to_string(value).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(raw: &str) -> StorageResult<T> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(raw: &str) -> StorageResult<T> {
     serde_json::from_str(raw).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
@@ -47,34 +47,31 @@ pub(super) fn uuid_v7_floor(ms: Millis) -> String {
 #[async_trait]
 impl AuditStore for RedisStorage {
     async fn append_audit(&self, records: Arc<[AuditRecord]>) -> StorageResult<()> {
-        // A batch is a few commands, not a few per record: one MSET of the records and one
-        // ZADD per event type and per user among them. There is no index of every record:
-        // the event indexes together hold them all.
-        // The key and the JSON of each record are written into buffers reused across the
-        // batch, and each index's key is built once per chunk: no allocation per record.
-        let mut key = String::new();
-        let mut value = Vec::with_capacity(1024);
+        // A batch is a few commands, not a few per record: one ZADD per event type and per
+        // user among them. A record lives inside its event's index (layout 5), so it has no
+        // key of its own; the user's index names the record's id and event.
+        let mut member = Vec::with_capacity(1024);
         for chunk in records.chunks(500) {
-            let mut set = ::redis::cmd("MSET");
             let mut indexes: HashMap<(&str, &str), ::redis::Cmd> = HashMap::new();
             for r in chunk {
-                self.write_key(&mut key, "audit", &r.id);
-                value.clear();
-                serde_json::to_writer(&mut value, r)
+                member.clear();
+                member.extend_from_slice(r.id.as_bytes());
+                member.push(MEMBER_SEPARATOR);
+                serde_json::to_writer(&mut member, r)
                     .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                set.arg(key.as_str()).arg(value.as_slice());
-                let user = r.user_id.as_deref().map(|u| ("audit_user", u));
-                for (kind, name) in std::iter::once(("audit_event", r.event.as_str())).chain(user) {
+                let user = r.user_id.as_deref().map(|u| (u, user_member(&r.id, &r.event)));
+                let members = std::iter::once(("audit_event", r.event.as_str(), &member[..]))
+                    .chain(user.as_ref().map(|(u, m)| ("audit_user", *u, m.as_bytes())));
+                for (kind, name, m) in members {
                     let zadd = indexes.entry((kind, name)).or_insert_with(|| {
                         let mut zadd = ::redis::cmd("ZADD");
                         zadd.arg(self.key(kind, name));
                         zadd
                     });
-                    zadd.arg(0).arg(&r.id);
+                    zadd.arg(0).arg(m);
                 }
             }
             let mut pipe = ::redis::pipe();
-            pipe.add_command(set).ignore();
             for zadd in indexes.into_values() {
                 pipe.add_command(zadd).ignore();
             }
@@ -85,26 +82,33 @@ impl AuditStore for RedisStorage {
 
     async fn query_audit(&self, q: &AuditQuery) -> StorageResult<Vec<AuditRecord>> {
         // One index, or without a filter every event's, merged in id order.
-        let indexes: Vec<String> = match (&q.user_id, &q.event) {
-            (Some(user_id), _) => vec![self.key("audit_user", user_id)],
-            (None, Some(event)) => vec![self.key("audit_event", event)],
-            (None, None) => crate::domain::audit::events::ALL
-                .iter()
-                .map(|event| self.key("audit_event", event))
-                .collect(),
+        let (indexes, by_user): (Vec<String>, bool) = match (&q.user_id, &q.event) {
+            (Some(user_id), _) => (vec![self.key("audit_user", user_id)], true),
+            (None, Some(event)) => (vec![self.key("audit_event", event)], false),
+            (None, None) => (
+                crate::domain::audit::events::ALL
+                    .iter()
+                    .map(|event| self.key("audit_event", event))
+                    .collect(),
+                false,
+            ),
         };
-        // Lexicographic bounds: "[x" includes x, "(x" excludes it.
+        // Lexicographic bounds on members, which start with their record's id: "[x" includes
+        // x, "(x" excludes it, and "(x\x7f" excludes every member of id x.
         let mut low =
             q.since.map(|s| format!("[{}", uuid_v7_floor(s))).unwrap_or_else(|| "-".into());
         let mut high =
             q.until.map(|u| format!("({}", uuid_v7_floor(u))).unwrap_or_else(|| "+".into());
+        let past = |id: &str, ascending: bool| {
+            if ascending { format!("({id}{PAST_ID}") } else { format!("({id}") }
+        };
         if let Some(cursor) = &q.cursor {
             if q.ascending {
                 if low == "-" || cursor.as_str() >= &low[1..] {
-                    low = format!("({cursor}");
+                    low = past(cursor, true);
                 }
             } else if high == "+" || cursor.as_str() < &high[1..] {
-                high = format!("({cursor}");
+                high = past(cursor, false);
             }
         }
         let want = q.limit as usize;
@@ -121,35 +125,77 @@ impl AuditStore for RedisStorage {
                 pipe.cmd(command).arg(index).arg(first).arg(second).arg("LIMIT").arg(0).arg(page);
             }
             let lists: Vec<Vec<String>> = pipe.query_async(&mut self.conn()).await?;
-            // Each list is its index's next `page` ids, so the first `page` of them all, in
-            // page order, are the next `page` ids of the merged order.
-            let more = lists.iter().any(|ids| ids.len() == page);
-            let mut ids = lists.concat();
-            ids.sort_unstable();
+            // Each list is its index's next `page` members, so the first `page` of them all,
+            // in page order, are the next `page` members of the merged order.
+            let more = lists.iter().any(|members| members.len() == page);
+            let mut members = lists.concat();
+            members.sort_unstable();
             if !q.ascending {
-                ids.reverse();
+                members.reverse();
             }
-            ids.truncate(page);
-            let Some(last) = ids.last() else { break };
-            // The next page starts past the last id read.
+            members.truncate(page);
+            let Some(last) = members.last() else { break };
+            // The next page starts past the last record read.
+            let next = past(split_member(last)?.0, q.ascending);
             if q.ascending {
-                low = format!("({last}");
+                low = next;
             } else {
-                high = format!("({last}");
+                high = next;
             }
-            let keys: Vec<String> = ids.iter().map(|id| self.key("audit", id)).collect();
-            let raws: Vec<Option<String>> = self.conn().mget(&keys).await?;
-            for raw in raws.into_iter().flatten() {
-                let record: AuditRecord = parse(&raw)?;
+            let records = if by_user {
+                self.records_named(&members).await?
+            } else {
+                members.iter().map(|m| parse(split_member(m)?.1)).collect::<StorageResult<_>>()?
+            };
+            for record in records {
                 if q.matches(&record) && found.len() < want {
                     found.push(record);
                 }
             }
-            if !more && ids.len() < page {
+            if !more && members.len() < page {
                 break;
             }
         }
         Ok(found)
+    }
+}
+
+/// What separates a record's id from the rest of an index member (below every id character,
+/// so members sort as their ids do).
+const MEMBER_SEPARATOR: u8 = b'\t';
+
+/// Above every id character: `(id` + this excludes every member of id `id`.
+const PAST_ID: char = '\x7f';
+
+/// A user index member: the record's id and its event, whose index holds the record.
+pub(super) fn user_member(id: &str, event: &str) -> String {
+    format!("{id}{}{event}", MEMBER_SEPARATOR as char)
+}
+
+/// An index member's id and the rest (the record's JSON, or in a user index its event).
+pub(super) fn split_member(member: &str) -> StorageResult<(&str, &str)> {
+    member
+        .split_once(MEMBER_SEPARATOR as char)
+        .ok_or_else(|| StorageError::Corrupt(format!("audit index member {member:?}")))
+}
+
+impl RedisStorage {
+    /// The records that user index members name, in their order.
+    async fn records_named(&self, members: &[String]) -> StorageResult<Vec<AuditRecord>> {
+        let mut pipe = ::redis::pipe();
+        for member in members {
+            let (id, event) = split_member(member)?;
+            pipe.cmd("ZRANGEBYLEX")
+                .arg(self.key("audit_event", event))
+                .arg(format!("[{id}"))
+                .arg(format!("({id}{PAST_ID}"))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1);
+        }
+        let found: Vec<Vec<String>> = pipe.query_async(&mut self.conn()).await?;
+        // A record purged since its user's index was read is skipped.
+        found.iter().flatten().map(|m| parse(split_member(m)?.1)).collect()
     }
 }
 

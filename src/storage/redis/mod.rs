@@ -19,7 +19,7 @@ mod events;
 mod sessions;
 
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Redis storage.
 #[derive(Clone)]
@@ -350,6 +350,8 @@ const LAYOUT: &[(i64, &str, &[&str])] = &[
     ),
     // The audit log loses its index of every record: the event indexes together hold them.
     (4, "audit without a global index", &[]),
+    // Each audit record lives inside its event's index instead of under a key of its own.
+    (5, "audit records inside their indexes", &[]),
 ];
 
 impl RedisStorage {
@@ -397,6 +399,78 @@ impl RedisStorage {
         Ok(())
     }
 
+    /// Layout 5 keeps each audit record inside its event's index, as the member
+    /// `<id>\t<record JSON>`, and its user's index names it as `<id>\t<event>`; layout 4 kept
+    /// the record under a key of its own and both indexes held bare ids. Converts every event
+    /// index a page at a time, towards layout 5 when `inline`, else back. Members already in
+    /// the wanted form are left alone, so an interrupted conversion can simply run again.
+    async fn convert_audit_records(&self, inline: bool) -> StorageResult<()> {
+        use events::{parse, split_member, user_member};
+        const PAGE: usize = 1000;
+        for event in crate::domain::audit::events::ALL {
+            let index = self.key("audit_event", event);
+            let mut low = "-".to_owned();
+            loop {
+                let members: Vec<String> = ::redis::cmd("ZRANGEBYLEX")
+                    .arg(&index)
+                    .arg(&low)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(PAGE)
+                    .query_async(&mut self.conn())
+                    .await?;
+                let Some(last) = members.last() else { break };
+                // Past every member of the last id, in either form.
+                let last_id = last.split('\t').next().unwrap_or(last);
+                low = format!("({last_id}\x7f");
+                let pending: Vec<&String> =
+                    members.iter().filter(|m| m.contains('\t') != inline).collect();
+                let mut pipe = ::redis::pipe();
+                if inline {
+                    let keys: Vec<String> =
+                        pending.iter().map(|id| self.key("audit", id)).collect();
+                    let raws: Vec<Option<String>> =
+                        if keys.is_empty() { Vec::new() } else { self.conn().mget(&keys).await? };
+                    for (id, raw) in pending.iter().zip(raws) {
+                        pipe.zrem(&index, id.as_str()).ignore();
+                        let Some(raw) = raw else { continue };
+                        let record: AuditRecord = parse(&raw)?;
+                        pipe.zadd(&index, format!("{id}\t{raw}"), 0).ignore();
+                        if let Some(user) = &record.user_id {
+                            let by_user = self.key("audit_user", user);
+                            pipe.zrem(&by_user, id.as_str()).ignore();
+                            pipe.zadd(&by_user, user_member(id, event), 0).ignore();
+                        }
+                    }
+                    if !keys.is_empty() {
+                        pipe.del(keys).ignore();
+                    }
+                } else {
+                    for member in &pending {
+                        let (id, raw) = split_member(member)?;
+                        let record: AuditRecord = parse(raw)?;
+                        pipe.set(self.key("audit", id), raw).ignore();
+                        pipe.zrem(&index, member.as_str()).ignore();
+                        pipe.zadd(&index, id, 0).ignore();
+                        if let Some(user) = &record.user_id {
+                            let by_user = self.key("audit_user", user);
+                            pipe.zrem(&by_user, user_member(id, event)).ignore();
+                            pipe.zadd(&by_user, id, 0).ignore();
+                        }
+                    }
+                }
+                if !pending.is_empty() {
+                    let _: () = pipe.query_async(&mut self.conn()).await?;
+                }
+                if members.len() < PAGE {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes every key of the given kinds, in batches.
     async fn delete_kinds(&self, kinds: &[&str]) -> StorageResult<()> {
         // One pass over the prefix's keys, a thousand a step; the kind is the name's first
@@ -435,6 +509,9 @@ impl Migrations for RedisStorage {
                     .query_async(&mut self.conn())
                     .await?;
             }
+            if (3..5).contains(&current) {
+                self.convert_audit_records(true).await?;
+            }
             let _: () = self.conn().set(self.key("meta", "schema_version"), SCHEMA_VERSION).await?;
         }
         Ok(())
@@ -443,12 +520,18 @@ impl Migrations for RedisStorage {
     /// Reverting a version deletes the keys of the kinds it introduced.
     async fn migrate_down(&self, steps: usize) -> StorageResult<()> {
         let mut version = self.schema_version().await?;
+        let target = version.saturating_sub(i64::try_from(steps).unwrap_or(i64::MAX));
         for step in 1..=steps {
             let Some((_, _, kinds)) = LAYOUT.iter().find(|(v, _, _)| *v == version) else {
                 break;
             };
             if !kinds.is_empty() {
                 self.delete_kinds(kinds).await?;
+            }
+            // Layouts 3 and 4 read records from keys of their own; a revert past them
+            // deletes the audit log anyway.
+            if version == 5 && target >= 3 {
+                self.convert_audit_records(false).await?;
             }
             // Only a revert that stops at layout 3 reads the index; reverting past it
             // deletes the audit log.

@@ -7,18 +7,20 @@ local purged = 0
 for i = 5, #ARGV do
   if purged >= limit then break end
   local index = P .. 'audit_event:' .. ARGV[i]
-  local ids = redis.call('ZRANGEBYLEX', index, '-', '(' .. ARGV[2], 'LIMIT', 0, limit - purged)
-  for _, id in ipairs(ids) do
-    local raw = redis.call('GET', P .. 'audit:' .. id)
-    if raw then
-      local r = cjson.decode(raw)
-      if type(r.user_id) == 'string' then redis.call('ZREM', P .. 'audit_user:' .. r.user_id, id) end
+  -- Members are "<id>\t<record JSON>"; the user's index holds "<id>\t<event>".
+  local members = redis.call('ZRANGEBYLEX', index, '-', '(' .. ARGV[2], 'LIMIT', 0, limit - purged)
+  for _, m in ipairs(members) do
+    local tab = string.find(m, '\t', 1, true)
+    if tab then
+      local r = cjson.decode(string.sub(m, tab + 1))
+      if type(r.user_id) == 'string' then
+        redis.call('ZREM', P .. 'audit_user:' .. r.user_id, string.sub(m, 1, tab) .. ARGV[i])
+      end
     end
-    redis.call('DEL', P .. 'audit:' .. id)
   end
-  -- The ids came from the start of the index in order: everything up to the last one goes.
-  if #ids > 0 then redis.call('ZREMRANGEBYLEX', index, '-', '[' .. ids[#ids]) end
-  purged = purged + #ids
+  -- The members came from the start of the index in order: everything up to the last goes.
+  if #members > 0 then redis.call('ZREMRANGEBYLEX', index, '-', '[' .. members[#members]) end
+  purged = purged + #members
 end
 local done = redis.call('ZRANGEBYSCORE', P .. 'deliveries_finished:all', '-inf', '(' .. ARGV[3], 'LIMIT', 0, ARGV[4])
 for _, id in ipairs(done) do
