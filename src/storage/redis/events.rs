@@ -165,7 +165,7 @@ impl AuditStore for RedisStorage {
 const MEMBER_SEPARATOR: u8 = b'\t';
 
 /// Above every id character: `(id` + this excludes every member of id `id`.
-const PAST_ID: char = '\x7f';
+pub(super) const PAST_ID: char = '\x7f';
 
 /// A user index member: the record's id and its event, whose index holds the record.
 pub(super) fn user_member(id: &str, event: &str) -> String {

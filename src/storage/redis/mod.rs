@@ -423,7 +423,7 @@ impl RedisStorage {
                 let Some(last) = members.last() else { break };
                 // Past every member of the last id, in either form.
                 let last_id = last.split('\t').next().unwrap_or(last);
-                low = format!("({last_id}\x7f");
+                low = format!("({last_id}{})", events::PAST_ID);
                 let pending: Vec<&String> =
                     members.iter().filter(|m| m.contains('\t') != inline).collect();
                 let mut pipe = ::redis::pipe();
