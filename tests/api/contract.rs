@@ -539,6 +539,50 @@ async fn redis_audit_layout_reverts_and_upgrades_whole() {
     assert!(theirs.iter().all(|r| r.user_id == first.user_id));
 }
 
+/// A conversion to layout 5 that stopped part way (some records converted, the rest not)
+/// finishes when it runs again.
+#[tokio::test]
+async fn redis_audit_conversion_resumes_after_an_interruption() {
+    use ::redis::AsyncCommands;
+    let db = TestDb::new(Backend::Redis).await;
+    let storage = db.storage().await;
+    let records = mixed_audit_records(60);
+    storage.append_audit(records.clone().into()).await.expect("append");
+    storage.migrate_down(1).await.expect("down to layout 4");
+    // Convert the first record by hand, as an interrupted upgrade would have, and leave the
+    // layout at 4.
+    let client = ::redis::Client::open(db.url.as_str()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let p = &db.redis_prefix;
+    let first = &records[0];
+    let user = first.user_id.as_deref().expect("a user");
+    let record_key = format!("{p}:audit:{}", first.id);
+    let raw: String = conn.get(&record_key).await.expect("record");
+    let event_index = format!("{p}:audit_event:{}", first.event);
+    let user_index = format!("{p}:audit_user:{user}");
+    let _: () = ::redis::pipe()
+        .zrem(&event_index, &first.id)
+        .zadd(&event_index, format!("{}\t{raw}", first.id), 0)
+        .zrem(&user_index, &first.id)
+        .zadd(&user_index, format!("{}\t{}", first.id, first.event), 0)
+        .del(&record_key)
+        .query_async(&mut conn)
+        .await
+        .expect("convert one");
+
+    storage.migrate_up().await.expect("up");
+    let every = AuditQuery { ascending: true, limit: 7, ..Default::default() };
+    let mut expected: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+    expected.sort_unstable();
+    assert_eq!(audit_ids(&*storage, every).await, expected);
+    let by_user = AuditQuery { user_id: Some(user.into()), limit: 100, ..Default::default() };
+    let theirs = storage.query_audit(&by_user).await.expect("query");
+    assert_eq!(theirs.len(), records.iter().filter(|r| r.user_id == first.user_id).count());
+    assert!(theirs.contains(first));
+    let keys: Vec<String> = conn.keys(format!("{p}:audit:*")).await.expect("keys");
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
 backend_tests!(
     audit_listing_pages_every_event_in_id_order,
     audit_records_come_back_whole_and_a_repeated_batch_once,
