@@ -59,7 +59,7 @@ impl AuditStore for RedisStorage {
                 member.push(MEMBER_SEPARATOR);
                 serde_json::to_writer(&mut member, r)
                     .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                let user = r.user_id.as_deref().map(|u| (u, user_member(&r.id, &r.event)));
+                let user = r.user_id.as_deref().map(|u| (u, index_member(&r.id, &r.event)));
                 let members = std::iter::once(("audit_event", r.event.as_str(), &member[..]))
                     .chain(user.as_ref().map(|(u, m)| ("audit_user", *u, m.as_bytes())));
                 for (kind, name, m) in members {
@@ -167,9 +167,15 @@ const MEMBER_SEPARATOR: u8 = b'\t';
 /// Above every id character: `(id` + this excludes every member of id `id`.
 pub(super) const PAST_ID: char = '\x7f';
 
-/// A user index member: the record's id and its event, whose index holds the record.
-pub(super) fn user_member(id: &str, event: &str) -> String {
-    format!("{id}{}{event}", MEMBER_SEPARATOR as char)
+/// An index member: the record's id, then its JSON (in its event's index) or its event (in
+/// its user's index, naming the event index that holds it).
+pub(super) fn index_member(id: &str, rest: &str) -> String {
+    format!("{id}{}{rest}", MEMBER_SEPARATOR as char)
+}
+
+/// The record id a member starts with, in layout 5's form or as the bare id of layouts 3-4.
+pub(super) fn member_id(member: &str) -> &str {
+    member.split_once(MEMBER_SEPARATOR as char).map_or(member, |(id, _)| id)
 }
 
 /// An index member's id and the rest (the record's JSON, or in a user index its event).

@@ -21,6 +21,9 @@ mod sessions;
 /// The schema version this binary writes.
 const SCHEMA_VERSION: i64 = 5;
 
+/// Members per command when a layout change walks the audit indexes.
+const LAYOUT_PAGE: usize = 1000;
+
 /// Redis storage.
 #[derive(Clone)]
 pub struct RedisStorage {
@@ -80,17 +83,7 @@ impl RedisStorage {
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + kind.len() + id.len() + 2);
-        self.write_key(&mut key, kind, id);
-        key
-    }
-
-    /// Replaces `out` with the name [`Self::key`] gives, reusing its buffer.
-    fn write_key(&self, out: &mut String, kind: &str, id: &str) {
-        out.clear();
-        for part in [self.prefix.as_str(), ":", kind, ":", id] {
-            out.push_str(part);
-        }
+        format!("{}:{kind}:{id}", self.prefix)
     }
 
     /// The prefix scripts prepend to key names.
@@ -365,24 +358,30 @@ impl RedisStorage {
         Ok(current.unwrap_or(0))
     }
 
+    /// The next [`LAYOUT_PAGE`] members of `index` from the lexicographic bound `low` on: the
+    /// layout conversions walk the event indexes this way so that no command blocks Redis
+    /// for long.
+    async fn index_page(&self, index: &str, low: &str) -> StorageResult<Vec<String>> {
+        Ok(::redis::cmd("ZRANGEBYLEX")
+            .arg(index)
+            .arg(low)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(LAYOUT_PAGE)
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
     /// Layout 3 reads unfiltered audit listings from an index of every record: the union of
-    /// the event indexes, copied a page at a time so that no command blocks Redis for long.
+    /// the event indexes, copied a page at a time.
     async fn rebuild_audit_all(&self) -> StorageResult<()> {
-        const PAGE: usize = 1000;
         let all = self.audit_all_key();
         for event in crate::domain::audit::events::ALL {
             let index = self.key("audit_event", event);
             let mut low = "-".to_owned();
             loop {
-                let ids: Vec<String> = ::redis::cmd("ZRANGEBYLEX")
-                    .arg(&index)
-                    .arg(&low)
-                    .arg("+")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(PAGE)
-                    .query_async(&mut self.conn())
-                    .await?;
+                let ids = self.index_page(&index, &low).await?;
                 let Some(last) = ids.last() else { break };
                 low = format!("({last}");
                 let mut zadd = ::redis::cmd("ZADD");
@@ -391,7 +390,7 @@ impl RedisStorage {
                     zadd.arg(0).arg(id);
                 }
                 let _: () = zadd.query_async(&mut self.conn()).await?;
-                if ids.len() < PAGE {
+                if ids.len() < LAYOUT_PAGE {
                     break;
                 }
             }
@@ -405,27 +404,17 @@ impl RedisStorage {
     /// index a page at a time, towards layout 5 when `inline`, else back. Members already in
     /// the wanted form are left alone, so an interrupted conversion can simply run again.
     async fn convert_audit_records(&self, inline: bool) -> StorageResult<()> {
-        use events::{parse, split_member, user_member};
-        const PAGE: usize = 1000;
+        use events::{index_member, member_id, parse, split_member};
         for event in crate::domain::audit::events::ALL {
             let index = self.key("audit_event", event);
             let mut low = "-".to_owned();
             loop {
-                let members: Vec<String> = ::redis::cmd("ZRANGEBYLEX")
-                    .arg(&index)
-                    .arg(&low)
-                    .arg("+")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(PAGE)
-                    .query_async(&mut self.conn())
-                    .await?;
+                let members = self.index_page(&index, &low).await?;
                 let Some(last) = members.last() else { break };
                 // Past every member of the last id, in either form.
-                let last_id = last.split('\t').next().unwrap_or(last);
-                low = format!("({last_id}{})", events::PAST_ID);
+                low = format!("({}{})", member_id(last), events::PAST_ID);
                 let pending: Vec<&String> =
-                    members.iter().filter(|m| m.contains('\t') != inline).collect();
+                    members.iter().filter(|m| (member_id(m).len() < m.len()) != inline).collect();
                 let mut pipe = ::redis::pipe();
                 if inline {
                     let keys: Vec<String> =
@@ -436,11 +425,11 @@ impl RedisStorage {
                         pipe.zrem(&index, id.as_str()).ignore();
                         let Some(raw) = raw else { continue };
                         let record: AuditRecord = parse(&raw)?;
-                        pipe.zadd(&index, format!("{id}\t{raw}"), 0).ignore();
+                        pipe.zadd(&index, index_member(id, &raw), 0).ignore();
                         if let Some(user) = &record.user_id {
                             let by_user = self.key("audit_user", user);
                             pipe.zrem(&by_user, id.as_str()).ignore();
-                            pipe.zadd(&by_user, user_member(id, event), 0).ignore();
+                            pipe.zadd(&by_user, index_member(id, event), 0).ignore();
                         }
                     }
                     if !keys.is_empty() {
@@ -455,7 +444,7 @@ impl RedisStorage {
                         pipe.zadd(&index, id, 0).ignore();
                         if let Some(user) = &record.user_id {
                             let by_user = self.key("audit_user", user);
-                            pipe.zrem(&by_user, user_member(id, event)).ignore();
+                            pipe.zrem(&by_user, index_member(id, event)).ignore();
                             pipe.zadd(&by_user, id, 0).ignore();
                         }
                     }
@@ -463,7 +452,7 @@ impl RedisStorage {
                 if !pending.is_empty() {
                     let _: () = pipe.query_async(&mut self.conn()).await?;
                 }
-                if members.len() < PAGE {
+                if members.len() < LAYOUT_PAGE {
                     break;
                 }
             }
