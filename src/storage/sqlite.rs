@@ -152,34 +152,52 @@ async fn write_group(
 }
 
 /// Multi-row inserts in chunks whose sizes are powers of two: at most seven distinct
-/// statements, each prepared once and cached, and few enough calls that the driver's worker
+/// statements, each built and prepared once, and few enough calls that the driver's worker
 /// thread is woken a handful of times per batch, not per record.
 async fn insert_audit(tx: &mut SqliteConnection, records: &[AuditRecord]) -> StorageResult<()> {
-    const COLUMNS: &str = "INSERT INTO audit_events (id, at, event, actor, user_id, \
-        session_id, client_id, ip, user_agent, request_id, details) ";
     let mut rest = records;
     while !rest.is_empty() {
         let size = 64usize.min(1 << rest.len().ilog2());
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
-        let mut insert = sqlx::QueryBuilder::new(COLUMNS);
-        insert.push_values(chunk, |mut row, r| {
-            row.push_bind(&r.id)
-                .push_bind(r.at)
-                .push_bind(&r.event)
-                .push_bind(&r.actor)
-                .push_bind(&r.user_id)
-                .push_bind(&r.session_id)
-                .push_bind(&r.client_id)
-                .push_bind(&r.ip)
-                .push_bind(&r.user_agent)
-                .push_bind(&r.request_id)
-                .push_bind(&r.details);
-        });
-        insert.push(" ON CONFLICT (id) DO NOTHING");
-        insert.build().persistent(true).execute(&mut *tx).await?;
+        let mut insert = sqlx::query(insert_audit_sql(size)).persistent(true);
+        for r in chunk {
+            insert = insert
+                .bind(&r.id)
+                .bind(r.at)
+                .bind(&r.event)
+                .bind(&r.actor)
+                .bind(&r.user_id)
+                .bind(&r.session_id)
+                .bind(&r.client_id)
+                .bind(&r.ip)
+                .bind(&r.user_agent)
+                .bind(&r.request_id)
+                .bind(&r.details);
+        }
+        insert.execute(&mut *tx).await?;
     }
     Ok(())
+}
+
+/// The statement inserting `rows` audit records (a power of two up to 64), built once
+/// rather than for every chunk of every batch.
+fn insert_audit_sql(rows: usize) -> &'static str {
+    static STATEMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let statements = STATEMENTS.get_or_init(|| {
+        (0..=6)
+            .map(|power| {
+                let row = format!("({})", ["?"; 11].join(", "));
+                format!(
+                    "INSERT INTO audit_events (id, at, event, actor, user_id, session_id, \
+                     client_id, ip, user_agent, request_id, details) VALUES {} \
+                     ON CONFLICT (id) DO NOTHING",
+                    vec![row; 1 << power].join(", ")
+                )
+            })
+            .collect()
+    });
+    &statements[rows.ilog2() as usize]
 }
 
 impl SqliteStorage {

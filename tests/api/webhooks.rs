@@ -299,6 +299,34 @@ async fn two_instances_never_deliver_one_attempt_twice(backend: Backend) {
     assert_eq!(received, 24);
 }
 
+/// An operator's audit exclusions keep events out of the log, not away from their webhooks.
+async fn excluded_events_stay_out_of_the_log_but_reach_their_webhooks(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.audit_exclude = "session.created, token.issued".into();
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let token = app.admin_token().await;
+    subscribe(&app, &token, &receiver.url, &["session.created"]).await;
+    app.create_user("alice", PASSWORD).await;
+    let client = app.confidential_client().await;
+    assert_eq!(app.login(&client, "alice", PASSWORD).await.status, 200);
+
+    let received = receiver.wait_until(|r| !r.is_empty()).await;
+    assert_eq!(received[0].json()["type"], "session.created");
+    app.state.audit.flush().await;
+    let page = app.bearer("GET", "/admin/audit?limit=1000", &token, None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let names: Vec<&str> = page.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert!(names.contains(&"user.login.succeeded"), "{names:?}");
+    assert!(!names.iter().any(|n| ["session.created", "token.issued"].contains(n)), "{names:?}");
+}
+
 backend_tests!(
     signed_deliveries_verify_with_an_independent_verifier,
     failing_receivers_are_retried_with_growing_delays,
@@ -308,4 +336,5 @@ backend_tests!(
     the_webhook_admin_api_checks_what_it_is_given,
     private_targets_are_refused_unless_allowed,
     two_instances_never_deliver_one_attempt_twice,
+    excluded_events_stay_out_of_the_log_but_reach_their_webhooks,
 );
