@@ -157,10 +157,10 @@ async fn write_group(
 async fn insert_audit(tx: &mut SqliteConnection, records: &[AuditRecord]) -> StorageResult<()> {
     let mut rest = records;
     while !rest.is_empty() {
-        let size = 64usize.min(1 << rest.len().ilog2());
+        let (sql, size) = insert_audit_statement(rest.len());
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
-        let mut insert = sqlx::query(insert_audit_sql(size)).persistent(true);
+        let mut insert = sqlx::query(sql).persistent(true);
         for r in chunk {
             insert = insert
                 .bind(&r.id)
@@ -180,24 +180,22 @@ async fn insert_audit(tx: &mut SqliteConnection, records: &[AuditRecord]) -> Sto
     Ok(())
 }
 
-/// The statement inserting `rows` audit records (a power of two up to 64), built once
-/// rather than for every chunk of every batch.
-fn insert_audit_sql(rows: usize) -> &'static str {
-    static STATEMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+/// The statement inserting the largest power of two up to 64 of `rows` records, and that
+/// count. The seven statements are built once rather than for every chunk of every batch.
+fn insert_audit_statement(rows: usize) -> (&'static str, usize) {
+    static STATEMENTS: std::sync::OnceLock<[String; 7]> = std::sync::OnceLock::new();
     let statements = STATEMENTS.get_or_init(|| {
-        (0..=6)
-            .map(|power| {
-                let row = format!("({})", ["?"; 11].join(", "));
-                format!(
-                    "INSERT INTO audit_events (id, at, event, actor, user_id, session_id, \
-                     client_id, ip, user_agent, request_id, details) VALUES {} \
-                     ON CONFLICT (id) DO NOTHING",
-                    vec![row; 1 << power].join(", ")
-                )
-            })
-            .collect()
+        let row = format!("({})", ["?"; 11].join(", "));
+        std::array::from_fn(|power| {
+            format!(
+                "INSERT INTO audit_events (id, at, event, actor, user_id, session_id, client_id, \
+                 ip, user_agent, request_id, details) VALUES {} ON CONFLICT (id) DO NOTHING",
+                vec![row.as_str(); 1 << power].join(", ")
+            )
+        })
     });
-    &statements[rows.ilog2() as usize]
+    let power = rows.max(1).ilog2().min(6) as usize;
+    (&statements[power], 1 << power)
 }
 
 impl SqliteStorage {
