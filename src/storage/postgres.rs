@@ -10,6 +10,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::sql_common::{BatchedReaders, sql_storage};
+use super::sql_events::AUDIT_COLUMNS;
 use super::sql_migrate::Script;
 use super::*;
 
@@ -69,14 +70,9 @@ impl PgStorage {
         for r in records.iter() {
             copy_row(&mut rows, r);
         }
+        let statement = format!("COPY audit_events ({AUDIT_COLUMNS}) FROM STDIN");
         let written = async {
-            let mut copy = self
-                .pool
-                .copy_in_raw(
-                    "COPY audit_events (id, at, event, actor, user_id, session_id, client_id, \
-                     ip, user_agent, request_id, details) FROM STDIN",
-                )
-                .await?;
+            let mut copy = self.pool.copy_in_raw(&statement).await?;
             copy.send(rows).await?;
             copy.finish().await
         };
@@ -127,7 +123,8 @@ sql_storage!(
      WHERE user_id = (q.value ->> 'user') OFFSET 0) s ON true"
 );
 
-/// Appends `r` as one line of `COPY`'s text format: tab-separated columns, `\N` for none.
+/// Appends `r` as one line of `COPY`'s text format: tab-separated columns in the order of
+/// [`AUDIT_COLUMNS`], `\N` for none.
 fn copy_row(out: &mut Vec<u8>, r: &AuditRecord) {
     use std::io::Write;
     copy_escape(out, &r.id);

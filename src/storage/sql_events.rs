@@ -3,6 +3,10 @@
 //! on PostgreSQL, where several instances claim at once, and empty on SQLite, whose single
 //! writer makes the claim atomic by itself.
 
+/// The audit table's columns in the order each dialect's bulk insert writes them.
+pub(super) const AUDIT_COLUMNS: &str =
+    "id, at, event, actor, user_id, session_id, client_id, ip, user_agent, request_id, details";
+
 /// Implements [`super::AuditStore`] and [`super::WebhookStore`].
 macro_rules! sql_event_stores {
     ($ty:ty, $skip_locked:literal) => {

@@ -23,6 +23,7 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql_common::{BatchedReaders, sql_storage};
+use super::sql_events::AUDIT_COLUMNS;
 use super::sql_migrate::Script;
 use super::*;
 
@@ -167,6 +168,7 @@ async fn insert_audit(tx: &mut SqliteConnection, records: &[AuditRecord]) -> Sto
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
         let mut insert = sqlx::query(sql).persistent(true);
+        // In the order of `AUDIT_COLUMNS`.
         for r in chunk {
             insert = insert
                 .bind(&r.id)
@@ -191,11 +193,11 @@ async fn insert_audit(tx: &mut SqliteConnection, records: &[AuditRecord]) -> Sto
 fn insert_audit_statement(rows: usize) -> (&'static str, usize) {
     static STATEMENTS: std::sync::OnceLock<[String; 7]> = std::sync::OnceLock::new();
     let statements = STATEMENTS.get_or_init(|| {
-        let row = format!("({})", ["?"; 11].join(", "));
+        let placeholders: Vec<&str> = AUDIT_COLUMNS.split(", ").map(|_| "?").collect();
+        let row = format!("({})", placeholders.join(", "));
         std::array::from_fn(|power| {
             format!(
-                "INSERT INTO audit_events (id, at, event, actor, user_id, session_id, client_id, \
-                 ip, user_agent, request_id, details) VALUES {} ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING",
                 vec![row.as_str(); 1 << power].join(", ")
             )
         })

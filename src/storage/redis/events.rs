@@ -9,7 +9,7 @@ use ::redis::AsyncCommands;
 use async_trait::async_trait;
 
 use super::{Fields, RedisStorage, field, optional};
-use crate::clock::Millis;
+use crate::domain::audit::id_floor;
 use crate::storage::*;
 
 fn delivery_from_map(map: &Fields) -> StorageResult<WebhookDelivery> {
@@ -36,12 +36,6 @@ fn json<T: serde::Serialize>(value: &T) -> StorageResult<String> {
 
 pub(super) fn parse<T: serde::de::DeserializeOwned>(raw: &str) -> StorageResult<T> {
     serde_json::from_str(raw).map_err(|e| StorageError::Corrupt(e.to_string()))
-}
-
-/// The smallest UUIDv7 string of millisecond `ms`: ids below it are older.
-pub(super) fn uuid_v7_floor(ms: Millis) -> String {
-    let hex = format!("{:012x}", ms.max(0));
-    format!("{}-{}-0000-0000-000000000000", &hex[..8], &hex[8..12])
 }
 
 #[async_trait]
@@ -95,10 +89,8 @@ impl AuditStore for RedisStorage {
         };
         // Lexicographic bounds on members, which start with their record's id: "[x" includes
         // x, "(x" excludes it, and "(x\x7f" excludes every member of id x.
-        let mut low =
-            q.since.map(|s| format!("[{}", uuid_v7_floor(s))).unwrap_or_else(|| "-".into());
-        let mut high =
-            q.until.map(|u| format!("({}", uuid_v7_floor(u))).unwrap_or_else(|| "+".into());
+        let mut low = q.since.map(|s| format!("[{}", id_floor(s))).unwrap_or_else(|| "-".into());
+        let mut high = q.until.map(|u| format!("({}", id_floor(u))).unwrap_or_else(|| "+".into());
         let past = |id: &str, ascending: bool| {
             if ascending { format!("({id}{PAST_ID}") } else { format!("({id}") }
         };

@@ -347,6 +347,19 @@ const LAYOUT: &[(i64, &str, &[&str])] = &[
     (5, "audit records inside their indexes", &[]),
 ];
 
+/// Where a walk over an event index stands: the lexicographic bound of the next page.
+struct IndexPages {
+    index: String,
+    low: String,
+    done: bool,
+}
+
+impl IndexPages {
+    fn new(index: String) -> Self {
+        Self { index, low: "-".to_owned(), done: false }
+    }
+}
+
 impl RedisStorage {
     /// The index of every audit record that layout 3 kept and layout 4 does without.
     fn audit_all_key(&self) -> String {
@@ -358,19 +371,27 @@ impl RedisStorage {
         Ok(current.unwrap_or(0))
     }
 
-    /// The next [`LAYOUT_PAGE`] members of `index` from the lexicographic bound `low` on: the
+    /// The next [`LAYOUT_PAGE`] members of an event index, or `None` past its end: the
     /// layout conversions walk the event indexes this way so that no command blocks Redis
     /// for long.
-    async fn index_page(&self, index: &str, low: &str) -> StorageResult<Vec<String>> {
-        Ok(::redis::cmd("ZRANGEBYLEX")
-            .arg(index)
-            .arg(low)
+    async fn next_page(&self, pages: &mut IndexPages) -> StorageResult<Option<Vec<String>>> {
+        if pages.done {
+            return Ok(None);
+        }
+        let members: Vec<String> = ::redis::cmd("ZRANGEBYLEX")
+            .arg(&pages.index)
+            .arg(&pages.low)
             .arg("+")
             .arg("LIMIT")
             .arg(0)
             .arg(LAYOUT_PAGE)
             .query_async(&mut self.conn())
-            .await?)
+            .await?;
+        let Some(last) = members.last() else { return Ok(None) };
+        // Past every member of the last id, a bare id or a layout 5 member.
+        pages.low = format!("({}{})", events::member_id(last), events::PAST_ID);
+        pages.done = members.len() < LAYOUT_PAGE;
+        Ok(Some(members))
     }
 
     /// Layout 3 reads unfiltered audit listings from an index of every record: the union of
@@ -378,21 +399,14 @@ impl RedisStorage {
     async fn rebuild_audit_all(&self) -> StorageResult<()> {
         let all = self.audit_all_key();
         for event in crate::domain::audit::events::ALL {
-            let index = self.key("audit_event", event);
-            let mut low = "-".to_owned();
-            loop {
-                let ids = self.index_page(&index, &low).await?;
-                let Some(last) = ids.last() else { break };
-                low = format!("({last}");
+            let mut pages = IndexPages::new(self.key("audit_event", event));
+            while let Some(ids) = self.next_page(&mut pages).await? {
                 let mut zadd = ::redis::cmd("ZADD");
                 zadd.arg(&all);
                 for id in &ids {
                     zadd.arg(0).arg(id);
                 }
                 let _: () = zadd.query_async(&mut self.conn()).await?;
-                if ids.len() < LAYOUT_PAGE {
-                    break;
-                }
             }
         }
         Ok(())
@@ -407,20 +421,19 @@ impl RedisStorage {
         use events::{index_member, member_id, parse, split_member};
         for event in crate::domain::audit::events::ALL {
             let index = self.key("audit_event", event);
-            let mut low = "-".to_owned();
-            loop {
-                let members = self.index_page(&index, &low).await?;
-                let Some(last) = members.last() else { break };
-                // Past every member of the last id, in either form.
-                low = format!("({}{})", member_id(last), events::PAST_ID);
+            let mut pages = IndexPages::new(index.clone());
+            while let Some(members) = self.next_page(&mut pages).await? {
+                let is_inline = |m: &str| member_id(m) != m;
                 let pending: Vec<&String> =
-                    members.iter().filter(|m| (member_id(m).len() < m.len()) != inline).collect();
+                    members.iter().filter(|m| is_inline(m) != inline).collect();
+                if pending.is_empty() {
+                    continue;
+                }
                 let mut pipe = ::redis::pipe();
                 if inline {
                     let keys: Vec<String> =
                         pending.iter().map(|id| self.key("audit", id)).collect();
-                    let raws: Vec<Option<String>> =
-                        if keys.is_empty() { Vec::new() } else { self.conn().mget(&keys).await? };
+                    let raws: Vec<Option<String>> = self.conn().mget(&keys).await?;
                     for (id, raw) in pending.iter().zip(raws) {
                         pipe.zrem(&index, id.as_str()).ignore();
                         let Some(raw) = raw else { continue };
@@ -432,9 +445,7 @@ impl RedisStorage {
                             pipe.zadd(&by_user, index_member(id, event), 0).ignore();
                         }
                     }
-                    if !keys.is_empty() {
-                        pipe.del(keys).ignore();
-                    }
+                    pipe.del(keys).ignore();
                 } else {
                     for member in &pending {
                         let (id, raw) = split_member(member)?;
@@ -449,12 +460,7 @@ impl RedisStorage {
                         }
                     }
                 }
-                if !pending.is_empty() {
-                    let _: () = pipe.query_async(&mut self.conn()).await?;
-                }
-                if members.len() < LAYOUT_PAGE {
-                    break;
-                }
+                let _: () = pipe.query_async(&mut self.conn()).await?;
             }
         }
         Ok(())

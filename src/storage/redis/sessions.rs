@@ -339,7 +339,7 @@ impl Maintenance for RedisStorage {
             .scripts
             .purge_events
             .arg(self.script_prefix())
-            .arg(super::events::uuid_v7_floor(p.audit_before))
+            .arg(crate::domain::audit::id_floor(p.audit_before))
             .arg(p.audit_before)
             .arg(p.batch)
             .arg(&crate::domain::audit::events::ALL[..])
