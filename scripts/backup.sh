@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Backs up an atoms-auth database to a file: pg_dump (custom format) for PostgreSQL, the
-# online backup API (sqlite3 .backup, consistent while the server runs) for SQLite. Redis
+# online backup API (sqlite3 .backup, consistent while the server runs) for SQLite's two
+# files, in a tar archive. Redis
 # is backed up with its own RDB/AOF persistence, not here.
 #   scripts/backup.sh DATABASE_URL BACKUP_FILE
 set -euo pipefail
@@ -18,14 +19,25 @@ case "$url" in
     fi
     ;;
   sqlite://*)
+    # Two databases: the main file and the audit log's beside it (atoms-auth.db:
+    # atoms-auth-audit.db), each backed up on its own, in one tar archive.
     file=${url#sqlite://}
     file=${file%%\?*}
     python3 - "$file" "$out" <<'PY'
-import sqlite3, sys
-source = sqlite3.connect(sys.argv[1])
-target = sqlite3.connect(sys.argv[2])
-with target:
-    source.backup(target)
+import os, sqlite3, sys, tarfile, tempfile
+main, out = sys.argv[1], sys.argv[2]
+root, extension = os.path.splitext(main)
+with tempfile.TemporaryDirectory() as work, tarfile.open(out, "w") as archive:
+    for name, path in (("main.db", main), ("audit.db", root + "-audit" + extension)):
+        if not os.path.exists(path):
+            continue
+        copy = os.path.join(work, name)
+        source, target = sqlite3.connect(path), sqlite3.connect(copy)
+        with target:
+            source.backup(target)
+        source.close()
+        target.close()
+        archive.add(copy, arcname=name)
 PY
     ;;
   *) echo "backup.sh: unsupported database url" >&2; exit 2 ;;

@@ -43,6 +43,14 @@ impl PgStorage {
         &self.pool
     }
 
+    fn audit_writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn migrator(&self) -> &PgPool {
+        &self.pool
+    }
+
     async fn begin_exclusive(&self) -> StorageResult<Transaction<'static, Postgres>> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")

@@ -66,8 +66,9 @@ pub fn place<T>(places: &mut [T], n: i64) -> Result<&mut T, StorageError> {
         .ok_or_else(|| StorageError::Corrupt(format!("lookup {n} is not in the batch")))
 }
 
-/// Implements every store of [`super::Storage`] on a type with `reader()` and `writer()`
-/// pools, a `rotate(&Rotation)` method, `begin_exclusive()` and `begin_for_user(user_id)`
+/// Implements every store of [`super::Storage`] on a type with `reader()`, `writer()`,
+/// `audit_writer()` (which writes and purges the audit log) and `migrator()` pools, a
+/// `rotate(&Rotation)` method, `begin_exclusive()` and `begin_for_user(user_id)`
 /// transactions, the migration scripts `$scripts` and a `batched` field made by the
 /// generated `batched_readers($pool)`. `$token_rows` and `$session_rows` are the dialect's
 /// tables of the elements of the JSON array `$1` (as `q`, with a column `value`), each
@@ -403,15 +404,15 @@ macro_rules! sql_storage {
         #[async_trait::async_trait]
         impl $crate::storage::Migrations for $ty {
             async fn migrate_up(&self) -> StorageResult<()> {
-                $crate::storage::sql_migrate::up($scripts, self.writer()).await
+                $crate::storage::sql_migrate::up($scripts, self.migrator()).await
             }
 
             async fn migrate_down(&self, steps: usize) -> StorageResult<()> {
-                $crate::storage::sql_migrate::down($scripts, self.writer(), steps).await
+                $crate::storage::sql_migrate::down($scripts, self.migrator(), steps).await
             }
 
             async fn migration_status(&self) -> StorageResult<Vec<MigrationStatus>> {
-                $crate::storage::sql_migrate::status($scripts, self.writer()).await
+                $crate::storage::sql_migrate::status($scripts, self.migrator()).await
             }
         }
 
@@ -428,8 +429,10 @@ macro_rules! sql_storage {
 
             fn pool(&self) -> Option<$crate::storage::PoolState> {
                 let mut pools = vec![self.reader()];
-                if !std::ptr::eq(self.reader(), self.writer()) {
-                    pools.push(self.writer());
+                for pool in [self.writer(), self.audit_writer()] {
+                    if !pools.iter().any(|p| std::ptr::eq(*p, pool)) {
+                        pools.push(pool);
+                    }
                 }
                 Some($crate::storage::PoolState {
                     size: pools.iter().map(|p| p.size()).sum(),

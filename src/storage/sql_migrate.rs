@@ -104,6 +104,8 @@ macro_rules! scripts {
             6 "0006_audit_without_rowid" "audit without rowid",
             7 "0007_audit_event_index" "audit event index",
             8 "0008_single_rotation_function" "single rotation function",
+            9 "0009_audit_file" "audit file",
+            10 "0010_audit_file_only" "audit file only",
         )
     };
     (@list $dialect:literal; $($version:literal $file:literal $description:literal,)*) => {

@@ -376,7 +376,7 @@ macro_rules! sql_session_stores {
                 )
                 .bind($crate::domain::audit::id_floor(p.audit_before))
                 .bind(batch)
-                .execute(self.writer())
+                .execute(self.audit_writer())
                 .await?
                 .rows_affected();
                 let webhook_deliveries = delete(

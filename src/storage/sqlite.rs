@@ -3,18 +3,29 @@
 //! pool of their own (WAL mode lets them run beside the writer). Atomic rules run in
 //! `BEGIN IMMEDIATE` transactions, which take the write lock up front.
 //!
-//! Refresh-token rotations and audit batches are group-committed: one task takes every such
-//! write waiting at the time, runs them one after another in a single transaction and answers
-//! each after the commit. A durable commit (an fsync) is the floor of a rotation, so under
-//! load one fsync serves many rotations and the audit records of the moment, while a lone
-//! rotation waits for nothing but its own commit.
+//! Refresh-token rotations are group-committed: one task takes every rotation waiting at the
+//! time, runs them one after another in a single transaction and answers each after the
+//! commit. A durable commit (an fsync) is the floor of a rotation, so under load one fsync
+//! serves many rotations, while a lone rotation waits for nothing but its own commit.
 //!
-//! The write-ahead log is checkpointed by a connection of its own, every
+//! The audit log lives in a database file of its own beside the main one (see
+//! [`audit_file`]), with its own single writer and write-ahead log. Its records cost one
+//! random leaf of the user index each, a page written to a log and again at a checkpoint:
+//! in a file of their own those pages are written and synced beside the rotations' commits
+//! instead of inside them. The readers and the migrations attach it as the schema `audit`, so
+//! queries name `audit_events` as if it were in the main file. The main file's writer does
+//! not: `BEGIN IMMEDIATE` takes the write lock of every attached database, and a commit over
+//! two would cost a super-journal, so the writer would queue behind the audit log's writer
+//! and pay for files it never changes.
+//!
+//! The main write-ahead log is checkpointed by a connection of its own, every
 //! [`CHECKPOINT_EVERY`], instead of by whichever commit fills it: a checkpoint copies the log
 //! into the database file and syncs it, and a commit that did that would keep every rotation
 //! of its group waiting several milliseconds longer. A passive checkpoint runs beside the
-//! writer and the readers.
+//! writer and the readers. The audit log's writer checkpoints its own log as it commits:
+//! nothing waits on it but the audit queue.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -32,10 +43,10 @@ const SCRIPTS: &[Script] = super::sql_migrate::scripts!("sqlite");
 /// The most writes one group commit takes.
 const GROUP: usize = 64;
 
-/// The single writer's page cache, in KiB. What rotations and audit batches touch (sessions,
-/// refresh tokens, and the leaves of the audit log's user index, one per record) outgrows
-/// SQLite's default of 2 MB, and each page read again is a system call: with the default, a
-/// refresh read 7.6-9.8 KB through `pread`, with this, 0.4 KB.
+/// The page cache of each single writer (the main file's and the audit log's), in KiB. What
+/// they touch (sessions and refresh tokens; the leaves of the audit log's user index, one per
+/// record) outgrows SQLite's default of 2 MB, and each page read again is a system call: with
+/// the default, a refresh read 7.6-9.8 KB through `pread`, with this, 0.4 KB.
 const WRITER_CACHE_KIB: u32 = 32 * 1024;
 
 /// How often the write-ahead log is copied into the database file.
@@ -46,18 +57,16 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 pub struct SqliteStorage {
     reader: SqlitePool,
     writer: SqlitePool,
+    audit_writer: SqlitePool,
+    /// Runs migrations, with the audit log's file attached; it connects when first used.
+    migrator: SqlitePool,
     group_writes: mpsc::Sender<GroupWrite>,
     batched: BatchedReaders,
 }
 
-/// A write waiting for the next group commit, with where its result goes once the group is
-/// committed: a refresh-token rotation, or a batch of audit records (so the audit log shares
-/// the rotations' commits instead of taking the writer for commits of its own).
-#[derive(Debug)]
-enum GroupWrite {
-    Rotation(QueuedRotation, oneshot::Sender<StorageResult<RotationOutcome>>),
-    Audit(Arc<[AuditRecord]>, oneshot::Sender<StorageResult<()>>),
-}
+/// A rotation waiting for the next group commit, with where its outcome goes once the group
+/// is committed.
+type GroupWrite = (QueuedRotation, oneshot::Sender<StorageResult<RotationOutcome>>);
 
 /// A rotation's own copy of the request.
 #[derive(Debug)]
@@ -114,48 +123,56 @@ async fn commit_groups(writer: SqlitePool, mut queue: mpsc::Receiver<GroupWrite>
             Ok(outcomes) => (Ok(()), outcomes),
             Err(e) => (Err(e.to_string()), Vec::new()),
         };
+        // Each rotation takes the next of the outcomes.
         let mut outcomes = outcomes.into_iter();
-        for write in group.drain(..) {
-            write.answer(committed.as_ref().copied().map_err(String::as_str), &mut outcomes);
+        for (_, reply) in group.drain(..) {
+            let outcome = match &committed {
+                Ok(()) => outcomes.next().ok_or_else(|| "no outcome".to_owned()),
+                Err(e) => Err(e.clone()),
+            };
+            drop(reply.send(outcome.map_err(StorageError::Write)));
         }
     }
 }
 
-impl GroupWrite {
-    /// Tells the caller how the group went; a rotation takes the next of the outcomes.
-    fn answer(
-        self,
-        committed: Result<(), &str>,
-        outcomes: &mut impl Iterator<Item = RotationOutcome>,
-    ) {
-        let failed = |message: &str| StorageError::Write(message.to_owned());
-        match self {
-            Self::Rotation(_, reply) => {
-                let outcome = committed.and_then(|()| outcomes.next().ok_or("no outcome"));
-                drop(reply.send(outcome.map_err(failed)));
-            }
-            Self::Audit(_, reply) => drop(reply.send(committed.map_err(failed))),
-        }
-    }
-}
-
-/// Runs the writes of `group` in order in one transaction; returns the rotations' outcomes.
+/// Runs the rotations of `group` in order in one transaction; returns their outcomes.
 async fn write_group(
     writer: &SqlitePool,
     group: &[GroupWrite],
 ) -> StorageResult<Vec<RotationOutcome>> {
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
     let mut outcomes = Vec::with_capacity(group.len());
-    for write in group {
-        match write {
-            GroupWrite::Rotation(queued, _) => {
-                outcomes.push(rotate_in(&mut tx, &queued.rotation()).await?);
-            }
-            GroupWrite::Audit(records, _) => insert_audit(&mut tx, records).await?,
-        }
+    for (queued, _) in group {
+        outcomes.push(rotate_in(&mut tx, &queued.rotation()).await?);
     }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// The audit log's database file for the main file `main`: beside it, named with `-audit`
+/// after the main file's stem (`atoms-auth.db`: `atoms-auth-audit.db`).
+pub fn audit_file(main: &Path) -> PathBuf {
+    let mut name = main.file_stem().unwrap_or_default().to_os_string();
+    name.push("-audit");
+    if let Some(extension) = main.extension() {
+        name.push(".");
+        name.push(extension);
+    }
+    main.with_file_name(name)
+}
+
+/// `pool` with every connection attaching the audit log's file as the schema `audit`. A
+/// connection that attaches it must not begin write transactions on the main file while the
+/// server runs (see the module's notes).
+fn attaching(pool: SqlitePoolOptions, audit: &Path) -> SqlitePoolOptions {
+    let audit: Arc<str> = audit.to_string_lossy().into();
+    pool.after_connect(move |conn, _| {
+        let audit = Arc::clone(&audit);
+        Box::pin(async move {
+            sqlx::query("ATTACH DATABASE $1 AS audit").bind(&*audit).execute(conn).await?;
+            Ok(())
+        })
+    })
 }
 
 /// Multi-row inserts in chunks whose sizes are powers of two: at most seven distinct
@@ -190,6 +207,12 @@ async fn insert_audit(tx: &mut SqliteConnection, records: &[AuditRecord]) -> Sto
 
 /// The statement inserting the largest power of two up to 64 of `rows` records, and that
 /// count. The seven statements are built once rather than for every chunk of every batch.
+///
+/// `OR IGNORE`, not `ON CONFLICT (id) DO NOTHING`: both skip a record already stored (a batch
+/// written again), but the latter leaves the NOT NULL checks able to abort a multi-row
+/// statement halfway, so SQLite keeps a statement journal, a copy of every page the statement
+/// changes in a temporary file, about a fifth of the audit writer's time. Every NOT NULL
+/// column is a field the record always has.
 fn insert_audit_statement(rows: usize) -> (&'static str, usize) {
     static STATEMENTS: std::sync::OnceLock<[String; 7]> = std::sync::OnceLock::new();
     let statements = STATEMENTS.get_or_init(|| {
@@ -197,7 +220,7 @@ fn insert_audit_statement(rows: usize) -> (&'static str, usize) {
         let row = format!("({})", placeholders.join(", "));
         std::array::from_fn(|power| {
             format!(
-                "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING",
+                "INSERT OR IGNORE INTO audit_events ({AUDIT_COLUMNS}) VALUES {}",
                 vec![row.as_str(); 1 << power].join(", ")
             )
         })
@@ -207,24 +230,32 @@ fn insert_audit_statement(rows: usize) -> (&'static str, usize) {
 }
 
 impl SqliteStorage {
-    /// Opens (and with `mode=rwc`, creates) the database file of `url`.
+    /// Opens (and with `mode=rwc`, creates) the database file of `url` and the audit log's
+    /// file beside it.
     pub async fn connect(url: &str, options: &ConnectOptions) -> StorageResult<Self> {
         let connect = SqliteConnectOptions::from_str(url)?
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let audit = audit_file(connect.get_filename());
         let single = || SqlitePoolOptions::new().max_connections(1);
+        let cache = format!("-{WRITER_CACHE_KIB}");
+        // First, so that the file exists, in WAL mode, before anything attaches it.
+        let audit_writer = single()
+            .connect_with(connect.clone().filename(&audit).pragma("cache_size", cache.clone()))
+            .await?;
         // No commit checkpoints: the checkpointer below does.
         let writer = single()
             .connect_with(
-                connect
-                    .clone()
-                    .pragma("wal_autocheckpoint", "0")
-                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
+                connect.clone().pragma("wal_autocheckpoint", "0").pragma("cache_size", cache),
             )
             .await?;
         let checkpointer = single().connect_with(connect.clone()).await?;
-        let reader = SqlitePoolOptions::new()
+        let migrator = attaching(single(), &audit)
+            .min_connections(0)
+            .idle_timeout(Duration::from_secs(60))
+            .connect_lazy_with(connect.clone());
+        let reader = attaching(SqlitePoolOptions::new(), &audit)
             .max_connections(options.pool_size.max(1))
             .connect_with(connect)
             .await?;
@@ -232,7 +263,7 @@ impl SqliteStorage {
         tokio::spawn(checkpoints(checkpointer, group_writes.downgrade()));
         tokio::spawn(commit_groups(writer.clone(), queue));
         let batched = Self::batched_readers(reader.clone());
-        Ok(Self { reader, writer, group_writes, batched })
+        Ok(Self { reader, writer, audit_writer, migrator, group_writes, batched })
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -241,6 +272,15 @@ impl SqliteStorage {
 
     fn writer(&self) -> &SqlitePool {
         &self.writer
+    }
+
+    /// The audit log's own single writer, whose main database is the audit file.
+    fn audit_writer(&self) -> &SqlitePool {
+        &self.audit_writer
+    }
+
+    fn migrator(&self) -> &SqlitePool {
+        &self.migrator
     }
 
     async fn begin_exclusive(&self) -> StorageResult<Transaction<'static, Sqlite>> {
@@ -252,21 +292,12 @@ impl SqliteStorage {
         self.begin_exclusive().await
     }
 
-    /// The records ride with the next group commit.
+    /// One transaction of the audit log's own writer per batch.
     async fn append_audit_batch(&self, records: Arc<[AuditRecord]>) -> StorageResult<()> {
-        let (reply, done) = oneshot::channel();
-        self.group_write(GroupWrite::Audit(records, reply), done).await
-    }
-
-    /// Queues `write` for the next group commit and waits for its result.
-    async fn group_write<T>(
-        &self,
-        write: GroupWrite,
-        done: oneshot::Receiver<StorageResult<T>>,
-    ) -> StorageResult<T> {
-        let stopped = || StorageError::Write("the group committer has stopped".into());
-        self.group_writes.send(write).await.map_err(|_| stopped())?;
-        done.await.map_err(|_| stopped())?
+        let mut tx = self.audit_writer.begin_with("BEGIN IMMEDIATE").await?;
+        insert_audit(&mut tx, &records).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Queues the rotation for the next group commit and waits for its outcome.
@@ -282,7 +313,9 @@ impl SqliteStorage {
             reuse_window_ms: r.reuse_window_ms,
         };
         let (reply, done) = oneshot::channel();
-        self.group_write(GroupWrite::Rotation(queued, reply), done).await
+        let stopped = || StorageError::Write("the group committer has stopped".into());
+        self.group_writes.send((queued, reply)).await.map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
     }
 }
 
@@ -383,7 +416,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_writer_keeps_its_own_page_cache_and_readers_the_default() {
+    async fn the_writers_keep_their_own_page_caches_and_readers_the_default() {
         let dir = tempfile::tempdir().expect("dir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
         let options = ConnectOptions { pool_size: 1, redis_key_prefix: String::new() };
@@ -395,6 +428,40 @@ mod tests {
                 .expect("cache_size")
         };
         assert_eq!(cache(storage.writer().clone()).await, -i64::from(WRITER_CACHE_KIB));
+        assert_eq!(cache(storage.audit_writer().clone()).await, -i64::from(WRITER_CACHE_KIB));
         assert_eq!(cache(storage.reader().clone()).await, -2000);
+    }
+
+    /// Only the readers and the migrations see the audit log's file: the main writer's
+    /// `BEGIN IMMEDIATE` would otherwise lock it as well.
+    #[tokio::test]
+    async fn the_main_writer_leaves_the_audit_file_alone() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let options = ConnectOptions { pool_size: 1, redis_key_prefix: String::new() };
+        let storage = SqliteStorage::connect(&url, &options).await.expect("open");
+        let schemas = |pool: SqlitePool| async move {
+            let list: Vec<(i64, String, String)> = sqlx::query_as("PRAGMA database_list")
+                .fetch_all(&pool)
+                .await
+                .expect("database_list");
+            list.into_iter().map(|(_, name, file)| (name, file)).collect::<Vec<_>>()
+        };
+        let main = dir.path().join("db").display().to_string();
+        let audit = dir.path().join("db-audit").display().to_string();
+        let both = vec![("main".to_owned(), main.clone()), ("audit".to_owned(), audit.clone())];
+        assert_eq!(schemas(storage.writer().clone()).await, [("main".to_owned(), main)]);
+        assert_eq!(schemas(storage.audit_writer().clone()).await, [("main".to_owned(), audit)]);
+        assert_eq!(schemas(storage.reader().clone()).await, both);
+        assert_eq!(schemas(storage.migrator().clone()).await, both);
+    }
+
+    #[test]
+    fn the_audit_file_sits_beside_the_main_file_with_its_stem_marked() {
+        let audit = |main: &str| audit_file(Path::new(main)).display().to_string();
+        assert_eq!(audit("atoms-auth.db"), "atoms-auth-audit.db");
+        assert_eq!(audit("/var/lib/atoms/auth.sqlite3"), "/var/lib/atoms/auth-audit.sqlite3");
+        assert_eq!(audit("data/db"), "data/db-audit");
+        assert_eq!(audit("a.b.c"), "a.b-audit.c");
     }
 }

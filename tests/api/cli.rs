@@ -416,7 +416,8 @@ async fn smoke_test_script_passes_against_a_live_server() {
     drop(server.child);
 }
 
-/// Back up, wipe, restore: a refresh token issued before the backup still works after it.
+/// Back up, wipe, restore: a refresh token issued before the backup still works after it, and
+/// the audit log (on SQLite, a file of its own) still holds the login.
 async fn backup_restore_round_trip(backend: Backend) {
     let db = TestDb::new(backend).await;
     let (id, secret) = user_and_client(&db, "keeper", "backup test password");
@@ -437,6 +438,19 @@ async fn backup_restore_round_trip(backend: Backend) {
         .await
         .expect("json");
     let refresh = login["refresh_token"].as_str().expect("refresh").to_owned();
+    let logins = atoms_auth::storage::AuditQuery {
+        event: Some("user.login.succeeded".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let logged = || async { db.storage().await.query_audit(&logins).await.expect("audit") };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut before = logged().await;
+    while before.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the login was never audited");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        before = logged().await;
+    }
     let mut child = server.child;
     let _ = child.kill().await;
 
@@ -449,7 +463,9 @@ async fn backup_restore_round_trip(backend: Backend) {
     match backend {
         Backend::Sqlite => {
             let path = db.url.trim_start_matches("sqlite://").split('?').next().expect("path");
+            let audit = atoms_auth::storage::sqlite::audit_file(std::path::Path::new(path));
             std::fs::remove_file(path).expect("wipe");
+            std::fs::remove_file(audit).expect("wipe the audit log");
         }
         _ => {
             let storage = db.storage().await;
@@ -468,6 +484,7 @@ async fn backup_restore_round_trip(backend: Backend) {
         .await
         .expect("refresh");
     assert_eq!(refreshed.status(), 200, "{}", refreshed.text().await.unwrap_or_default());
+    assert_eq!(logged().await, before, "the audit log came back");
     drop(server.child);
 }
 

@@ -638,7 +638,10 @@ async fn postgres_has_one_rotation_function() {
         .expect("count")
     };
     assert_eq!(count().await, 1);
-    storage.migrate_down(1).await.expect("down one");
+    // Down to the version before migration 8, the one that dropped it.
+    let status = storage.migration_status().await.expect("status");
+    let since = status.iter().filter(|m| m.version >= 8).count();
+    storage.migrate_down(since).await.expect("down past 8");
     assert_eq!(count().await, 2);
     storage.migrate_up().await.expect("up");
     assert_eq!(count().await, 1);
@@ -676,4 +679,89 @@ async fn sqlite_log_reaches_the_database_file_in_the_background() {
         assert!(std::time::Instant::now() < deadline, "the log was never checkpointed");
         tokio::time::sleep(atoms_auth::storage::sqlite::CHECKPOINT_EVERY / 5).await;
     }
+}
+
+/// SQLite keeps the audit log in a file of its own. Records written while it was in the main
+/// file are moved over by the migrations, new ones go to the audit file alone, and migrating
+/// down brings every record back into the main file.
+#[tokio::test]
+async fn sqlite_audit_log_moves_into_a_file_of_its_own_and_back() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let storage = db.storage().await;
+    let path = db.url.trim_start_matches("sqlite://").split('?').next().expect("path").to_owned();
+    let audit = atoms_auth::storage::sqlite::audit_file(std::path::Path::new(&path));
+    // Each file opened alone, without the other attached.
+    let count = |file: std::path::PathBuf| async move {
+        let url = format!("sqlite://{}", file.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open");
+        let table: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_events'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("schema");
+        if table == 0 {
+            return None;
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        Some(rows)
+    };
+    let every = AuditQuery { limit: 1000, ascending: true, ..Default::default() };
+    let listed = || async { storage.query_audit(&every).await.expect("query") };
+
+    // As the version before left it: the audit log in the main file.
+    storage.migrate_down(2).await.expect("down to one file");
+    let old = mixed_audit_records(40);
+    {
+        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.expect("open");
+        for r in &old {
+            sqlx::query(
+                "INSERT INTO audit_events (id, at, event, actor, user_id, session_id, client_id, \
+                 ip, user_agent, request_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&r.id)
+            .bind(r.at)
+            .bind(&r.event)
+            .bind(&r.actor)
+            .bind(&r.user_id)
+            .bind(&r.session_id)
+            .bind(&r.client_id)
+            .bind(&r.ip)
+            .bind(&r.user_agent)
+            .bind(&r.request_id)
+            .bind(&r.details)
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+        }
+    }
+    assert_eq!((count(path.clone().into()).await, count(audit.clone()).await), (Some(40), None));
+
+    storage.migrate_up().await.expect("up");
+    assert_eq!((count(path.clone().into()).await, count(audit.clone()).await), (None, Some(40)));
+    assert_eq!(listed().await, old, "moved whole");
+    let new: Vec<AuditRecord> = mixed_audit_records(10)
+        .into_iter()
+        .map(|r| AuditRecord { id: Uuid::now_v7().to_string(), ..r })
+        .collect();
+    storage.append_audit(new.clone().into()).await.expect("append");
+    assert_eq!((count(path.clone().into()).await, count(audit.clone()).await), (None, Some(50)));
+    let all = [old, new].concat();
+    let mut sorted = all.clone();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(listed().await, sorted);
+    let user = AuditQuery { user_id: Some("audit-user-a".into()), ..every.clone() };
+    let theirs = storage.query_audit(&user).await.expect("by user");
+    assert_eq!(theirs, sorted.iter().filter(|r| user.matches(r)).cloned().collect::<Vec<_>>());
+
+    storage.migrate_down(2).await.expect("down again");
+    assert_eq!((count(path.clone().into()).await, count(audit.clone()).await), (Some(50), None));
+    assert_eq!(listed().await, sorted, "moved back whole");
+    storage.migrate_up().await.expect("up again");
+    assert_eq!((count(path.into()).await, count(audit).await), (None, Some(50)));
+    assert_eq!(listed().await, sorted);
 }
