@@ -240,24 +240,26 @@ impl SqliteStorage {
         let audit = audit_file(connect.get_filename());
         let single = || SqlitePoolOptions::new().max_connections(1);
         let cache = format!("-{WRITER_CACHE_KIB}");
+        // Each connection's driver thread is named for its role (`top -H`, `perf`).
+        let role = |role: &'static str| connect.clone().thread_name(move |_| role.to_owned());
         // First, so that the file exists, in WAL mode, before anything attaches it.
         let audit_writer = single()
-            .connect_with(connect.clone().filename(&audit).pragma("cache_size", cache.clone()))
+            .connect_with(role("sqlite-audit").filename(&audit).pragma("cache_size", cache.clone()))
             .await?;
         // No commit checkpoints: the checkpointer below does.
         let writer = single()
             .connect_with(
-                connect.clone().pragma("wal_autocheckpoint", "0").pragma("cache_size", cache),
+                role("sqlite-writer").pragma("wal_autocheckpoint", "0").pragma("cache_size", cache),
             )
             .await?;
-        let checkpointer = single().connect_with(connect.clone()).await?;
+        let checkpointer = single().connect_with(role("sqlite-ckpt")).await?;
         let migrator = attaching(single(), &audit)
             .min_connections(0)
             .idle_timeout(Duration::from_secs(60))
-            .connect_lazy_with(connect.clone());
+            .connect_lazy_with(role("sqlite-migrate"));
         let reader = attaching(SqlitePoolOptions::new(), &audit)
             .max_connections(options.pool_size.max(1))
-            .connect_with(connect)
+            .connect_with(role("sqlite-reader"))
             .await?;
         let (group_writes, queue) = mpsc::channel(4 * GROUP);
         tokio::spawn(checkpoints(checkpointer, group_writes.downgrade()));

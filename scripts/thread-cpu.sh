@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Where the embedded SQLite server spends its CPU, per thread and per request: runs the
+# release server on a fresh SQLite database twice, audited and with every audit event type
+# excluded, drives one bench scenario at it for 12 s, and prints each busy thread's CPU time
+# (user and system, from /proc/<pid>/task/<tid>/schedstat) over a 6 s window divided by the
+# requests the server counted in it. SQLite runs inside the server, so this tells the main
+# file's single writer, the audit log's writer and the request threads apart.
+#
+#   cargo build --release --bins
+#   bash scripts/thread-cpu.sh refresh        # or client_credentials, introspect, ...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scenario=${1:-refresh}
+port=${PORT:-18090}
+work=$(mktemp -d /tmp/atoms-thread-cpu.XXXXXX)
+server=""
+
+cleanup() {
+    if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+all_events=user.created,user.login.succeeded,user.login.failed,user.locked,token.issued
+all_events=$all_events,token.refreshed,token.revoked,token.reuse_detected,session.created
+all_events=$all_events,session.revoked,session.expired,device.registered,client.created,key.rotated
+
+# Each thread's name-tid and CPU nanoseconds so far.
+threads() {
+    for task in /proc/"$server"/task/*; do
+        printf '%s-%s %s\n' "$(tr -d ' ' <"$task/comm")" "${task##*/}" "$(cut -d' ' -f1 "$task/schedstat")"
+    done | sort
+}
+
+requests() {
+    curl -sf "http://127.0.0.1:$port/metrics" | awk '/^atoms_auth_http_requests_total/ {s += $2} END {print s + 0}'
+}
+
+# One run; $1 is the excluded event types, $2 its label.
+run() {
+    rm -f "$work"/db*
+    local database="sqlite://$work/db?mode=rwc"
+    ATOMS_AUTH_AUDIT_EXCLUDE="$1" ATOMS_AUTH_DATABASE_URL="$database" \
+        ATOMS_AUTH_LISTEN="127.0.0.1:$port" ATOMS_AUTH_LOG=warn \
+        ATOMS_AUTH_RATE_LIMIT_CLIENT_PER_SEC=0 ATOMS_AUTH_RATE_LIMIT_IP_PER_SEC=0 \
+        target/release/atoms-auth >"$work/server.log" 2>&1 &
+    server=$!
+    for _ in $(seq 1 100); do
+        curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && break
+        sleep 0.2
+    done
+    target/release/bench --url "http://127.0.0.1:$port" --database-url "$database" \
+        --backend sqlite --scenarios "$scenario" --no-floor -d 12 --warmup 0 \
+        --json "$work/bench.json" >/dev/null 2>&1 &
+    local bench=$! before after first last
+    sleep 4
+    threads >"$work/before"; first=$(requests)
+    sleep 6
+    threads >"$work/after"; last=$(requests)
+    wait "$bench"
+    kill "$server"; wait "$server" 2>/dev/null || true
+    server=""
+    echo "## $2: $(((last - first) / 6)) req/s"
+    join "$work/before" "$work/after" | awk -v n=$((last - first)) '
+        { us = ($3 - $2) / 1000 / n; total += us; if (us >= 0.05) printf "%-30s %8.2f µs/request\n", $1, us }
+        END { printf "%-30s %8.2f µs/request\n", "all threads", total }'
+}
+
+run "" audited
+run "$all_events" unaudited
