@@ -52,7 +52,7 @@ run() {
     target/release/bench --url "http://127.0.0.1:$port" --database-url "$database" \
         --backend sqlite --scenarios "$scenario" --no-floor -d 12 --warmup 0 \
         --json "$work/bench.json" >/dev/null 2>&1 &
-    local bench=$! before after first last
+    local bench=$! first last
     sleep 4
     threads >"$work/before"; first=$(requests)
     sleep 6

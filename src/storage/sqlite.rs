@@ -458,6 +458,20 @@ mod tests {
         assert_eq!(schemas(storage.migrator().clone()).await, both);
     }
 
+    /// An in-memory database keeps its audit log in memory as well, shared by every
+    /// connection like the main one.
+    #[tokio::test]
+    async fn an_in_memory_database_has_an_in_memory_audit_log() {
+        use crate::domain::audit::{entry, events};
+        let options = ConnectOptions { pool_size: 2, redis_key_prefix: String::new() };
+        let storage = SqliteStorage::connect("sqlite::memory:", &options).await.expect("open");
+        storage.migrate_up().await.expect("migrate");
+        let record = entry(events::KEY_ROTATED).at(1_700_000_000_000);
+        storage.append_audit(Arc::new([record.clone()])).await.expect("append");
+        let all = AuditQuery { limit: 10, ..Default::default() };
+        assert_eq!(storage.query_audit(&all).await.expect("query"), [record]);
+    }
+
     #[test]
     fn the_audit_file_sits_beside_the_main_file_with_its_stem_marked() {
         let audit = |main: &str| audit_file(Path::new(main)).display().to_string();
