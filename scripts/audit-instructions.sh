@@ -19,20 +19,17 @@ port=${PORT:-18080}
 work=$(mktemp -d /tmp/atoms-audit-instructions.XXXXXX)
 schema="audit_instructions_$$"
 postgres=${ATOMS_AUTH_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
-server=""
+# shellcheck source=scripts/measure-lib.sh
+source scripts/measure-lib.sh
 
 cleanup() {
-    if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+    stop_server
     if [ "$backend" = postgres ]; then
         psql "$postgres" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
     fi
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-all_events=user.created,user.login.succeeded,user.login.failed,user.locked,token.issued
-all_events=$all_events,token.refreshed,token.revoked,token.reuse_detected,session.created
-all_events=$all_events,session.revoked,session.expired,device.registered,client.created,key.rotated
 
 # Prints "instructions requests" for one run; $1 is the excluded event types.
 run() {
@@ -44,16 +41,8 @@ run() {
             database="$postgres?options[search_path]=$schema" ;;
         *) echo "backend: sqlite or postgres" >&2; exit 2 ;;
     esac
-    ATOMS_AUTH_AUDIT_EXCLUDE="$1" ATOMS_AUTH_DATABASE_URL="$database" \
-        ATOMS_AUTH_LISTEN="127.0.0.1:$port" ATOMS_AUTH_LOG=warn \
-        ATOMS_AUTH_RATE_LIMIT_CLIENT_PER_SEC=0 ATOMS_AUTH_RATE_LIMIT_IP_PER_SEC=0 \
-        valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
-        target/release/atoms-auth >"$work/server.log" 2>&1 &
-    server=$!
-    for _ in $(seq 1 240); do
-        curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && break
-        sleep 0.5
-    done
+    serve "$port" "$1" "$database" "$work/server.log" \
+        valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out"
     callgrind_control -z "$server" >/dev/null 2>&1
     target/release/bench --url "http://127.0.0.1:$port" --database-url "$database" \
         --backend "$backend" --scenarios client_credentials --no-floor -d "$seconds" \
@@ -61,8 +50,7 @@ run() {
     # Records queued by the last requests are written within the writer's linger.
     sleep 1
     callgrind_control -d "$server" >/dev/null 2>&1
-    kill "$server"; wait "$server" 2>/dev/null || true
-    server=""
+    stop_server
     local dump total argon2 requests
     # The dump asked for above is the first of the run.
     dump="$work/callgrind.out.1"

@@ -13,17 +13,14 @@ cd "$(dirname "$0")/.."
 scenario=${1:-refresh}
 port=${PORT:-18090}
 work=$(mktemp -d /tmp/atoms-thread-cpu.XXXXXX)
-server=""
+# shellcheck source=scripts/measure-lib.sh
+source scripts/measure-lib.sh
 
 cleanup() {
-    if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+    stop_server
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-all_events=user.created,user.login.succeeded,user.login.failed,user.locked,token.issued
-all_events=$all_events,token.refreshed,token.revoked,token.reuse_detected,session.created
-all_events=$all_events,session.revoked,session.expired,device.registered,client.created,key.rotated
 
 # Each thread's name-tid and CPU nanoseconds so far.
 threads() {
@@ -40,15 +37,7 @@ requests() {
 run() {
     rm -f "$work"/db*
     local database="sqlite://$work/db?mode=rwc"
-    ATOMS_AUTH_AUDIT_EXCLUDE="$1" ATOMS_AUTH_DATABASE_URL="$database" \
-        ATOMS_AUTH_LISTEN="127.0.0.1:$port" ATOMS_AUTH_LOG=warn \
-        ATOMS_AUTH_RATE_LIMIT_CLIENT_PER_SEC=0 ATOMS_AUTH_RATE_LIMIT_IP_PER_SEC=0 \
-        target/release/atoms-auth >"$work/server.log" 2>&1 &
-    server=$!
-    for _ in $(seq 1 100); do
-        curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && break
-        sleep 0.2
-    done
+    serve "$port" "$1" "$database" "$work/server.log"
     target/release/bench --url "http://127.0.0.1:$port" --database-url "$database" \
         --backend sqlite --scenarios "$scenario" --no-floor -d 12 --warmup 0 \
         --json "$work/bench.json" >/dev/null 2>&1 &
@@ -58,8 +47,7 @@ run() {
     sleep 6
     threads >"$work/after"; last=$(requests)
     wait "$bench"
-    kill "$server"; wait "$server" 2>/dev/null || true
-    server=""
+    stop_server
     echo "## $2: $(((last - first) / 6)) req/s"
     join "$work/before" "$work/after" | awk -v n=$((last - first)) '
         { us = ($3 - $2) / 1000 / n; total += us; if (us >= 0.05) printf "%-30s %8.2f µs/request\n", $1, us }

@@ -417,21 +417,28 @@ sql_storage!(
 mod tests {
     use super::*;
 
+    /// A storage on `url`, with two readers.
+    async fn open(url: &str) -> SqliteStorage {
+        let options = ConnectOptions { pool_size: 2, redis_key_prefix: String::new() };
+        SqliteStorage::connect(url, &options).await.expect("open")
+    }
+
+    /// The rows of `sql` (a pragma) on one of `pool`'s connections.
+    async fn pragma<T>(pool: &SqlitePool, sql: &'static str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        sqlx::query_as(sql).fetch_all(pool).await.expect(sql)
+    }
+
     #[tokio::test]
     async fn the_writers_keep_their_own_page_caches_and_readers_the_default() {
         let dir = tempfile::tempdir().expect("dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
-        let options = ConnectOptions { pool_size: 1, redis_key_prefix: String::new() };
-        let storage = SqliteStorage::connect(&url, &options).await.expect("open");
-        let cache = |pool: SqlitePool| async move {
-            sqlx::query_scalar::<_, i64>("PRAGMA cache_size")
-                .fetch_one(&pool)
-                .await
-                .expect("cache_size")
-        };
-        assert_eq!(cache(storage.writer().clone()).await, -i64::from(WRITER_CACHE_KIB));
-        assert_eq!(cache(storage.audit_writer().clone()).await, -i64::from(WRITER_CACHE_KIB));
-        assert_eq!(cache(storage.reader().clone()).await, -2000);
+        let storage = open(&format!("sqlite://{}?mode=rwc", dir.path().join("db").display())).await;
+        let cache = |pool| pragma::<(i64,)>(pool, "PRAGMA cache_size");
+        assert_eq!(cache(storage.writer()).await, [(-i64::from(WRITER_CACHE_KIB),)]);
+        assert_eq!(cache(storage.audit_writer()).await, [(-i64::from(WRITER_CACHE_KIB),)]);
+        assert_eq!(cache(storage.reader()).await, [(-2000,)]);
     }
 
     /// Only the readers and the migrations see the audit log's file: the main writer's
@@ -439,23 +446,18 @@ mod tests {
     #[tokio::test]
     async fn the_main_writer_leaves_the_audit_file_alone() {
         let dir = tempfile::tempdir().expect("dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
-        let options = ConnectOptions { pool_size: 1, redis_key_prefix: String::new() };
-        let storage = SqliteStorage::connect(&url, &options).await.expect("open");
-        let schemas = |pool: SqlitePool| async move {
-            let list: Vec<(i64, String, String)> = sqlx::query_as("PRAGMA database_list")
-                .fetch_all(&pool)
-                .await
-                .expect("database_list");
+        let storage = open(&format!("sqlite://{}?mode=rwc", dir.path().join("db").display())).await;
+        let schemas = |pool| async move {
+            let list = pragma::<(i64, String, String)>(pool, "PRAGMA database_list").await;
             list.into_iter().map(|(_, name, file)| (name, file)).collect::<Vec<_>>()
         };
         let main = dir.path().join("db").display().to_string();
         let audit = dir.path().join("db-audit").display().to_string();
         let both = vec![("main".to_owned(), main.clone()), ("audit".to_owned(), audit.clone())];
-        assert_eq!(schemas(storage.writer().clone()).await, [("main".to_owned(), main)]);
-        assert_eq!(schemas(storage.audit_writer().clone()).await, [("main".to_owned(), audit)]);
-        assert_eq!(schemas(storage.reader().clone()).await, both);
-        assert_eq!(schemas(storage.migrator().clone()).await, both);
+        assert_eq!(schemas(storage.writer()).await, [("main".to_owned(), main)]);
+        assert_eq!(schemas(storage.audit_writer()).await, [("main".to_owned(), audit)]);
+        assert_eq!(schemas(storage.reader()).await, both);
+        assert_eq!(schemas(storage.migrator()).await, both);
     }
 
     /// An in-memory database keeps its audit log in memory as well, shared by every
@@ -463,8 +465,7 @@ mod tests {
     #[tokio::test]
     async fn an_in_memory_database_has_an_in_memory_audit_log() {
         use crate::domain::audit::{entry, events};
-        let options = ConnectOptions { pool_size: 2, redis_key_prefix: String::new() };
-        let storage = SqliteStorage::connect("sqlite::memory:", &options).await.expect("open");
+        let storage = open("sqlite::memory:").await;
         storage.migrate_up().await.expect("migrate");
         let record = entry(events::KEY_ROTATED).at(1_700_000_000_000);
         storage.append_audit(Arc::new([record.clone()])).await.expect("append");

@@ -497,3 +497,22 @@ async fn backup_restore_round_trip_sqlite() {
 async fn backup_restore_round_trip_postgres() {
     backup_restore_round_trip(Backend::Postgres).await;
 }
+
+/// The measuring scripts' unaudited runs exclude every audit event type: their list is the
+/// server's.
+#[test]
+fn the_measuring_scripts_list_every_audit_event() {
+    let lib =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/measure-lib.sh"))
+            .expect("scripts/measure-lib.sh");
+    let mut listed: Vec<&str> = lib
+        .lines()
+        .filter_map(|line| line.strip_prefix("all_events="))
+        .flat_map(|line| line.split(','))
+        .filter(|event| *event != "$all_events")
+        .collect();
+    let mut all = atoms_auth::domain::audit::events::ALL.to_vec();
+    listed.sort_unstable();
+    all.sort_unstable();
+    assert_eq!(listed, all);
+}
