@@ -43,6 +43,9 @@ impl PgStorage {
         &self.pool
     }
 
+    /// The audit log's table, which the purge deletes from.
+    const AUDIT_TABLE: &'static str = "audit_events";
+
     fn audit_writer(&self) -> &PgPool {
         &self.pool
     }

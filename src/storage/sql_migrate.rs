@@ -106,6 +106,7 @@ macro_rules! scripts {
             8 "0008_single_rotation_function" "single rotation function",
             9 "0009_audit_file" "audit file",
             10 "0010_audit_file_only" "audit file only",
+            11 "0011_audit_packed" "audit packed",
         )
     };
     (@list $dialect:literal; $($version:literal $file:literal $description:literal,)*) => {

@@ -370,10 +370,12 @@ macro_rules! sql_session_stores {
                 .await?
                 .rows_affected();
                 // Ids are UUIDv7 and start with their time: the id order is the time order.
-                let audit_events = sqlx::query(
-                    "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
-                     WHERE id < $1 LIMIT $2)",
-                )
+                // The table's name is one of two constants.
+                let purge_audit = sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE id < $1 LIMIT $2)",
+                    table = Self::AUDIT_TABLE,
+                ));
+                let audit_events = sqlx::query(purge_audit)
                 .bind($crate::domain::audit::id_floor(p.audit_before))
                 .bind(batch)
                 .execute(self.audit_writer())

@@ -34,7 +34,6 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql_common::{BatchedReaders, sql_storage};
-use super::sql_events::AUDIT_COLUMNS;
 use super::sql_migrate::Script;
 use super::*;
 
@@ -185,24 +184,55 @@ async fn insert_audit(tx: &mut SqliteConnection, records: &[AuditRecord]) -> Sto
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
         let mut insert = sqlx::query(sql).persistent(true);
-        // In the order of `AUDIT_COLUMNS`.
+        // In the order of `AUDIT_LOG_COLUMNS`.
         for r in chunk {
-            insert = insert
-                .bind(&r.id)
-                .bind(r.at)
-                .bind(&r.event)
-                .bind(&r.actor)
-                .bind(&r.user_id)
-                .bind(&r.session_id)
-                .bind(&r.client_id)
-                .bind(&r.ip)
-                .bind(&r.user_agent)
-                .bind(&r.request_id)
-                .bind(&r.details);
+            insert = insert.bind(&r.id).bind(&r.event).bind(&r.user_id).bind(packed_record(r));
         }
         insert.execute(&mut *tx).await?;
     }
     Ok(())
+}
+
+/// The columns of `audit_log`, the table under the `audit_events` view (migration 11).
+const AUDIT_LOG_COLUMNS: &str = "id, event, user_id, record";
+
+/// What `audit_log` keeps of a record beside its id, event and user: one JSON object, with
+/// the details object inside it and no key for a field the record lacks. Built here, it is
+/// handed to the driver without a copy.
+fn packed_record(r: &AuditRecord) -> String {
+    let optional = [
+        ("actor", &r.actor),
+        ("session_id", &r.session_id),
+        ("client_id", &r.client_id),
+        ("ip", &r.ip),
+        ("user_agent", &r.user_agent),
+        ("request_id", &r.request_id),
+    ];
+    let length: usize = optional.iter().filter_map(|(_, v)| v.as_ref()).map(|v| v.len() + 16).sum();
+    let mut out = Vec::with_capacity(length + r.details.len() + 40);
+    out.extend_from_slice(b"{\"at\":");
+    out.extend_from_slice(r.at.to_string().as_bytes());
+    for (key, value) in optional {
+        if let Some(value) = value {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            json_string(&mut out, value);
+        }
+    }
+    // The details are a JSON object already (`AuditRecord::details`): they go in as they
+    // are, not escaped into a string, which cost more than the rest of the record.
+    out.extend_from_slice(b",\"details\":");
+    out.extend_from_slice(r.details.as_bytes());
+    out.push(b'}');
+    // Only text and serde_json's escapes of text were written.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Appends `text` as a JSON string.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// The statement inserting the largest power of two up to 64 of `rows` records, and that
@@ -216,11 +246,11 @@ async fn insert_audit(tx: &mut SqliteConnection, records: &[AuditRecord]) -> Sto
 fn insert_audit_statement(rows: usize) -> (&'static str, usize) {
     static STATEMENTS: std::sync::OnceLock<[String; 7]> = std::sync::OnceLock::new();
     let statements = STATEMENTS.get_or_init(|| {
-        let placeholders: Vec<&str> = AUDIT_COLUMNS.split(", ").map(|_| "?").collect();
+        let placeholders: Vec<&str> = AUDIT_LOG_COLUMNS.split(", ").map(|_| "?").collect();
         let row = format!("({})", placeholders.join(", "));
         std::array::from_fn(|power| {
             format!(
-                "INSERT OR IGNORE INTO audit_events ({AUDIT_COLUMNS}) VALUES {}",
+                "INSERT OR IGNORE INTO audit_log ({AUDIT_LOG_COLUMNS}) VALUES {}",
                 vec![row.as_str(); 1 << power].join(", ")
             )
         })
@@ -275,6 +305,9 @@ impl SqliteStorage {
     fn writer(&self) -> &SqlitePool {
         &self.writer
     }
+
+    /// The table under the `audit_events` view, which the purge deletes from.
+    const AUDIT_TABLE: &'static str = "audit_log";
 
     /// The audit log's own single writer, whose main database is the audit file.
     fn audit_writer(&self) -> &SqlitePool {

@@ -420,6 +420,31 @@ fn mixed_audit_records(n: usize) -> Vec<AuditRecord> {
         .collect()
 }
 
+/// Records with every field set, in text that JSON must escape, and details with nested
+/// values of every JSON type.
+fn full_audit_records(n: usize) -> Vec<AuditRecord> {
+    use atoms_auth::domain::audit::{entry, events};
+    (0..n)
+        .map(|i| {
+            let record = entry(events::ALL[i % events::ALL.len()])
+                .actor(format!("admin \"{i}\""))
+                .user(format!("user-{}", i % 4))
+                .session(format!("session/{i}"))
+                .client("client\\one")
+                .detail("reason", "line\nbreak\ttab \u{1}\u{1F600} é \"quoted\" \\")
+                .detail("nested", serde_json::json!({"a": [1, -2.5, 1e100, null, true], "b": {}}))
+                .detail("count", i)
+                .at(t(i as i64));
+            AuditRecord {
+                ip: Some(format!("2001:db8::{i}")),
+                user_agent: Some("Mozilla/5.0 (\"x\"; \\) \u{7f}".into()),
+                request_id: Some(format!("request-{i}")),
+                ..record
+            }
+        })
+        .collect()
+}
+
 /// Pages of `limit` through `query`, following the cursor; the ids in page order.
 async fn audit_ids(storage: &dyn Storage, mut query: AuditQuery) -> Vec<String> {
     let mut ids = Vec::new();
@@ -621,6 +646,13 @@ async fn tampered_sql_migration_is_flagged_by_status() {
     }
 }
 
+/// Reverts every applied migration from `version` on, whatever the newest is.
+async fn migrate_down_before(storage: &dyn Storage, version: i64) {
+    let status = storage.migration_status().await.expect("status");
+    let since = status.iter().filter(|m| m.applied && m.version >= version).count();
+    storage.migrate_down(since).await.expect("down");
+}
+
 /// PostgreSQL keeps one refresh-rotation function; reverting the migration that dropped the
 /// old one brings it back.
 #[tokio::test]
@@ -639,9 +671,7 @@ async fn postgres_has_one_rotation_function() {
     };
     assert_eq!(count().await, 1);
     // Down to the version before migration 8, the one that dropped it.
-    let status = storage.migration_status().await.expect("status");
-    let since = status.iter().filter(|m| m.version >= 8).count();
-    storage.migrate_down(since).await.expect("down past 8");
+    migrate_down_before(storage.as_ref(), 8).await;
     assert_eq!(count().await, 2);
     storage.migrate_up().await.expect("up");
     assert_eq!(count().await, 1);
@@ -695,12 +725,11 @@ async fn sqlite_audit_log_moves_into_a_file_of_its_own_and_back() {
     let count = |file: std::path::PathBuf| async move {
         let url = format!("sqlite://{}", file.display());
         let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open");
-        let table: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_events'",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .expect("schema");
+        let table: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = 'audit_events'")
+                .fetch_one(&mut conn)
+                .await
+                .expect("schema");
         if table == 0 {
             return None;
         }
@@ -717,7 +746,7 @@ async fn sqlite_audit_log_moves_into_a_file_of_its_own_and_back() {
     // makes of records written now).
     let old = mixed_audit_records(40);
     storage.append_audit(old.clone().into()).await.expect("append");
-    storage.migrate_down(2).await.expect("down to one file");
+    migrate_down_before(storage.as_ref(), 9).await;
     assert_eq!((count(path.clone().into()).await, count(audit.clone()).await), (Some(40), None));
 
     storage.migrate_up().await.expect("up");
@@ -737,10 +766,81 @@ async fn sqlite_audit_log_moves_into_a_file_of_its_own_and_back() {
     let theirs = storage.query_audit(&user).await.expect("by user");
     assert_eq!(theirs, sorted.iter().filter(|r| user.matches(r)).cloned().collect::<Vec<_>>());
 
-    storage.migrate_down(2).await.expect("down again");
+    migrate_down_before(storage.as_ref(), 9).await;
     assert_eq!((count(path.clone().into()).await, count(audit.clone()).await), (Some(50), None));
     assert_eq!(listed().await, sorted, "moved back whole");
     storage.migrate_up().await.expect("up again");
     assert_eq!((count(path.into()).await, count(audit).await), (None, Some(50)));
     assert_eq!(listed().await, sorted);
+}
+
+/// SQLite keeps each audit record as its id, event, user and one JSON object of the rest
+/// (migration 11), under a view with the eleven columns. Every field comes back as written,
+/// whether the record was written packed, unpacked by migrating down or packed by migrating
+/// up; the filters and the purge work on the packed table.
+#[tokio::test]
+async fn sqlite_audit_records_keep_every_field_packed_and_unpacked() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let storage = db.storage().await;
+    let path = db.url.trim_start_matches("sqlite://").split('?').next().expect("path").to_owned();
+    let audit = atoms_auth::storage::sqlite::audit_file(std::path::Path::new(&path));
+    // What the audit file (opened alone) has under each name.
+    let kinds = || async {
+        let url = format!("sqlite://{}", audit.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open");
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT name, type FROM sqlite_master WHERE name IN ('audit_events', 'audit_log') \
+             ORDER BY name",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("schema")
+    };
+    let named = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs.iter().map(|(n, k)| (n.to_string(), k.to_string())).collect()
+    };
+    let packed = named(&[("audit_events", "view"), ("audit_log", "table")]);
+    let every = AuditQuery { limit: 1000, ascending: true, ..Default::default() };
+    let listed = || async { storage.query_audit(&every).await.expect("query") };
+
+    let mut records = [full_audit_records(20), mixed_audit_records(12)].concat();
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    storage.append_audit(records.clone().into()).await.expect("append");
+    assert_eq!(kinds().await, packed);
+    assert_eq!(listed().await, records, "written packed");
+
+    migrate_down_before(storage.as_ref(), 11).await;
+    assert_eq!(kinds().await, named(&[("audit_events", "table")]));
+    assert_eq!(listed().await, records, "unpacked into columns");
+
+    storage.migrate_up().await.expect("up");
+    assert_eq!(kinds().await, packed);
+    assert_eq!(listed().await, records, "packed by the migration");
+    for query in [
+        AuditQuery { user_id: Some("user-1".into()), ..every.clone() },
+        AuditQuery { event: Some(records[3].event.clone()), ..every.clone() },
+        AuditQuery { since: Some(t(5)), until: Some(t(9)), limit: 3, ..Default::default() },
+    ] {
+        let expected: Vec<AuditRecord> = if query.ascending {
+            records.iter().filter(|r| query.matches(r)).cloned().collect()
+        } else {
+            records.iter().rev().filter(|r| query.matches(r)).cloned().collect()
+        };
+        let expected = expected.into_iter().take(query.limit as usize).collect::<Vec<_>>();
+        assert!(!expected.is_empty(), "{query:?}");
+        assert_eq!(storage.query_audit(&query).await.expect("query"), expected, "{query:?}");
+    }
+
+    let policy = PurgePolicy {
+        now: t(0),
+        ended_before: 0,
+        used_before: 0,
+        audit_before: t(10),
+        batch: 1000,
+    };
+    let report = storage.purge(&policy).await.expect("purge");
+    let kept: Vec<AuditRecord> = records.iter().filter(|r| r.at >= t(10)).cloned().collect();
+    assert_eq!(report.audit_events as usize, records.len() - kept.len());
+    assert_eq!(listed().await, kept);
 }
