@@ -711,20 +711,31 @@ async fn sqlite_log_reaches_the_database_file_in_the_background() {
     }
 }
 
+/// The main and the audit log's database files of a SQLite test database.
+fn sqlite_files(db: &TestDb) -> (std::path::PathBuf, std::path::PathBuf) {
+    let path = db.url.trim_start_matches("sqlite://").split('?').next().expect("path");
+    let path = std::path::PathBuf::from(path);
+    let audit = atoms_auth::storage::sqlite::audit_file(&path);
+    (path, audit)
+}
+
+/// A connection to one SQLite file, without the other attached.
+async fn alone(file: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", file.display());
+    sqlx::SqliteConnection::connect(&url).await.expect("open")
+}
+
 /// SQLite keeps the audit log in a file of its own. Records written while it was in the main
 /// file are moved over by the migrations, new ones go to the audit file alone, and migrating
 /// down brings every record back into the main file.
 #[tokio::test]
 async fn sqlite_audit_log_moves_into_a_file_of_its_own_and_back() {
-    use sqlx::Connection;
     let db = TestDb::new(Backend::Sqlite).await;
     let storage = db.storage().await;
-    let path = db.url.trim_start_matches("sqlite://").split('?').next().expect("path").to_owned();
-    let audit = atoms_auth::storage::sqlite::audit_file(std::path::Path::new(&path));
-    // Each file opened alone, without the other attached.
+    let (path, audit) = sqlite_files(&db);
     let count = |file: std::path::PathBuf| async move {
-        let url = format!("sqlite://{}", file.display());
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open");
+        let mut conn = alone(&file).await;
         let table: i64 =
             sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = 'audit_events'")
                 .fetch_one(&mut conn)
@@ -747,17 +758,17 @@ async fn sqlite_audit_log_moves_into_a_file_of_its_own_and_back() {
     let old = mixed_audit_records(40);
     storage.append_audit(old.clone().into()).await.expect("append");
     migrate_down_before(storage.as_ref(), 9).await;
-    assert_eq!((count(path.clone().into()).await, count(audit.clone()).await), (Some(40), None));
+    assert_eq!((count(path.clone()).await, count(audit.clone()).await), (Some(40), None));
 
     storage.migrate_up().await.expect("up");
-    assert_eq!((count(path.clone().into()).await, count(audit.clone()).await), (None, Some(40)));
+    assert_eq!((count(path.clone()).await, count(audit.clone()).await), (None, Some(40)));
     assert_eq!(listed().await, old, "moved whole");
     let new: Vec<AuditRecord> = mixed_audit_records(10)
         .into_iter()
         .map(|r| AuditRecord { id: Uuid::now_v7().to_string(), ..r })
         .collect();
     storage.append_audit(new.clone().into()).await.expect("append");
-    assert_eq!((count(path.clone().into()).await, count(audit.clone()).await), (None, Some(50)));
+    assert_eq!((count(path.clone()).await, count(audit.clone()).await), (None, Some(50)));
     let all = [old, new].concat();
     let mut sorted = all.clone();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
@@ -767,10 +778,10 @@ async fn sqlite_audit_log_moves_into_a_file_of_its_own_and_back() {
     assert_eq!(theirs, sorted.iter().filter(|r| user.matches(r)).cloned().collect::<Vec<_>>());
 
     migrate_down_before(storage.as_ref(), 9).await;
-    assert_eq!((count(path.clone().into()).await, count(audit.clone()).await), (Some(50), None));
+    assert_eq!((count(path.clone()).await, count(audit.clone()).await), (Some(50), None));
     assert_eq!(listed().await, sorted, "moved back whole");
     storage.migrate_up().await.expect("up again");
-    assert_eq!((count(path.into()).await, count(audit).await), (None, Some(50)));
+    assert_eq!((count(path).await, count(audit).await), (None, Some(50)));
     assert_eq!(listed().await, sorted);
 }
 
@@ -780,15 +791,12 @@ async fn sqlite_audit_log_moves_into_a_file_of_its_own_and_back() {
 /// up; the filters and the purge work on the packed table.
 #[tokio::test]
 async fn sqlite_audit_records_keep_every_field_packed_and_unpacked() {
-    use sqlx::Connection;
     let db = TestDb::new(Backend::Sqlite).await;
     let storage = db.storage().await;
-    let path = db.url.trim_start_matches("sqlite://").split('?').next().expect("path").to_owned();
-    let audit = atoms_auth::storage::sqlite::audit_file(std::path::Path::new(&path));
-    // What the audit file (opened alone) has under each name.
+    let (_, audit) = sqlite_files(&db);
+    // What the audit file has under each name.
     let kinds = || async {
-        let url = format!("sqlite://{}", audit.display());
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open");
+        let mut conn = alone(&audit).await;
         sqlx::query_as::<_, (String, String)>(
             "SELECT name, type FROM sqlite_master WHERE name IN ('audit_events', 'audit_log') \
              ORDER BY name",
