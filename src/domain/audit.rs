@@ -128,11 +128,9 @@ impl Entry {
     /// into the record's JSON, without a map or a value of its own in between.
     pub fn detail(mut self, key: &str, value: impl serde::Serialize) -> Self {
         let start = self.details.len();
-        let written = serde_json::to_writer(&mut self.details, key).and_then(|()| {
-            self.details.push(b':');
-            serde_json::to_writer(&mut self.details, &value)
-        });
-        match written {
+        crate::storage::json_string(&mut self.details, key);
+        self.details.push(b':');
+        match serde_json::to_writer(&mut self.details, &value) {
             Ok(()) => self.details.push(b','),
             // Only a value that is not JSON (a map with other than text keys) can fail: the
             // detail is left out rather than the record.

@@ -164,14 +164,11 @@ fn copy_row(out: &mut Vec<u8>, r: &AuditRecord) {
 
 /// Escapes the bytes `COPY`'s text format gives a meaning to.
 fn copy_escape(out: &mut Vec<u8>, text: &str) {
-    let special = |b: u8| matches!(b, b'\\' | b'\t' | b'\n' | b'\r');
-    let bytes = text.as_bytes();
-    // Nearly all text has none: one branchless pass, which the compiler vectorises, says so.
-    if !bytes.iter().fold(false, |any, &b| any | special(b)) {
-        out.extend_from_slice(bytes);
+    if !super::events::any_byte(text, |b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+        out.extend_from_slice(text.as_bytes());
         return;
     }
-    for &b in bytes {
+    for &b in text.as_bytes() {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'\t' => out.extend_from_slice(b"\\t"),

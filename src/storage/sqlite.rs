@@ -231,14 +231,8 @@ fn packed_record(r: &AuditRecord) -> String {
     out.extend_from_slice(b",\"details\":");
     out.extend_from_slice(r.details.as_bytes());
     out.push(b'}');
-    // Only text and serde_json's escapes of text were written.
+    // Only text and JSON escapes of text were written.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// Appends `text` as a JSON string.
-fn json_string(out: &mut Vec<u8>, text: &str) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// The statement inserting the largest power of two up to 64 of `rows` records, and that
