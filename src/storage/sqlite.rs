@@ -46,12 +46,11 @@ const GROUP: usize = 64;
 /// SQLite's default, set here so that it stays small. A commit whose B-tree splits reordered
 /// pages (`balance_nonroot` renumbers them through the locking page's number, far past the
 /// end of the file) makes SQLite's page cache scan every page it holds at the commit
-/// (`pcache1TruncateUnsafe`): every commit of the audit writer's, and 130 a second of the main
-/// writer's under refresh load. With 32 MB the scan grew
-/// with the cache to 8,000 pages, about 2 ms per commit: after 30 s of refresh load the
-/// writer spent 101 µs per refresh against 77-79 µs with this, and ran 3,880 refreshes/s
-/// against 4,810-4,840. What it costs instead: the pages read again, 2-2.4 `pread`s from
-/// the kernel's cache per refresh.
+/// (`pcache1TruncateUnsafe`): every commit of the audit writer's, and 130 a second of the
+/// main writer's under refresh load. With 32 MB the scan grew with the cache to 8,000 pages,
+/// about 2 ms per commit: after 30 s of refresh load the writer spent 101 µs per refresh
+/// against 77-79 µs with this, and ran 3,880 refreshes/s against 4,810-4,840. What it costs
+/// instead: the pages read again, 2-2.4 `pread`s from the kernel's cache per refresh.
 const WRITER_CACHE_KIB: u32 = 2000;
 
 /// How often the write-ahead log is copied into the database file.
@@ -217,12 +216,13 @@ fn packed_record(r: &AuditRecord) -> String {
     let length: usize = optional.iter().filter_map(|(_, v)| v.as_ref()).map(|v| v.len() + 16).sum();
     let mut out = Vec::with_capacity(length + r.details.len() + 40);
     out.extend_from_slice(b"{\"at\":");
-    out.extend_from_slice(r.at.to_string().as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &r.at);
     for (key, value) in optional {
         if let Some(value) = value {
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"\":");
+            out.push(b',');
+            json_string(&mut out, key);
+            out.push(b':');
             json_string(&mut out, value);
         }
     }
