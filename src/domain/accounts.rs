@@ -47,7 +47,7 @@ pub async fn create_user(
         return Err(invalid("the password must have 8 to 1024 characters"));
     }
     let user = User {
-        id: Uuid::now_v7().to_string(),
+        id: super::id_text(Uuid::now_v7()),
         username: username.to_owned(),
         password_hash: hash_password(new.password).await?,
         created_at: now,

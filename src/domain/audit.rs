@@ -147,7 +147,7 @@ impl Entry {
         let ts = uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos);
         AuditRecord {
             // Ids carry the record's own time, so id order is time order even under a test clock.
-            id: Uuid::new_v7(ts).to_string(),
+            id: super::id_text(Uuid::new_v7(ts)),
             at,
             event: self.event.to_owned(),
             actor: self.actor,

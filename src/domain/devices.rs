@@ -86,7 +86,7 @@ pub fn sighting(user_id: &str, hints: &DeviceHints, now: Millis) -> (Device, boo
         _ => platform.clone().unwrap_or_else(|| "Unknown device".to_owned()),
     };
     let device = Device {
-        id: Uuid::now_v7().to_string(),
+        id: super::id_text(Uuid::now_v7()),
         user_id: user_id.to_owned(),
         fingerprint: fingerprint(user_id, hints),
         name,

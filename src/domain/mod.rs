@@ -10,3 +10,23 @@ pub mod secrets;
 pub mod sessions;
 pub mod tokens;
 pub mod webhooks;
+
+/// A UUID as the hyphenated lowercase text that ids are stored and shown as. Written
+/// straight into a buffer: `to_string()` goes through the formatting machinery, which cost
+/// about 800 instructions per id, several times the rest of making one.
+pub fn id_text(id: uuid::Uuid) -> String {
+    id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    #[test]
+    fn id_text_is_the_hyphenated_lowercase_text() {
+        for id in [Uuid::nil(), Uuid::max(), Uuid::now_v7(), Uuid::new_v4()] {
+            assert_eq!(super::id_text(id), id.to_string());
+            assert_eq!(super::id_text(id).len(), 36);
+        }
+    }
+}

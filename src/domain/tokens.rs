@@ -205,7 +205,7 @@ impl TokenService {
         }
         let expires_at = now + self.policy.session_lifetime_ms;
         let session = Session {
-            id: Uuid::now_v7().to_string(),
+            id: super::id_text(Uuid::now_v7()),
             user_id: user.id.clone(),
             client_id: client.client_id.clone(),
             scope: scope.clone(),
@@ -409,7 +409,7 @@ impl TokenService {
             aud: self.policy.audience.clone(),
             exp: iat + self.policy.access_ttl_secs,
             iat,
-            jti: Uuid::new_v4().to_string(),
+            jti: super::id_text(Uuid::new_v4()),
             client_id: client_id.to_owned(),
             scope: scope.to_owned(),
             sid: session_id.map(str::to_owned),

@@ -180,7 +180,7 @@ impl Webhooks {
             }
         }
         let subscription = WebhookSubscription {
-            id: Uuid::now_v7().to_string(),
+            id: super::id_text(Uuid::now_v7()),
             url: url.to_owned(),
             events: unique.join(" "),
             secret: format!("whsec_{}", STANDARD.encode(secret)),
@@ -222,7 +222,7 @@ impl Webhooks {
             return Ok(None);
         }
         let now = SystemClock.now_ms();
-        let id = Uuid::now_v7().to_string();
+        let id = super::id_text(Uuid::now_v7());
         let payload = json!({
             "type": TEST_EVENT,
             "timestamp": rfc3339(now),
