@@ -69,11 +69,11 @@ pub fn place<T>(places: &mut [T], n: i64) -> Result<&mut T, StorageError> {
 /// Implements every store of [`super::Storage`] on a type with `reader()`, `writer()`,
 /// `audit_writer()` (which writes and purges the audit log) and `migrator()` pools, the
 /// audit log's table `AUDIT_TABLE` (which the purge deletes from), a `rotate(&Rotation)`
-/// method, `begin_exclusive()` and `begin_for_user(user_id)` transactions, the migration scripts `$scripts` and a `batched` field made by the
-/// generated `batched_readers($pool)`. `$token_rows` and `$session_rows` are the dialect's
-/// tables of the elements of the JSON array `$1` (as `q`, with a column `value`), each
-/// joined to its sessions (as `s`) by index: the session whose id is its `sid`, and the
-/// sessions of its `user`.
+/// method, `begin_exclusive()` and `begin_for_user(user_id)` transactions, the migration
+/// scripts `$scripts` and a `batched` field made by the generated `batched_readers($pool)`.
+/// `$token_rows` and `$session_rows` are the dialect's tables of the elements of the JSON
+/// array `$1` (as `q`, with a column `value`), each joined to its sessions (as `s`) by index:
+/// the session whose id is its `sid`, and the sessions of its `user`.
 macro_rules! sql_storage {
     (
         $ty:ty,
