@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 mod http;
 pub mod metrics;
+pub mod net;
 pub mod storage;
 
 use std::future::Future;

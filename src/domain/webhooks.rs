@@ -6,7 +6,6 @@
 //! Scheduling uses the wall clock (not the injectable one): retries are real waits.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,73 +81,26 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Result<String
     Ok(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
 }
 
-/// Whether an address may receive webhooks without `allow_private_targets`.
-fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)))
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public(IpAddr::V4(v4)),
-            None => {
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || v6.is_unique_local()
-                    || v6.is_unicast_link_local())
-            }
-        },
-    }
-}
-
 impl Webhooks {
     pub fn new(
         storage: Arc<dyn Storage>,
         settings: WebhookSettings,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            // A redirect could lead to an address the target check refused.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("atoms-auth-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = crate::net::outbound_client(
+            settings.timeout,
+            concat!("atoms-auth-webhooks/", env!("CARGO_PKG_VERSION")),
+            settings.allow_private_targets,
+        )?;
         Ok(Self { storage, settings, http, metrics })
     }
 
-    /// Refuses non-http(s) URLs and, unless allowed, hosts that resolve to loopback, private
-    /// or link-local addresses.
+    /// Refuses non-http(s) URLs and, unless allowed, hosts that are or resolve to
+    /// special-purpose addresses (checked again at each connection).
     async fn check_target(&self, url: &str) -> Result<Url, WebhookError> {
-        let invalid = |why: &str| WebhookError::Invalid(why.to_owned());
-        let parsed = Url::parse(url).map_err(|_| invalid("the url is not valid"))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(invalid("only http and https urls are allowed"));
-        }
-        let host = parsed.host_str().ok_or_else(|| invalid("the url has no host"))?;
-        if self.settings.allow_private_targets {
-            return Ok(parsed);
-        }
-        let port = parsed.port_or_known_default().unwrap_or(443);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs = tokio::net::lookup_host((host, port))
+        crate::net::check_url(url, self.settings.allow_private_targets)
             .await
-            .map_err(|_| invalid("the url's host does not resolve"))?;
-        for addr in addrs {
-            if !is_public(addr.ip()) {
-                return Err(invalid(
-                    "the url resolves to a loopback, private or link-local address",
-                ));
-            }
-        }
-        Ok(parsed)
+            .map_err(|e| WebhookError::Invalid(e.to_string()))
     }
 
     /// Creates a subscription with a new signing secret.

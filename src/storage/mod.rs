@@ -68,6 +68,15 @@ pub trait UserStore {
 pub trait ClientStore {
     async fn create_client(&self, client: &Client) -> StorageResult<()>;
     async fn client(&self, client_id: &str) -> StorageResult<Option<Client>>;
+    /// Replaces a client's secret hash and disabled flag; false when there is no such client.
+    async fn update_client(
+        &self,
+        client_id: &str,
+        secret_hash: Option<&str>,
+        disabled: bool,
+    ) -> StorageResult<bool>;
+    /// Deletes a client; false when there was none. Its sessions stay until they end.
+    async fn delete_client(&self, client_id: &str) -> StorageResult<bool>;
 }
 
 /// Signing keys. The active key is the newest one not retired.
@@ -159,20 +168,26 @@ pub trait Maintenance {
     async fn purge(&self, policy: &PurgePolicy) -> StorageResult<PurgeReport>;
 }
 
-/// Failed logins per account, for the lockout.
+/// Login attempts per account and address, for the lockout. An attempt is counted before
+/// its password is verified, so a burst of parallel guesses cannot pass the threshold.
 #[async_trait]
 pub trait LockoutStore {
-    /// Until when the account is locked, if it is at `now`.
-    async fn locked_until(&self, user_id: &str, now: Millis) -> StorageResult<Option<Millis>>;
-    /// Counts a failed login, atomically. When it reaches the threshold the account is locked
-    /// and the lock's end is returned (by exactly one of several concurrent failures).
-    async fn record_login_failure(
+    /// Admits one attempt under `key`, atomically: refused while the key is locked, or while
+    /// failed and pending attempts of the window reach the threshold; else counted pending.
+    async fn begin_login_attempt(
         &self,
-        user_id: &str,
+        key: &str,
+        policy: &LockoutPolicy,
+    ) -> StorageResult<Admission>;
+    /// Ends an admitted attempt, atomically: a success forgets the failures, a failure counts
+    /// one. When a failure reaches the threshold the key is locked and the lock's end is
+    /// returned (by exactly one of several concurrent failures).
+    async fn finish_login_attempt(
+        &self,
+        key: &str,
+        succeeded: bool,
         policy: &LockoutPolicy,
     ) -> StorageResult<Option<Millis>>;
-    /// Forgets the failures of an account (after a successful login).
-    async fn clear_login_failures(&self, user_id: &str) -> StorageResult<()>;
 }
 
 /// The audit log.

@@ -46,6 +46,15 @@ pub struct Client {
     /// Allowed scopes, space separated.
     pub scopes: String,
     pub created_at: Millis,
+    /// A disabled client authenticates no more, and its tokens act for nobody.
+    #[serde(default)]
+    pub disabled: bool,
+    /// The user who registered the client (through the admin API); `None` for the CLI.
+    #[serde(default)]
+    pub created_by: Option<String>,
+    /// A resource server may introspect tokens issued to any client.
+    #[serde(default)]
+    pub resource_server: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -55,6 +64,7 @@ impl std::fmt::Debug for Client {
             .field("public", &self.secret_hash.is_none())
             .field("grant_types", &self.grant_types)
             .field("scopes", &self.scopes)
+            .field("disabled", &self.disabled)
             .finish()
     }
 }
@@ -117,6 +127,10 @@ pub struct Session {
     pub revoke_reason: Option<String>,
     #[serde(default)]
     pub device_id: Option<String>,
+    /// The `jti` of the access token issued with the live refresh token: a grace retry that
+    /// supersedes that pair revokes it.
+    #[serde(default)]
+    pub access_jti: Option<String>,
 }
 
 impl Session {
@@ -247,6 +261,16 @@ pub struct LockoutPolicy {
     pub lock_ms: Millis,
 }
 
+/// Whether a login attempt may have its password verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Verify it; report the result with `finish_login_attempt`.
+    Verify,
+    /// Refused unverified: the account is locked for this address (until then), or as many
+    /// attempts as the threshold allows are failed or still being verified.
+    Refused { locked_until: Option<Millis> },
+}
+
 /// What the purge job removes.
 #[derive(Debug, Clone, Copy)]
 pub struct PurgePolicy {
@@ -278,6 +302,11 @@ pub struct Rotation<'a> {
     /// How long a used token is remembered for reuse detection (where storage expires
     /// records by itself).
     pub reuse_window_ms: Millis,
+    /// The `jti` of the access token issued with the new refresh token.
+    pub new_jti: &'a str,
+    /// Until when the access token of a pair that a grace retry supersedes stays on the
+    /// revocation list (when it would have expired).
+    pub superseded_until: Millis,
 }
 
 /// What a refresh did.
@@ -285,8 +314,9 @@ pub struct Rotation<'a> {
 pub enum RotationOutcome {
     /// The live token was used: it is now spent and `new_hash` is live.
     Rotated(Session),
-    /// The token rotated last was presented again within the grace period: its successor is
-    /// revoked and `new_hash` is live.
+    /// The token rotated last was presented again within the grace period, for the first
+    /// time since that rotation: its successor and the access token issued with it are
+    /// revoked and `new_hash` is live. A second retry of the same token is reuse.
     Grace(Session),
     /// Any other token of the family: the session is revoked.
     Reused(Session),
@@ -398,6 +428,7 @@ mod tests {
             revoked_at: None,
             revoke_reason: None,
             device_id: None,
+            access_jti: None,
         }
     }
 
@@ -411,6 +442,8 @@ mod tests {
             idle_timeout_ms: 1_000_000,
             ip: None,
             reuse_window_ms: 1_000_000,
+            new_jti: "j",
+            superseded_until: 0,
         }
     }
 

@@ -96,7 +96,7 @@ impl PgStorage {
 
     async fn rotate(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
         let (outcome, session): (String, Option<Json<Session>>) = sqlx::query_as(
-            "SELECT outcome, session FROM atoms_rotate_refresh($1, $2, $3, $4, $5, $6, $7)",
+            "SELECT outcome, session FROM atoms_rotate_refresh($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(r.presented_hash)
         .bind(r.new_hash)
@@ -105,6 +105,8 @@ impl PgStorage {
         .bind(r.grace_ms)
         .bind(r.idle_timeout_ms)
         .bind(r.ip)
+        .bind(r.new_jti)
+        .bind(r.superseded_until)
         .fetch_one(&self.pool)
         .await?;
         let session = session.map(|s| s.0);

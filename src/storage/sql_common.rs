@@ -4,6 +4,7 @@
 //! claim, the table a batch of reads is unpacked into) the backend passes that clause.
 
 use super::StorageError;
+use crate::clock::Millis;
 use super::batch::Batched;
 
 /// Maps a unique-constraint violation to [`StorageError::Conflict`]: the one place it is done.
@@ -64,6 +65,51 @@ pub fn place<T>(places: &mut [T], n: i64) -> Result<&mut T, StorageError> {
         .ok()
         .and_then(|n| places.get_mut(n))
         .ok_or_else(|| StorageError::Corrupt(format!("lookup {n} is not in the batch")))
+}
+
+/// Admits a login attempt (see `LockoutStore::begin_login_attempt`) in one statement:
+/// `$1` key, `$2` now, `$3` start of the current window, `$4` threshold. A window that has
+/// passed starts again; `outcome` tells the caller whether this call admitted the attempt
+/// (1) or refused it (0), since RETURNING sees only the new row.
+pub const BEGIN_LOGIN_ATTEMPT: &str = "INSERT INTO login_attempts \
+     (attempt_key, failures, pending, window_start, locked_until, outcome) \
+     VALUES ($1, 0, 1, $2, NULL, 1) \
+     ON CONFLICT (attempt_key) DO UPDATE SET \
+     outcome = CASE WHEN login_attempts.locked_until > $2 THEN 0 \
+       WHEN login_attempts.window_start <= $3 THEN 1 \
+       WHEN login_attempts.failures + login_attempts.pending >= $4 THEN 0 ELSE 1 END, \
+     pending = CASE WHEN login_attempts.locked_until > $2 THEN login_attempts.pending \
+       WHEN login_attempts.window_start <= $3 THEN 1 \
+       WHEN login_attempts.failures + login_attempts.pending >= $4 THEN login_attempts.pending \
+       ELSE login_attempts.pending + 1 END, \
+     failures = CASE WHEN login_attempts.locked_until > $2 THEN login_attempts.failures \
+       WHEN login_attempts.window_start <= $3 THEN 0 ELSE login_attempts.failures END, \
+     window_start = CASE WHEN login_attempts.locked_until > $2 THEN login_attempts.window_start \
+       WHEN login_attempts.window_start <= $3 THEN $2 ELSE login_attempts.window_start END \
+     RETURNING outcome, locked_until";
+
+/// Ends an admitted attempt: `$1` key, `$2` succeeded, `$3` now, `$4` threshold, `$5` the
+/// end of a lock this failure would start. `outcome` 2 says this call locked the key. A lock
+/// starts a new window with no failures; a success forgets failures but not a lock.
+pub const FINISH_LOGIN_ATTEMPT: &str = "UPDATE login_attempts SET \
+     pending = CASE WHEN pending > 0 THEN pending - 1 ELSE 0 END, \
+     outcome = CASE WHEN NOT $2 AND failures + 1 >= $4 \
+       AND (locked_until IS NULL OR locked_until <= $3) THEN 2 ELSE 0 END, \
+     locked_until = CASE WHEN NOT $2 AND failures + 1 >= $4 \
+       AND (locked_until IS NULL OR locked_until <= $3) THEN $5 ELSE locked_until END, \
+     window_start = CASE WHEN NOT $2 AND failures + 1 >= $4 \
+       AND (locked_until IS NULL OR locked_until <= $3) THEN $3 ELSE window_start END, \
+     failures = CASE WHEN $2 THEN 0 WHEN failures + 1 >= $4 \
+       AND (locked_until IS NULL OR locked_until <= $3) THEN 0 ELSE failures + 1 END \
+     WHERE attempt_key = $1 RETURNING outcome, locked_until";
+
+/// The admission a [`BEGIN_LOGIN_ATTEMPT`] row means.
+pub fn admission(outcome: i32, locked_until: Option<Millis>, now: Millis) -> super::Admission {
+    if outcome == 1 {
+        super::Admission::Verify
+    } else {
+        super::Admission::Refused { locked_until: locked_until.filter(|u| *u > now) }
+    }
 }
 
 /// Implements every store of [`super::Storage`] on a type with `reader()`, `writer()`,
@@ -233,7 +279,8 @@ macro_rules! sql_storage {
             async fn create_client(&self, client: &Client) -> StorageResult<()> {
                 sqlx::query(
                     "INSERT INTO clients (client_id, name, secret_hash, grant_types, scopes, \
-                     created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                     created_at, disabled, created_by, resource_server) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(&client.client_id)
                 .bind(&client.name)
@@ -241,6 +288,9 @@ macro_rules! sql_storage {
                 .bind(&client.grant_types)
                 .bind(&client.scopes)
                 .bind(client.created_at)
+                .bind(client.disabled)
+                .bind(&client.created_by)
+                .bind(client.resource_server)
                 .execute(self.writer())
                 .await
                 .map_err($crate::storage::sql_common::unique("client"))?;
@@ -252,6 +302,31 @@ macro_rules! sql_storage {
                     .bind(client_id)
                     .fetch_optional(self.reader())
                     .await?)
+            }
+
+            async fn update_client(
+                &self,
+                client_id: &str,
+                secret_hash: Option<&str>,
+                disabled: bool,
+            ) -> StorageResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE clients SET secret_hash = $1, disabled = $2 WHERE client_id = $3",
+                )
+                .bind(secret_hash)
+                .bind(disabled)
+                .bind(client_id)
+                .execute(self.writer())
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn delete_client(&self, client_id: &str) -> StorageResult<bool> {
+                let done = sqlx::query("DELETE FROM clients WHERE client_id = $1")
+                    .bind(client_id)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
             }
         }
 
@@ -313,60 +388,40 @@ macro_rules! sql_storage {
 
         #[async_trait::async_trait]
         impl $crate::storage::LockoutStore for $ty {
-            async fn locked_until(&self, user_id: &str, now: Millis) -> StorageResult<Option<Millis>> {
-                let until: Option<Option<Millis>> = sqlx::query_scalar(
-                    "SELECT locked_until FROM login_failures WHERE user_id = $1 AND locked_until > $2",
-                )
-                .bind(user_id)
-                .bind(now)
-                .fetch_optional(self.reader())
-                .await?;
-                Ok(until.flatten())
-            }
-
-            async fn record_login_failure(
+            async fn begin_login_attempt(
                 &self,
-                user_id: &str,
+                key: &str,
                 p: &$crate::storage::LockoutPolicy,
-            ) -> StorageResult<Option<Millis>> {
-                let failures: i32 = sqlx::query_scalar(
-                    "INSERT INTO login_failures (user_id, failures, window_start) VALUES ($1, 1, $2) \
-                     ON CONFLICT (user_id) DO UPDATE SET \
-                     failures = CASE WHEN login_failures.window_start <= $3 THEN 1 \
-                     ELSE login_failures.failures + 1 END, \
-                     window_start = CASE WHEN login_failures.window_start <= $3 THEN $2 \
-                     ELSE login_failures.window_start END \
-                     RETURNING failures",
+            ) -> StorageResult<$crate::storage::Admission> {
+                let (outcome, locked_until): (i32, Option<Millis>) = sqlx::query_as(
+                    $crate::storage::sql_common::BEGIN_LOGIN_ATTEMPT,
                 )
-                .bind(user_id)
+                .bind(key)
                 .bind(p.now)
                 .bind(p.now - p.window_ms)
+                .bind(p.threshold)
                 .fetch_one(self.writer())
                 .await?;
-                if failures < p.threshold {
-                    return Ok(None);
-                }
-                let until = p.now + p.lock_ms;
-                let locked = sqlx::query(
-                    "UPDATE login_failures SET locked_until = $1, failures = 0, window_start = $2 \
-                     WHERE user_id = $3 AND failures >= $4 \
-                     AND (locked_until IS NULL OR locked_until <= $2)",
-                )
-                .bind(until)
-                .bind(p.now)
-                .bind(user_id)
-                .bind(p.threshold)
-                .execute(self.writer())
-                .await?;
-                Ok((locked.rows_affected() > 0).then_some(until))
+                Ok($crate::storage::sql_common::admission(outcome, locked_until, p.now))
             }
 
-            async fn clear_login_failures(&self, user_id: &str) -> StorageResult<()> {
-                sqlx::query("DELETE FROM login_failures WHERE user_id = $1")
-                    .bind(user_id)
-                    .execute(self.writer())
-                    .await?;
-                Ok(())
+            async fn finish_login_attempt(
+                &self,
+                key: &str,
+                succeeded: bool,
+                p: &$crate::storage::LockoutPolicy,
+            ) -> StorageResult<Option<Millis>> {
+                let row: Option<(i32, Option<Millis>)> = sqlx::query_as(
+                    $crate::storage::sql_common::FINISH_LOGIN_ATTEMPT,
+                )
+                .bind(key)
+                .bind(succeeded)
+                .bind(p.now)
+                .bind(p.threshold)
+                .bind(p.now + p.lock_ms)
+                .fetch_optional(self.writer())
+                .await?;
+                Ok(row.and_then(|(outcome, until)| if outcome == 2 { until } else { None }))
             }
         }
 

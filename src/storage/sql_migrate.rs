@@ -107,6 +107,7 @@ macro_rules! scripts {
             9 "0009_audit_file" "audit file",
             10 "0010_audit_file_only" "audit file only",
             11 "0011_audit_packed" "audit packed",
+            12 "0012_security_review" "security review",
         )
     };
     (@list $dialect:literal; $($version:literal $file:literal $description:literal,)*) => {

@@ -79,7 +79,8 @@ macro_rules! sql_session_stores {
                 let session: Session = sqlx::query_as(
                     "INSERT INTO sessions (id, user_id, client_id, scope, created_at, \
                      last_used_at, idle_expires_at, expires_at, ip, user_agent, current_hash, \
-                     device_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     device_id, access_jti) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                      RETURNING *",
                 )
                 .bind(&s.id)
@@ -94,6 +95,7 @@ macro_rules! sql_session_stores {
                 .bind(&s.user_agent)
                 .bind(login.refresh_hash)
                 .bind(&device.id)
+                .bind(&s.access_jti)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err($crate::storage::sql_common::unique("session"))?;

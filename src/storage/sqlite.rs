@@ -83,6 +83,8 @@ struct QueuedRotation {
     grace_ms: Millis,
     idle_timeout_ms: Millis,
     reuse_window_ms: Millis,
+    new_jti: String,
+    superseded_until: Millis,
 }
 
 impl QueuedRotation {
@@ -96,6 +98,8 @@ impl QueuedRotation {
             idle_timeout_ms: self.idle_timeout_ms,
             ip: self.ip.as_deref(),
             reuse_window_ms: self.reuse_window_ms,
+            new_jti: &self.new_jti,
+            superseded_until: self.superseded_until,
         }
     }
 }
@@ -346,6 +350,8 @@ impl SqliteStorage {
             grace_ms: r.grace_ms,
             idle_timeout_ms: r.idle_timeout_ms,
             reuse_window_ms: r.reuse_window_ms,
+            new_jti: r.new_jti.to_owned(),
+            superseded_until: r.superseded_until,
         };
         let (reply, done) = oneshot::channel();
         let stopped = || StorageError::Write("the group committer has stopped".into());
@@ -376,14 +382,27 @@ async fn rotate_in(tx: &mut SqliteConnection, r: &Rotation<'_>) -> StorageResult
         RotationDecision::WrongClient => return Ok(RotationOutcome::Invalid),
         RotationDecision::Ended => return Ok(RotationOutcome::Ended(session)),
         RotationDecision::Rotate | RotationDecision::Grace => {
+            // A grace retry is allowed once per rotation: it forgets the previous token, so
+            // presenting that again is reuse; and the access token issued with the pair it
+            // supersedes is revoked.
             let sql = if decision == RotationDecision::Rotate {
                 "UPDATE sessions SET previous_hash = current_hash, current_hash = $1, \
-                 rotated_at = $2, last_used_at = $2, idle_expires_at = $3 WHERE id = $4 \
-                 RETURNING *"
+                 rotated_at = $2, last_used_at = $2, idle_expires_at = $3, access_jti = $5 \
+                 WHERE id = $4 RETURNING *"
             } else {
-                "UPDATE sessions SET current_hash = $1, last_used_at = $2, \
-                 idle_expires_at = $3 WHERE id = $4 RETURNING *"
+                "UPDATE sessions SET current_hash = $1, previous_hash = NULL, last_used_at = $2, \
+                 idle_expires_at = $3, access_jti = $5 WHERE id = $4 RETURNING *"
             };
+            if let (RotationDecision::Grace, Some(jti)) = (decision, &session.access_jti) {
+                sqlx::query(
+                    "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) \
+                     ON CONFLICT (jti) DO NOTHING",
+                )
+                .bind(jti)
+                .bind(r.superseded_until)
+                .execute(&mut *tx)
+                .await?;
+            }
             let spent: &[u8] =
                 if decision == RotationDecision::Rotate { r.presented_hash } else { &current };
             sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2")
@@ -396,6 +415,7 @@ async fn rotate_in(tx: &mut SqliteConnection, r: &Rotation<'_>) -> StorageResult
                 .bind(r.now)
                 .bind(r.idle_expiry(&session))
                 .bind(&session.id)
+                .bind(r.new_jti)
                 .fetch_one(&mut *tx)
                 .await?;
             sqlx::query(

@@ -3,7 +3,8 @@
 -- ARGV: 1 key prefix, 2 max sessions, 3 now, 4 refresh hash, 5 device named by client (1/0),
 -- 6 new device id, 7 fingerprint, 8 device name, 9 platform, 10 user agent, 11 ip,
 -- 12 session id, 13 user id, 14 client id, 15 scope, 16 last used, 17 idle expiry,
--- 18 absolute expiry, 19 session ip, 20 session user agent. '' means absent.
+-- 18 absolute expiry, 19 session ip, 20 session user agent, 21 access token id.
+-- '' means absent.
 local P = ARGV[1]
 local now = tonumber(ARGV[3])
 local uid = ARGV[13]
@@ -60,6 +61,7 @@ redis.call('HSET', skey, 'id', sid, 'user_id', uid, 'client_id', ARGV[14], 'scop
   'expires_at', ARGV[18], 'current_hash', ARGV[4], 'device_id', did)
 set_present(skey, 'ip', ARGV[19])
 set_present(skey, 'user_agent', ARGV[20])
+set_present(skey, 'access_jti', ARGV[21])
 redis.call('PEXPIREAT', skey, ARGV[18])
 redis.call('SET', P .. 'rt:' .. ARGV[4], sid, 'PXAT', ARGV[18])
 redis.call('ZADD', ukey, ARGV[16], sid)

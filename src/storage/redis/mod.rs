@@ -19,7 +19,7 @@ mod events;
 mod sessions;
 
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Members per command when a layout change walks the audit indexes.
 const LAYOUT_PAGE: usize = 1000;
@@ -48,7 +48,7 @@ struct Scripts {
     finish_attempt: Script,
     delete_webhook: Script,
     purge_events: Script,
-    login_failure: Script,
+    login_attempt: Script,
 }
 
 impl RedisStorage {
@@ -77,7 +77,7 @@ impl RedisStorage {
                 finish_attempt: Script::new(include_str!("finish_attempt.lua")),
                 delete_webhook: Script::new(include_str!("delete_webhook.lua")),
                 purge_events: Script::new(include_str!("purge_events.lua")),
-                login_failure: Script::new(include_str!("login_failure.lua")),
+                login_attempt: Script::new(include_str!("login_attempt.lua")),
             }),
         })
     }
@@ -186,16 +186,7 @@ impl UserStore for RedisStorage {
 #[async_trait]
 impl ClientStore for RedisStorage {
     async fn create_client(&self, client: &Client) -> StorageResult<()> {
-        let json =
-            serde_json::to_string(client).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        let created: bool = ::redis::cmd("SET")
-            .arg(self.key("client", &client.client_id))
-            .arg(json)
-            .arg("NX")
-            .query_async::<Option<String>>(&mut self.conn())
-            .await?
-            .is_some();
-        if !created {
+        if !self.put_client(client, "NX").await? {
             return Err(StorageError::Conflict("client"));
         }
         Ok(())
@@ -203,6 +194,102 @@ impl ClientStore for RedisStorage {
 
     async fn client(&self, client_id: &str) -> StorageResult<Option<Client>> {
         self.get_json(&self.key("client", client_id)).await
+    }
+
+    async fn update_client(
+        &self,
+        client_id: &str,
+        secret_hash: Option<&str>,
+        disabled: bool,
+    ) -> StorageResult<bool> {
+        let key = self.key("client", client_id);
+        let Some(mut client) = self.get_json::<Client>(&key).await? else {
+            return Ok(false);
+        };
+        client.secret_hash = secret_hash.map(str::to_owned);
+        client.disabled = disabled;
+        self.put_client(&client, "XX").await
+    }
+
+    async fn delete_client(&self, client_id: &str) -> StorageResult<bool> {
+        let deleted: u64 = self.conn().del(self.key("client", client_id)).await?;
+        Ok(deleted > 0)
+    }
+}
+
+impl RedisStorage {
+    /// Stores a client as JSON: `NX` creates, `XX` replaces. False when the condition failed.
+    async fn put_client(&self, client: &Client, condition: &str) -> StorageResult<bool> {
+        let json =
+            serde_json::to_string(client).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        Ok(::redis::cmd("SET")
+            .arg(self.key("client", &client.client_id))
+            .arg(json)
+            .arg(condition)
+            .query_async::<Option<String>>(&mut self.conn())
+            .await?
+            .is_some())
+    }
+
+    /// Layout 6: the clients that may use the password grant, and their live sessions,
+    /// gain the `account` scope the end-user API now requires.
+    async fn grant_account_scope(&self) -> StorageResult<()> {
+        let mut conn = self.conn();
+        let clients: Vec<String> = self.scan(&format!("{}client:*", self.script_prefix())).await?;
+        let mut granted = std::collections::HashSet::new();
+        for key in clients {
+            let Some(mut client) = self.get_json::<Client>(&key).await? else { continue };
+            if client.allows_grant("password") {
+                granted.insert(client.client_id.clone());
+                if !client.scope_list().any(|s| s == "account") {
+                    client.scopes = format!("{} account", client.scopes).trim().to_owned();
+                    self.put_client(&client, "XX").await?;
+                }
+            }
+        }
+        if granted.is_empty() {
+            return Ok(());
+        }
+        for key in self.scan(&format!("{}session:*", self.script_prefix())).await? {
+            let (client_id, scope, revoked): (Option<String>, Option<String>, Option<String>) =
+                ::redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("client_id")
+                    .arg("scope")
+                    .arg("revoked_at")
+                    .query_async(&mut conn)
+                    .await?;
+            let (Some(client_id), Some(scope), None) = (client_id, scope, revoked) else {
+                continue;
+            };
+            if granted.contains(&client_id) && !scope.split(' ').any(|s| s == "account") {
+                let scope = format!("{scope} account").trim().to_owned();
+                let _: () = conn.hset(&key, "scope", scope).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key matching `pattern`, a page at a time so no command blocks Redis.
+    async fn scan(&self, pattern: &str) -> StorageResult<Vec<String>> {
+        let mut conn = self.conn();
+        let mut cursor = 0u64;
+        let mut keys = Vec::new();
+        loop {
+            let (next, page): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            keys.extend(page);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
     }
 }
 
@@ -345,6 +432,8 @@ const LAYOUT: &[(i64, &str, &[&str])] = &[
     (4, "audit without a global index", &[]),
     // Each audit record lives inside its event's index instead of under a key of its own.
     (5, "audit records inside their indexes", &[]),
+    // Login attempts counted per account name and address; the `account` scope.
+    (6, "security review", &["login_attempts"]),
 ];
 
 /// Where a walk over an event index stands: the lexicographic bound of the next page.
@@ -506,6 +595,9 @@ impl Migrations for RedisStorage {
             }
             if (3..5).contains(&current) {
                 self.convert_audit_records(true).await?;
+            }
+            if (1..6).contains(&current) {
+                self.grant_account_scope().await?;
             }
             let _: () = self.conn().set(self.key("meta", "schema_version"), SCHEMA_VERSION).await?;
         }

@@ -24,6 +24,7 @@ pub(super) fn session_from_map(map: &Fields) -> StorageResult<Session> {
         revoked_at: optional(map, "revoked_at"),
         revoke_reason: optional(map, "revoke_reason"),
         device_id: optional(map, "device_id"),
+        access_jti: optional(map, "access_jti"),
     })
 }
 
@@ -97,6 +98,7 @@ impl SessionStore for RedisStorage {
             .arg(s.expires_at)
             .arg(or_empty(s.ip.as_deref()))
             .arg(or_empty(s.user_agent.as_deref()))
+            .arg(or_empty(s.access_jti.as_deref()))
             .invoke_async(&mut self.conn())
             .await?;
         if status != "ok" {
@@ -222,6 +224,8 @@ impl SessionStore for RedisStorage {
             .arg(self.script_prefix())
             .arg(or_empty(r.ip))
             .arg(r.reuse_window_ms)
+            .arg(r.new_jti)
+            .arg(r.superseded_until)
             .invoke_async(&mut self.conn())
             .await?;
         let session = || session_from_map(&map);
@@ -357,32 +361,51 @@ impl Maintenance for RedisStorage {
 
 #[async_trait]
 impl LockoutStore for RedisStorage {
-    async fn locked_until(&self, user_id: &str, now: Millis) -> StorageResult<Option<Millis>> {
-        let until: Option<Millis> =
-            self.conn().hget(self.key("login_failures", user_id), "locked_until").await?;
-        Ok(until.filter(|u| *u > now))
+    async fn begin_login_attempt(
+        &self,
+        key: &str,
+        p: &LockoutPolicy,
+    ) -> StorageResult<Admission> {
+        let (outcome, until): (i32, Millis) = self.login_attempt(key, "begin", false, p).await?;
+        Ok(if outcome == 1 {
+            Admission::Verify
+        } else {
+            Admission::Refused { locked_until: (until > p.now).then_some(until) }
+        })
     }
 
-    async fn record_login_failure(
+    async fn finish_login_attempt(
         &self,
-        user_id: &str,
+        key: &str,
+        succeeded: bool,
         p: &LockoutPolicy,
     ) -> StorageResult<Option<Millis>> {
-        let until: Millis = self
+        let (outcome, until): (i32, Millis) =
+            self.login_attempt(key, "finish", succeeded, p).await?;
+        Ok((outcome == 2).then_some(until))
+    }
+}
+
+impl RedisStorage {
+    async fn login_attempt(
+        &self,
+        key: &str,
+        step: &str,
+        succeeded: bool,
+        p: &LockoutPolicy,
+    ) -> StorageResult<(i32, Millis)> {
+        Ok(self
             .scripts
-            .login_failure
-            .key(self.key("login_failures", user_id))
+            .login_attempt
+            .key(self.key("login_attempts", key))
+            .arg(step)
             .arg(p.now)
             .arg(p.now - p.window_ms)
             .arg(p.threshold)
             .arg(p.now + p.lock_ms)
+            .arg(if succeeded { "1" } else { "0" })
+            .arg(p.window_ms)
             .invoke_async(&mut self.conn())
-            .await?;
-        Ok((until > 0).then_some(until))
-    }
-
-    async fn clear_login_failures(&self, user_id: &str) -> StorageResult<()> {
-        let _: () = self.conn().del(self.key("login_failures", user_id)).await?;
-        Ok(())
+            .await?)
     }
 }
