@@ -69,6 +69,33 @@ pub async fn create_client(config: &Config, new: NewClient) -> anyhow::Result<se
     Ok(client_json(&client, secret.as_ref()))
 }
 
+/// Disables, enables or re-keys a client; returns it (with its new secret when rotated).
+pub async fn update_client(
+    config: &Config,
+    client_id: &str,
+    change: accounts::ClientChange,
+) -> anyhow::Result<serde_json::Value> {
+    let storage = open_storage(config).await?;
+    storage.migrate_up().await?;
+    let now = SystemClock.now_ms();
+    let changed = accounts::update_client(storage.as_ref(), client_id, change).await?;
+    let (client, secret, updated) =
+        changed.ok_or_else(|| anyhow::anyhow!("no client {client_id}"))?;
+    storage.append_audit(Arc::new([updated.actor("cli").at(now)])).await?;
+    Ok(client_json(&client, secret.as_ref()))
+}
+
+/// Deletes a client.
+pub async fn delete_client(config: &Config, client_id: &str) -> anyhow::Result<()> {
+    let storage = open_storage(config).await?;
+    storage.migrate_up().await?;
+    let now = SystemClock.now_ms();
+    let deleted = accounts::delete_client(storage.as_ref(), client_id).await?;
+    let deleted = deleted.ok_or_else(|| anyhow::anyhow!("no client {client_id}"))?;
+    storage.append_audit(Arc::new([deleted.actor("cli").at(now)])).await?;
+    Ok(())
+}
+
 /// Whether the server at `base` answers `/health/ready` with 200 within three seconds. A
 /// listen address of 0.0.0.0 is asked on loopback.
 pub async fn ready(base: &str) -> bool {

@@ -29,6 +29,9 @@ pub enum OAuthError {
     PayloadTooLarge,
     #[error("too many requests; retry later")]
     RateLimited(Verdict),
+    /// The server is saturated (password hashing): retry after a second.
+    #[error("the server is busy; retry later")]
+    Overloaded,
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -45,7 +48,7 @@ impl OAuthError {
             Self::UnauthorizedClient(_) => "unauthorized_client",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
-            Self::RateLimited(_) => "temporarily_unavailable",
+            Self::RateLimited(_) | Self::Overloaded => "temporarily_unavailable",
             Self::Storage(_) | Self::Internal(_) => "server_error",
         }
     }
@@ -55,6 +58,7 @@ impl OAuthError {
             Self::InvalidClient => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Storage(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -100,6 +104,9 @@ impl IntoResponse for OAuthError {
         if let Self::RateLimited(verdict) = &self {
             rate_limit_headers(&mut response, verdict);
         }
+        if matches!(self, Self::Overloaded) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if matches!(self, Self::InvalidClient) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -107,6 +114,12 @@ impl IntoResponse for OAuthError {
             );
         }
         response
+    }
+}
+
+impl From<crate::domain::secrets::Overloaded> for OAuthError {
+    fn from(_: crate::domain::secrets::Overloaded) -> Self {
+        Self::Overloaded
     }
 }
 

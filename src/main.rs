@@ -4,6 +4,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use atoms_auth::commands::{self, AuditExport, MigrateAction, NewClient};
+use atoms_auth::domain::accounts::ClientChange;
 use atoms_auth::config::Config;
 use clap::{Parser, Subcommand};
 
@@ -135,7 +136,18 @@ enum Clients {
         /// Allowed scopes, space or comma separated.
         #[arg(long, default_value = "openid profile")]
         scopes: String,
+        /// May introspect the tokens of every client.
+        #[arg(long)]
+        resource_server: bool,
     },
+    /// Disable a client: it authenticates no more and its tokens act for nobody.
+    Disable { client_id: String },
+    /// Enable a disabled client.
+    Enable { client_id: String },
+    /// Give a confidential client a new secret (printed once); the old one stops working.
+    RotateSecret { client_id: String },
+    /// Delete a client.
+    Delete { client_id: String },
 }
 
 #[derive(Subcommand)]
@@ -191,7 +203,8 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::json!({ "id": id, "username": username }));
         }
         Command::Clients {
-            action: Clients::Create { name, client_id, public, grant_types, scopes },
+            action:
+                Clients::Create { name, client_id, public, grant_types, scopes, resource_server },
         } => {
             let new = NewClient {
                 client_id,
@@ -199,8 +212,26 @@ async fn main() -> anyhow::Result<()> {
                 public,
                 grant_types: list(&grant_types),
                 scopes: list(&scopes),
+                resource_server,
+                created_by: None,
             };
             println!("{}", commands::create_client(&config, new).await?);
+        }
+        Command::Clients { action: Clients::Delete { client_id } } => {
+            commands::delete_client(&config, &client_id).await?;
+            println!("{}", serde_json::json!({ "client_id": client_id, "deleted": true }));
+        }
+        Command::Clients { action: Clients::Disable { client_id } } => {
+            let change = ClientChange { disabled: Some(true), ..ClientChange::default() };
+            println!("{}", commands::update_client(&config, &client_id, change).await?);
+        }
+        Command::Clients { action: Clients::Enable { client_id } } => {
+            let change = ClientChange { disabled: Some(false), ..ClientChange::default() };
+            println!("{}", commands::update_client(&config, &client_id, change).await?);
+        }
+        Command::Clients { action: Clients::RotateSecret { client_id } } => {
+            let change = ClientChange { rotate_secret: true, ..ClientChange::default() };
+            println!("{}", commands::update_client(&config, &client_id, change).await?);
         }
         Command::Health { url } => {
             let base = url.unwrap_or_else(|| format!("http://{}", config.listen));

@@ -278,6 +278,7 @@ fn new_session(user_id: &str, client_id: &str, now: i64) -> (Session, Device) {
         revoked_at: None,
         revoke_reason: None,
         device_id: None,
+        access_jti: None,
     };
     let device = Device {
         id: Uuid::now_v7().to_string(),
@@ -402,6 +403,9 @@ async fn seed(
         grant_types: "password refresh_token client_credentials".into(),
         scopes: "read".into(),
         created_at: SystemClock.now_ms(),
+        disabled: false,
+        created_by: None,
+        resource_server: false,
     };
     storage.create_client(&client).await?;
     let password_hash = hash_password(PASSWORD.into()).await?;
@@ -616,6 +620,8 @@ async fn floor(
                     idle_timeout_ms: 7 * DAY_MS,
                     ip: Some("192.0.2.10"),
                     reuse_window_ms: 7 * DAY_MS,
+                    new_jti: "bench",
+                    superseded_until: 0,
                 };
                 match storage.rotate_refresh(&rotation).await? {
                     RotationOutcome::Rotated(_) => hash = next,

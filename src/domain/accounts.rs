@@ -69,6 +69,10 @@ pub struct NewClient {
     pub public: bool,
     pub grant_types: Vec<String>,
     pub scopes: Vec<String>,
+    /// May introspect tokens of every client.
+    pub resource_server: bool,
+    /// The user who registers it (admin API), whose role its admin tokens act with.
+    pub created_by: Option<String>,
 }
 
 /// Registers a client; returns it, its secret (shown this once; none for a public client)
@@ -108,6 +112,9 @@ pub async fn create_client(
         grant_types: new.grant_types.join(" "),
         scopes: new.scopes.join(" "),
         created_at: now,
+        disabled: false,
+        created_by: new.created_by,
+        resource_server: new.resource_server,
     };
     storage.create_client(&client).await?;
     let created = entry(events::CLIENT_CREATED)
@@ -115,8 +122,81 @@ pub async fn create_client(
         .detail("name", client.name.as_str())
         .detail("public", client.is_public())
         .detail("grant_types", client.grant_types.as_str())
-        .detail("scopes", client.scopes.as_str());
+        .detail("scopes", client.scopes.as_str())
+        .detail("resource_server", client.resource_server)
+        .detail("created_by", client.created_by.clone());
     Ok((client, secret, created))
+}
+
+/// A change to a client.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientChange {
+    /// Disable (true) or enable (false) it.
+    pub disabled: Option<bool>,
+    /// Give a confidential client a new secret; the old one stops working at once.
+    pub rotate_secret: bool,
+}
+
+/// Changes a client; returns it, its new secret (shown this once) and its `client.updated`
+/// record. `None` when there is no such client.
+pub async fn update_client(
+    storage: &dyn Storage,
+    client_id: &str,
+    change: ClientChange,
+) -> Result<Option<(Client, Option<Secret>, Entry)>, AccountError> {
+    let Some(mut client) = storage.client(client_id).await? else {
+        return Ok(None);
+    };
+    if change.rotate_secret && client.is_public() {
+        return Err(invalid("a public client has no secret to rotate"));
+    }
+    let secret = change.rotate_secret.then(Secret::generate);
+    if let Some(secret) = &secret {
+        client.secret_hash = Some(secret.sha256_hex());
+    }
+    if let Some(disabled) = change.disabled {
+        client.disabled = disabled;
+    }
+    if !storage.update_client(client_id, client.secret_hash.as_deref(), client.disabled).await? {
+        return Ok(None);
+    }
+    let updated = entry(events::CLIENT_UPDATED)
+        .client(&client.client_id)
+        .detail("disabled", client.disabled)
+        .detail("secret_rotated", secret.is_some());
+    Ok(Some((client, secret, updated)))
+}
+
+/// Deletes a client; returns its `client.deleted` record, or `None` when there was none.
+/// Its sessions can no longer refresh, since it can no longer authenticate.
+pub async fn delete_client(
+    storage: &dyn Storage,
+    client_id: &str,
+) -> Result<Option<Entry>, AccountError> {
+    Ok(storage
+        .delete_client(client_id)
+        .await?
+        .then(|| entry(events::CLIENT_DELETED).client(client_id)))
+}
+
+/// Changes a user's role; returns the user as it was and the `user.role_changed` record, or
+/// `None` when there is no such user.
+pub async fn change_role(
+    storage: &dyn Storage,
+    user_id: &str,
+    role: Role,
+) -> Result<Option<(User, Entry)>, AccountError> {
+    let Some(user) = storage.user_by_id(user_id).await? else {
+        return Ok(None);
+    };
+    if !storage.set_user_role(user_id, role.as_str()).await? {
+        return Ok(None);
+    }
+    let changed = entry(events::USER_ROLE_CHANGED)
+        .user(user_id)
+        .detail("from", user.role.as_str())
+        .detail("to", role.as_str());
+    Ok(Some((user, changed)))
 }
 
 /// A client as the CLI and the admin API show it, with its secret when just created.
@@ -129,5 +209,8 @@ pub fn client_json(client: &Client, secret: Option<&Secret>) -> serde_json::Valu
         "grant_types": client.grant_types.split(' ').collect::<Vec<_>>(),
         "scopes": client.scopes.split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
         "created_at": crate::clock::rfc3339(client.created_at),
+        "disabled": client.disabled,
+        "resource_server": client.resource_server,
+        "created_by": client.created_by,
     })
 }

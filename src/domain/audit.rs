@@ -31,10 +31,13 @@ pub mod events {
     pub const SESSION_EXPIRED: &str = "session.expired";
     pub const DEVICE_REGISTERED: &str = "device.registered";
     pub const CLIENT_CREATED: &str = "client.created";
+    pub const CLIENT_UPDATED: &str = "client.updated";
+    pub const CLIENT_DELETED: &str = "client.deleted";
+    pub const USER_ROLE_CHANGED: &str = "user.role_changed";
     pub const KEY_ROTATED: &str = "key.rotated";
 
     /// Every event type.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 17] = [
         USER_CREATED,
         LOGIN_SUCCEEDED,
         LOGIN_FAILED,
@@ -48,6 +51,9 @@ pub mod events {
         SESSION_EXPIRED,
         DEVICE_REGISTERED,
         CLIENT_CREATED,
+        CLIENT_UPDATED,
+        CLIENT_DELETED,
+        USER_ROLE_CHANGED,
         KEY_ROTATED,
     ];
 

@@ -109,70 +109,57 @@ impl RateLimits {
         self.client.is_some() || self.ip.is_some()
     }
 
-    /// Counts a request to `route` by `client_id` from `ip` against every limit; the verdict
-    /// is the tightest one (refused when any refuses). None when no limit applies.
+    /// Counts a request to `route` against the limit of `scope` under `key` (a client id, or
+    /// an address key). None when that limit is not configured. One limit per call, so a
+    /// refusal never charges another limit: callers charge the address before authenticating
+    /// and the client only after.
     pub async fn check(
         &self,
         route: &str,
-        client_id: Option<&str>,
-        ip: Option<&str>,
+        scope: Scope,
+        key: &str,
     ) -> StorageResult<Option<Verdict>> {
-        let mut checks: Vec<(Scope, Rule, String)> = Vec::with_capacity(2);
-        if let (Some(rule), Some(id)) = (self.client, client_id) {
-            checks.push((Scope::Client, rule, format!("{route}|client|{id}")));
-        }
-        if let (Some(rule), Some(ip)) = (self.ip, ip) {
-            checks.push((Scope::Ip, rule, format!("{route}|ip|{ip}")));
-        }
-        if checks.is_empty() {
-            return Ok(None);
-        }
-        let verdicts = match &self.backend {
-            Backend::Local { client, ip } => checks
-                .iter()
-                .filter_map(|(scope, rule, key)| {
-                    let limiter = match scope {
-                        Scope::Client => client.as_ref(),
-                        Scope::Ip => ip.as_ref(),
-                    }?;
-                    Some(local_verdict(limiter, *scope, *rule, key))
-                })
-                .collect::<Vec<_>>(),
-            Backend::Redis { conn, prefix, script } => {
-                let mut invocation = script.prepare_invoke();
-                for (_, rule, key) in &checks {
-                    invocation.key(format!("{prefix}ratelimit:{key}"));
-                    invocation
-                        .arg(rule.interval_us())
-                        .arg(rule.interval_us() * u64::from(rule.burst));
-                }
-                let answers: Vec<(i64, i64, i64)> =
-                    invocation.invoke_async(&mut conn.clone()).await?;
-                checks
-                    .iter()
-                    .zip(answers)
-                    .map(|((scope, rule, _), (allowed, slack_or_wait, until_full))| {
-                        let (slack_or_wait, until_full) =
-                            (slack_or_wait.max(0) as u64, until_full.max(0) as u64);
-                        let allowed = allowed == 1;
-                        Verdict {
-                            scope: *scope,
-                            limit: rule.burst,
-                            remaining: if allowed {
-                                u32::try_from(slack_or_wait / rule.interval_us())
-                                    .unwrap_or(u32::MAX)
-                            } else {
-                                0
-                            },
-                            reset_secs: secs_ceil(until_full),
-                            retry_after_secs: (!allowed).then(|| secs_ceil(slack_or_wait).max(1)),
-                        }
-                    })
-                    .collect()
-            }
+        let rule = match scope {
+            Scope::Client => self.client,
+            Scope::Ip => self.ip,
         };
-        // A refusal wins; among passes, the one with the least left.
-        Ok(verdicts.into_iter().min_by_key(|v| (v.retry_after_secs.is_none(), v.remaining)))
+        let Some(rule) = rule else {
+            return Ok(None);
+        };
+        let key = format!("{route}|{}|{key}", scope.as_str());
+        match &self.backend {
+            Backend::Local { client, ip } => {
+                let limiter = match scope {
+                    Scope::Client => client.as_ref(),
+                    Scope::Ip => ip.as_ref(),
+                };
+                Ok(limiter.map(|limiter| local_verdict(limiter, scope, rule, &key)))
+            }
+            Backend::Redis { conn, prefix, script } => {
+                let answers: Vec<(i64, i64, i64)> = script
+                    .key(format!("{prefix}ratelimit:{key}"))
+                    .arg(rule.interval_us())
+                    .arg(rule.interval_us() * u64::from(rule.burst))
+                    .invoke_async(&mut conn.clone())
+                    .await?;
+                Ok(answers.into_iter().next().map(|(allowed, slack_or_wait, until_full)| {
+                    let (slack_or_wait, until_full) =
+                        (slack_or_wait.max(0) as u64, until_full.max(0) as u64);
+                    let allowed = allowed == 1;
+                    Verdict {
+                        scope,
+                        limit: rule.burst,
+                        remaining: if allowed {
+                            u32::try_from(slack_or_wait / rule.interval_us()).unwrap_or(u32::MAX)
+                        } else {
+                            0
+                        },
+                        reset_secs: secs_ceil(until_full),
+                        retry_after_secs: (!allowed).then(|| secs_ceil(slack_or_wait).max(1)),
+                    }
+                }))
+            }
+        }
     }
 
     /// Forgets local keys whose allowance is whole again, so memory follows the active keys.
@@ -212,38 +199,50 @@ fn local_verdict(limiter: &Local, scope: Scope, rule: Rule, key: &String) -> Ver
     }
 }
 
+/// Of two verdicts, the one to report: a refusal wins; among passes, the one with the least
+/// left.
+pub fn tightest(a: Option<Verdict>, b: Option<Verdict>) -> Option<Verdict> {
+    [a, b].into_iter().flatten().min_by_key(|v| (v.retry_after_secs.is_none(), v.remaining))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn client(limits: &RateLimits, route: &str, id: &str) -> Option<Verdict> {
+        limits.check(route, Scope::Client, id).await.ok().flatten()
+    }
 
     #[tokio::test]
     async fn burst_then_refusal_with_retry_after() {
         let limits = RateLimits::local(Rule::new(1, 3), None);
         for left in [2, 1, 0] {
-            let v = limits.check("/auth/token", Some("c"), Some("1.2.3.4")).await.ok().flatten();
-            let v = v.expect("a verdict");
+            let v = client(&limits, "/auth/token", "c").await.expect("a verdict");
             assert_eq!((v.remaining, v.retry_after_secs, v.limit), (left, None, 3));
         }
-        let refused = limits.check("/auth/token", Some("c"), None).await.ok().flatten();
-        let refused = refused.expect("a verdict");
+        let refused = client(&limits, "/auth/token", "c").await.expect("a verdict");
         assert_eq!(refused.retry_after_secs, Some(1));
         assert_eq!(refused.scope, Scope::Client);
         // Another client, and the same client on another route, have their own allowance.
-        let other = limits.check("/auth/token", Some("d"), None).await.ok().flatten();
+        let other = client(&limits, "/auth/token", "d").await;
         assert_eq!(other.map(|v| v.retry_after_secs), Some(None));
-        let route = limits.check("/auth/revoke", Some("c"), None).await.ok().flatten();
+        let route = client(&limits, "/auth/revoke", "c").await;
         assert_eq!(route.map(|v| v.retry_after_secs), Some(None));
     }
 
     #[tokio::test]
-    async fn tightest_limit_wins_and_zero_rate_is_unlimited() {
-        let limits = RateLimits::local(Rule::new(100, 100), Rule::new(1, 1));
-        let v = limits.check("/auth/token", Some("c"), Some("ip")).await.ok().flatten();
-        assert_eq!(v.map(|v| (v.scope, v.remaining)), Some((Scope::Ip, 0)));
-        let v = limits.check("/auth/token", Some("c"), Some("ip")).await.ok().flatten();
-        assert_eq!(v.map(|v| (v.scope, v.retry_after_secs.is_some())), Some((Scope::Ip, true)));
+    async fn a_refusal_charges_no_other_limit_and_zero_rate_is_unlimited() {
+        let limits = RateLimits::local(Rule::new(1, 1), Rule::new(1, 1));
+        let ip = limits.check("/auth/token", Scope::Ip, "ip").await.ok().flatten();
+        assert_eq!(ip.map(|v| v.remaining), Some(0));
+        let refused = limits.check("/auth/token", Scope::Ip, "ip").await.ok().flatten();
+        assert!(refused.is_some_and(|v| v.retry_after_secs.is_some()));
+        // The client's allowance is untouched by the address's refusals.
+        let c = client(&limits, "/auth/token", "c").await;
+        assert_eq!(c.map(|v| v.retry_after_secs), Some(None));
+        assert_eq!(tightest(ip, refused).map(|v| v.retry_after_secs.is_some()), Some(true));
         let none = RateLimits::local(Rule::new(0, 10), None);
         assert!(!none.enabled());
-        assert_eq!(none.check("/auth/token", Some("c"), Some("ip")).await.ok().flatten(), None);
+        assert_eq!(client(&none, "/auth/token", "c").await, None);
     }
 }

@@ -2,7 +2,8 @@
 //! client secrets and refresh tokens (256 random bits, stored as SHA-256: their entropy makes
 //! a slow hash pointless), and constant-time comparison.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -11,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 /// A secret value (refresh token, client secret) whose `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -70,12 +72,25 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
 /// 19 MiB hole in the allocator's arena of each).
 struct Hashers {
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+    /// Jobs queued or running: past [`MAX_QUEUED_PER_THREAD`] a thread, new work is shed.
+    queued: std::sync::atomic::AtomicUsize,
+    limit: usize,
 }
+
+/// Queued verifications a hashing thread may owe before new ones are refused: a queue this
+/// long already takes about a second to drain, longer than a client should wait.
+const MAX_QUEUED_PER_THREAD: usize = 64;
+
+/// Password hashing is saturated: the request should be retried later (503).
+#[derive(Debug, thiserror::Error)]
+#[error("password verification is saturated; retry later")]
+pub struct Overloaded;
 
 static HASHERS: LazyLock<Hashers> = LazyLock::new(|| {
     let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
     let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
-    for i in 0..std::thread::available_parallelism().map_or(2, |n| n.get()) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for i in 0..threads {
         let queue = queue.clone();
         let spawned = std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
             loop {
@@ -93,24 +108,91 @@ static HASHERS: LazyLock<Hashers> = LazyLock::new(|| {
             tracing::error!(error = %e, "could not start a password hashing thread");
         }
     }
-    Hashers { jobs: std::sync::Mutex::new(jobs) }
+    Hashers {
+        jobs: std::sync::Mutex::new(jobs),
+        queued: std::sync::atomic::AtomicUsize::new(0),
+        limit: threads * MAX_QUEUED_PER_THREAD,
+    }
 });
 
-/// Runs `work` on a hashing thread.
+/// Runs `work` on a hashing thread; refuses when the queue is full, and skips the work when
+/// its request has gone (timed out or disconnected) before a thread reached it.
 async fn on_hasher<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
-) -> anyhow::Result<T> {
+) -> anyhow::Result<Result<T, Overloaded>> {
+    use std::sync::atomic::Ordering;
+    let hashers = &*HASHERS;
+    if hashers.queued.fetch_add(1, Ordering::AcqRel) >= hashers.limit {
+        hashers.queued.fetch_sub(1, Ordering::AcqRel);
+        return Ok(Err(Overloaded));
+    }
     let (done, result) = tokio::sync::oneshot::channel();
     let job: Box<dyn FnOnce() + Send> = Box::new(move || {
-        let _ = done.send(work());
+        if !done.is_closed() {
+            let _ = done.send(work());
+        }
+        HASHERS.queued.fetch_sub(1, Ordering::AcqRel);
     });
-    HASHERS
+    let sent = hashers
         .jobs
         .lock()
-        .map_err(|_| anyhow::anyhow!("password hashing is unavailable"))?
-        .send(job)
-        .map_err(|_| anyhow::anyhow!("password hashing is unavailable"))?;
-    Ok(result.await?)
+        .map_err(|_| anyhow::anyhow!("password hashing is unavailable"))
+        .and_then(|jobs| {
+            jobs.send(job).map_err(|_| anyhow::anyhow!("password hashing is unavailable"))
+        });
+    if let Err(e) = sent {
+        hashers.queued.fetch_sub(1, Ordering::AcqRel);
+        return Err(e);
+    }
+    Ok(Ok(result.await?))
+}
+
+/// A bound on the verifications of one account that run at once in this process.
+pub struct VerifyGate {
+    per_account: usize,
+    accounts: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A turn to verify a password of one account; the account's slot frees when it drops.
+pub struct Turn<'a> {
+    gate: &'a VerifyGate,
+    account: String,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl VerifyGate {
+    pub fn new(per_account: usize) -> Self {
+        Self { per_account: per_account.max(1), accounts: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// Waits for a turn of `account`.
+    pub async fn enter(&self, account: &str) -> Turn<'_> {
+        let account: String = account.chars().take(256).collect();
+        let slots = self.accounts.lock().ok().map(|mut accounts| {
+            accounts
+                .entry(account.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_account)))
+                .clone()
+        });
+        let permit = match slots {
+            Some(slots) => slots.acquire_owned().await.ok(),
+            None => None,
+        };
+        Turn { gate: self, account, permit }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        // The map keeps an account only while someone holds or awaits its slots: the map's
+        // own reference is then the last one.
+        if let Ok(mut accounts) = self.gate.accounts.lock()
+            && accounts.get(&self.account).is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            accounts.remove(&self.account);
+        }
+    }
 }
 
 /// Hashes a password with argon2id on a hashing thread.
@@ -121,25 +203,50 @@ pub async fn hash_password(password: String) -> anyhow::Result<String> {
             .map(|h| h.to_string())
             .map_err(|e| anyhow::anyhow!("password hashing failed: {e}"))
     })
-    .await?
+    .await??
 }
 
-/// Verifies `password` against `hash` on a hashing thread; with no hash (unknown user) it
-/// verifies against a dummy hash and answers false, taking the same time.
-pub async fn verify_password(password: String, hash: Option<String>) -> bool {
-    on_hasher(move || {
+/// Verifies `password` against `hash` on a hashing thread; with no hash (unknown user, or an
+/// attempt the lockout refused) it verifies against a dummy hash and answers false, taking
+/// the same time. `Err` when hashing is saturated.
+pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, Overloaded> {
+    let verified = on_hasher(move || {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
         let ok = Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok();
         ok && known
     })
-    .await
-    .unwrap_or(false)
+    .await;
+    match verified {
+        Ok(result) => result,
+        Err(_) => Ok(false),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn one_account_verifies_at_most_its_share_at_once() {
+        let gate = Arc::new(VerifyGate::new(2));
+        let a1 = gate.enter("alice").await;
+        let _a2 = gate.enter("alice").await;
+        let _b = gate.enter("bob").await;
+        let waiting = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _turn = gate.enter("alice").await;
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a third turn of alice waits");
+        drop(a1);
+        tokio::time::timeout(std::time::Duration::from_secs(2), waiting)
+            .await
+            .expect("the third turn starts once one ends")
+            .expect("join");
+    }
 
     #[test]
     fn generated_secrets_are_256_bits_and_distinct() {
@@ -167,8 +274,8 @@ mod tests {
     async fn password_verifies_and_unknown_user_never_does() {
         let hash = hash_password("correct horse".into()).await.ok();
         assert!(hash.as_deref().is_some_and(|h| h.starts_with("$argon2id$")));
-        assert!(verify_password("correct horse".into(), hash.clone()).await);
-        assert!(!verify_password("wrong".into(), hash).await);
-        assert!(!verify_password("atoms-auth dummy password".into(), None).await);
+        assert!(verify_password("correct horse".into(), hash.clone()).await.unwrap_or(false));
+        assert!(!verify_password("wrong".into(), hash).await.unwrap_or(true));
+        assert!(!verify_password("atoms-auth dummy password".into(), None).await.unwrap_or(true));
     }
 }

@@ -12,12 +12,13 @@ use uuid::Uuid;
 use super::audit::{Audit, Entry, entry, events};
 use super::devices::{self, DeviceHints};
 use super::keys::{KeyManager, b64};
-use super::secrets::{Secret, verify_password};
+use super::secrets::{Secret, VerifyGate, verify_password};
 use crate::clock::{Clock, Millis, rfc3339};
 use crate::error::OAuthError;
 use crate::metrics::Metrics;
 use crate::storage::{
-    Client, LockoutPolicy, Login, Rotation, RotationOutcome, Session, Storage, User, revoke_reason,
+    Admission, Client, LockoutPolicy, Login, Rotation, RotationOutcome, Session, Storage, User,
+    revoke_reason,
 };
 
 /// The longest a revoked access-token id is kept.
@@ -83,6 +84,25 @@ pub struct TokenService {
     clients: moka::future::Cache<String, Client>,
     audit: Arc<Audit>,
     metrics: Arc<Metrics>,
+    verifying: VerifyGate,
+}
+
+/// Password verifications of one account that may run at once in one process.
+const VERIFICATIONS_PER_ACCOUNT: usize = 2;
+
+/// The longest client id the token endpoints look up.
+pub const MAX_CLIENT_ID_LEN: usize = 200;
+
+/// What the lockout counts an attempt under: the account name as given (so an unknown one
+/// costs the same as a known one) with the client address, so nobody can keep an account
+/// locked from one address for everybody. Hashed, to bound its length.
+fn lockout_key(username: &str, ip: Option<&str>) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(username.as_bytes());
+    hash.update([0]);
+    hash.update(ip.map(crate::net::address_key).unwrap_or_default().as_bytes());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl TokenService {
@@ -116,11 +136,18 @@ impl TokenService {
                 std::time::Duration::from_millis(policy.client_cache_ttl_ms.max(1) as u64),
             )
             .build();
-        Self { storage, keys, clock, policy, validations, clients, audit, metrics }
+        let verifying = VerifyGate::new(VERIFICATIONS_PER_ACCOUNT);
+        Self { storage, keys, clock, policy, validations, clients, audit, metrics, verifying }
     }
 
     pub fn policy(&self) -> &TokenPolicy {
         &self.policy
+    }
+
+    /// Forgets a cached client, so a change made through this instance applies at once (other
+    /// instances see it within the cache's lifetime).
+    pub async fn forget_client(&self, client_id: &str) {
+        self.clients.invalidate(client_id).await;
     }
 
     /// A registered client. Found clients are cached for a short while so the token hot
@@ -144,7 +171,13 @@ impl TokenService {
         client_id: &str,
         secret: Option<Secret>,
     ) -> Result<Client, OAuthError> {
+        if client_id.len() > MAX_CLIENT_ID_LEN {
+            return Err(OAuthError::InvalidClient);
+        }
         let client = self.client(client_id).await?.ok_or(OAuthError::InvalidClient)?;
+        if client.disabled {
+            return Err(OAuthError::InvalidClient);
+        }
         let ok = match (&client.secret_hash, secret) {
             (Some(hash), Some(secret)) => secret.matches_hex(hash),
             (None, None) => true,
@@ -164,45 +197,8 @@ impl TokenService {
     ) -> Result<TokenResponse, OAuthError> {
         require_grant(client, "password")?;
         let scope = resolve_scope(scope, client.scope_list())?;
-        let user = self.storage.user_by_username(username).await?;
-        let hash = user.as_ref().map(|u| u.password_hash.clone());
-        let failed = |reason: &str| {
-            let mut e = entry(events::LOGIN_FAILED)
-                .client(&client.client_id)
-                .actor(format!("client:{}", client.client_id))
-                .detail("username", username.chars().take(256).collect::<String>())
-                .detail("reason", reason);
-            if let Some(u) = &user {
-                e = e.user(&u.id);
-            }
-            e
-        };
+        let user = self.verify_login(client, username, password, device.ip.as_deref()).await?;
         let now = self.clock.now_ms();
-        // A locked account answers like a wrong password, so locks reveal no account.
-        let locked = match (&user, self.policy.lockout_threshold > 0) {
-            (Some(u), true) => self.storage.locked_until(&u.id, now).await?,
-            _ => None,
-        };
-        if locked.is_some() || !verify_password(password, hash).await {
-            let reason = match (&user, locked) {
-                (None, _) => "unknown_user",
-                (Some(_), Some(_)) => "locked",
-                (Some(_), None) => "wrong_password",
-            };
-            self.audit.record(failed(reason)).await?;
-            if let (Some(u), None) = (&user, locked) {
-                self.count_failure(u, client).await?;
-            }
-            return Err(OAuthError::InvalidGrant("invalid username or password"));
-        }
-        let user = user.clone().ok_or(OAuthError::InvalidGrant("invalid username or password"))?;
-        if user.disabled {
-            self.audit.record(failed("disabled")).await?;
-            return Err(OAuthError::InvalidGrant("the account is disabled"));
-        }
-        if self.policy.lockout_threshold > 0 {
-            self.storage.clear_login_failures(&user.id).await?;
-        }
         let expires_at = now + self.policy.session_lifetime_ms;
         let session = Session {
             id: super::id_text(Uuid::now_v7()),
@@ -218,6 +214,7 @@ impl TokenService {
             revoked_at: None,
             revoke_reason: None,
             device_id: None,
+            access_jti: Some(new_jti()),
         };
         let (seen, named) = devices::sighting(&user.id, &device, now);
         let refresh = Secret::generate();
@@ -257,32 +254,87 @@ impl TokenService {
             .detail("grant_type", "password")
             .detail("scope", scope.as_str());
         self.audit.record(issued).await?;
-        self.respond(&user.id, client, scope, Some(&session.id), refresh)
+        let jti = session.access_jti.clone().unwrap_or_else(new_jti);
+        self.respond(&user.id, client, scope, Some(&session.id), refresh, jti)
     }
 
-    /// Counts a failed login; the failure that reaches the threshold locks the account.
-    async fn count_failure(&self, user: &User, client: &Client) -> Result<(), OAuthError> {
-        if self.policy.lockout_threshold <= 0 {
-            return Ok(());
-        }
+    /// Checks a username and password, with the lockout: the attempt is counted (per account
+    /// name and client address) before the password is verified, so parallel guesses cannot
+    /// pass the threshold. Every path costs the same: one user read, one attempt write, one
+    /// argon2 verification (against a dummy hash for an unknown or locked account), and one
+    /// more write for an admitted attempt; so timing tells nothing of which accounts exist.
+    pub async fn verify_login(
+        &self,
+        client: &Client,
+        username: &str,
+        password: String,
+        ip: Option<&str>,
+    ) -> Result<User, OAuthError> {
         let policy = LockoutPolicy {
             now: self.clock.now_ms(),
             window_ms: self.policy.lockout_window_ms,
             threshold: self.policy.lockout_threshold,
             lock_ms: self.policy.lockout_ms,
         };
-        if let Some(until) = self.storage.record_login_failure(&user.id, &policy).await? {
-            tracing::warn!(user_id = %user.id, "account locked after repeated login failures");
-            let locked = entry(events::USER_LOCKED)
-                .actor("system")
-                .user(&user.id)
+        let key = lockout_key(username, ip);
+        let lockout = policy.threshold > 0;
+        let admission = if lockout {
+            self.storage.begin_login_attempt(&key, &policy).await?
+        } else {
+            Admission::Verify
+        };
+        let user = self.storage.user_by_username(username).await?;
+        let admitted = admission == Admission::Verify;
+        let hash = user.as_ref().filter(|_| admitted).map(|u| u.password_hash.clone());
+        let verified = {
+            // At most a few verifications of one account run at once in this process, so a
+            // flood of guesses for one account cannot take every hashing thread.
+            let _turn = self.verifying.enter(username).await;
+            verify_password(password, hash).await?
+        };
+        let locked = if lockout && admitted {
+            let done = LockoutPolicy { now: self.clock.now_ms(), ..policy };
+            self.storage.finish_login_attempt(&key, verified, &done).await?
+        } else {
+            None
+        };
+        let failed = |reason: &str| {
+            let mut e = entry(events::LOGIN_FAILED)
                 .client(&client.client_id)
-                .detail("username", user.username.as_str())
-                .detail("failures", policy.threshold)
-                .detail("locked_until", rfc3339(until));
-            self.audit.record(locked).await?;
+                .actor(format!("client:{}", client.client_id))
+                .detail("username", username.chars().take(256).collect::<String>())
+                .detail("reason", reason);
+            if let Some(u) = &user {
+                e = e.user(&u.id);
+            }
+            e
+        };
+        let invalid = OAuthError::InvalidGrant("invalid username or password");
+        let Some(user) = user.clone().filter(|_| verified) else {
+            let reason = match (&user, admitted) {
+                (_, false) => "locked",
+                (None, true) => "unknown_user",
+                (Some(_), true) => "wrong_password",
+            };
+            self.audit.record(failed(reason)).await?;
+            if let (Some(until), Some(u)) = (locked, &user) {
+                tracing::warn!(user_id = %u.id, "account locked after repeated login failures");
+                let locked = entry(events::USER_LOCKED)
+                    .actor("system")
+                    .user(&u.id)
+                    .client(&client.client_id)
+                    .detail("username", u.username.as_str())
+                    .detail("failures", policy.threshold)
+                    .detail("locked_until", rfc3339(until));
+                self.audit.record(locked).await?;
+            }
+            return Err(invalid);
+        };
+        if user.disabled {
+            self.audit.record(failed("disabled")).await?;
+            return Err(OAuthError::InvalidGrant("the account is disabled"));
         }
-        Ok(())
+        Ok(user)
     }
 
     /// The `client_credentials` grant (RFC 6749 §4.4): confidential clients only.
@@ -304,7 +356,7 @@ impl TokenService {
             .detail("grant_type", "client_credentials")
             .detail("scope", scope.as_str());
         self.audit.record(issued).await?;
-        self.respond(&client.client_id, client, scope, None, None)
+        self.respond(&client.client_id, client, scope, None, None, new_jti())
     }
 
     /// The `refresh_token` grant (RFC 6749 §6) with rotation: one atomic storage operation and
@@ -320,15 +372,19 @@ impl TokenService {
         let presented = refresh_token.sha256();
         let next = Secret::generate();
         let next_hash = next.sha256();
+        let jti = new_jti();
+        let now = self.clock.now_ms();
         let rotation = Rotation {
             presented_hash: &presented,
             new_hash: &next_hash,
             client_id: &client.client_id,
-            now: self.clock.now_ms(),
+            now,
             grace_ms: self.policy.refresh_grace_ms,
             idle_timeout_ms: self.policy.session_idle_ms,
             ip,
             reuse_window_ms: self.policy.reuse_window_ms,
+            new_jti: &jti,
+            superseded_until: now + self.policy.access_ttl_secs * 1000,
         };
         let outcome = self.storage.rotate_refresh(&rotation).await?;
         let label = match &outcome {
@@ -371,7 +427,7 @@ impl TokenService {
             .detail("grace_retry", grace)
             .detail("scope", scope.as_str());
         self.audit.record(refreshed).await?;
-        self.respond(&session.user_id, client, scope, Some(&session.id), Some(next))
+        self.respond(&session.user_id, client, scope, Some(&session.id), Some(next), jti)
     }
 
     fn respond(
@@ -381,9 +437,10 @@ impl TokenService {
         scope: String,
         session_id: Option<&str>,
         refresh: Option<Secret>,
+        jti: String,
     ) -> Result<TokenResponse, OAuthError> {
         let access_token =
-            self.sign_access_token(subject, &client.client_id, &scope, session_id)?;
+            self.sign_access_token(subject, &client.client_id, &scope, session_id, jti)?;
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer",
@@ -400,6 +457,7 @@ impl TokenService {
         client_id: &str,
         scope: &str,
         session_id: Option<&str>,
+        jti: String,
     ) -> Result<String, OAuthError> {
         let signer = self.keys.signer().ok_or_else(|| anyhow::anyhow!("no active signing key"))?;
         let iat = self.clock.now_ms() / 1000;
@@ -409,7 +467,7 @@ impl TokenService {
             aud: self.policy.audience.clone(),
             exp: iat + self.policy.access_ttl_secs,
             iat,
-            jti: super::id_text(Uuid::new_v4()),
+            jti,
             client_id: client_id.to_owned(),
             scope: scope.to_owned(),
             sid: session_id.map(str::to_owned),
@@ -454,13 +512,23 @@ impl TokenService {
         Ok(state.is_active(claims.sid.is_some(), self.clock.now_ms()).then_some(claims))
     }
 
-    /// RFC 7662 introspection of an access or refresh token.
-    pub async fn introspect(&self, token: &str) -> Result<serde_json::Value, OAuthError> {
+    /// RFC 7662 introspection of an access or refresh token. A token is reported active only
+    /// to its own client or to a resource server (RFC 7662 §4: a caller may learn nothing of
+    /// tokens it has no business with); to anyone else it is inactive.
+    pub async fn introspect(
+        &self,
+        caller: &Client,
+        token: &str,
+    ) -> Result<serde_json::Value, OAuthError> {
         let inactive = json!({ "active": false });
+        let entitled = |client_id: &str| caller.resource_server || caller.client_id == client_id;
         if looks_like_jwt(token) {
             let Some(c) = self.active_access_token(token).await? else {
                 return Ok(inactive);
             };
+            if !entitled(&c.client_id) {
+                return Ok(inactive);
+            }
             let mut answer = json!({
                 "active": true, "token_type": "Bearer", "scope": c.scope, "client_id": c.client_id,
                 "sub": c.sub, "exp": c.exp, "iat": c.iat, "iss": c.iss, "aud": c.aud, "jti": c.jti,
@@ -472,7 +540,7 @@ impl TokenService {
         }
         let hash = Secret::from_client(token.to_owned()).sha256();
         match self.storage.session_by_refresh(&hash).await? {
-            Some((s, true)) if s.is_active(self.clock.now_ms()) => Ok(json!({
+            Some((s, true)) if s.is_active(self.clock.now_ms()) && entitled(&s.client_id) => Ok(json!({
                 "active": true, "token_type": "refresh_token", "scope": s.scope,
                 "client_id": s.client_id, "sub": s.user_id, "exp": s.expires_at / 1000,
                 "iat": s.last_used_at / 1000, "iss": self.policy.issuer, "sid": s.id,
@@ -481,14 +549,14 @@ impl TokenService {
         }
     }
 
-    /// RFC 7009 revocation. Unknown tokens succeed; a token of another client is refused.
-    /// Revoking a refresh token ends its session.
+    /// RFC 7009 revocation. Revoking a refresh token ends its session. The answer is the
+    /// same whatever the token's state (§2.2): unknown, dead and other clients' tokens
+    /// succeed and change nothing, so the answer tells the caller nothing about a token.
     pub async fn revoke(&self, client: &Client, token: &str) -> Result<(), OAuthError> {
-        let not_yours = OAuthError::UnauthorizedClient("the token was not issued to this client");
         if looks_like_jwt(token) {
             if let Some(claims) = self.verify_access_token(token).await {
                 if claims.client_id != client.client_id {
-                    return Err(not_yours);
+                    return Ok(());
                 }
                 // Listed until the token would have expired, and never longer than 7 days.
                 let until = (claims.exp * 1000).min(self.clock.now_ms() + MAX_REVOCATION_MS);
@@ -508,7 +576,7 @@ impl TokenService {
         let hash = Secret::from_client(token.to_owned()).sha256();
         if let Some((session, _)) = self.storage.session_by_refresh(&hash).await? {
             if session.client_id != client.client_id {
-                return Err(not_yours);
+                return Ok(());
             }
             let actor = format!("client:{}", client.client_id);
             let revoked = entry(events::TOKEN_REVOKED)
@@ -538,6 +606,11 @@ pub fn session_revoked(s: &Session, actor: &str) -> Entry {
         .detail("reason", s.revoke_reason.clone())
         .detail("revoked_at", s.revoked_at.map(rfc3339))
         .detail("device_id", s.device_id.clone())
+}
+
+/// A new access-token id.
+fn new_jti() -> String {
+    super::id_text(Uuid::new_v4())
 }
 
 /// Refresh tokens are base64url, which has no dot; a JWT has two.

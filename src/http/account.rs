@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::UserToken;
+use super::auth::{AccountUser, UserToken};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -36,7 +36,7 @@ const NO_DEVICE: ApiError = ApiError::NotFound("no such device");
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn list_sessions(
     State(state): State<AppState>,
-    user: UserToken,
+    AccountUser(user): AccountUser,
 ) -> Result<Response, ApiError> {
     let sessions = state.sessions.list(&user.user_id, Some(&user.session_id)).await?;
     Ok(Json(json!({ "sessions": sessions })).into_response())
@@ -47,7 +47,7 @@ async fn list_sessions(
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn get_session(
     State(state): State<AppState>,
-    user: UserToken,
+    AccountUser(user): AccountUser,
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     let session = state.sessions.get(&user.user_id, &id, Some(&user.session_id)).await?;
@@ -59,7 +59,7 @@ async fn get_session(
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn end_session(
     State(state): State<AppState>,
-    user: UserToken,
+    AccountUser(user): AccountUser,
     ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
     if state.sessions.end(&user.user_id, &id, revoke_reason::REVOKED_BY_USER).await? {
@@ -80,7 +80,7 @@ struct EndSessionsQuery {
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn end_sessions(
     State(state): State<AppState>,
-    user: UserToken,
+    AccountUser(user): AccountUser,
     ApiQuery(query): ApiQuery<EndSessionsQuery>,
 ) -> Result<Response, ApiError> {
     let except = query.except_current.then_some(user.session_id.as_str());
@@ -105,7 +105,7 @@ async fn logout(State(state): State<AppState>, user: UserToken) -> Result<Status
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn list_devices(
     State(state): State<AppState>,
-    user: UserToken,
+    AccountUser(user): AccountUser,
 ) -> Result<Response, ApiError> {
     let devices = state.sessions.devices(&user.user_id).await?;
     Ok(Json(json!({ "devices": devices })).into_response())
@@ -123,7 +123,7 @@ struct DevicePatch {
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn update_device(
     State(state): State<AppState>,
-    user: UserToken,
+    AccountUser(user): AccountUser,
     ApiPath(id): ApiPath,
     ApiJson(patch): ApiJson<DevicePatch>,
 ) -> Result<Response, ApiError> {
@@ -143,7 +143,7 @@ async fn update_device(
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn delete_device(
     State(state): State<AppState>,
-    user: UserToken,
+    AccountUser(user): AccountUser,
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     let ended = state.sessions.delete_device(&user.user_id, &id).await?.ok_or(NO_DEVICE)?;

@@ -30,7 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(user_sessions))
         .routes(routes!(revoke_user))
         .routes(routes!(create_client))
-        .routes(routes!(get_client))
+        .routes(routes!(get_client, change_client, remove_client))
         .routes(routes!(keys))
         .routes(routes!(rotate_keys))
         .routes(routes!(audit))
@@ -122,9 +122,9 @@ async fn update_user(
     let role = parse_role(&change.role)?;
     let user = state.storage.user_by_id(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
     check_owner_change(&admin, user.role.parse().ok(), role)?;
-    if !state.storage.set_user_role(&id, role.as_str()).await? {
-        return Err(ApiError::NotFound("no such user"));
-    }
+    let changed = accounts::change_role(state.storage.as_ref(), &id, role).await?;
+    let (user, changed) = changed.ok_or(ApiError::NotFound("no such user"))?;
+    state.audit.record(changed.actor(admin.actor())).await?;
     tracing::info!(from = %user.role, to = %role, "role changed");
     let user = User { role: role.as_str().to_owned(), ..user };
     Ok(Json(user_json(&user)).into_response())
@@ -154,6 +154,9 @@ struct NewClientBody {
     grant_types: Vec<String>,
     #[serde(default)]
     scopes: Vec<String>,
+    /// May introspect the tokens of every client.
+    #[serde(default)]
+    resource_server: bool,
 }
 
 /// Registers a client; the answer shows its secret this once.
@@ -172,6 +175,8 @@ async fn create_client(
         public: body.public,
         grant_types: body.grant_types,
         scopes: body.scopes,
+        resource_server: body.resource_server,
+        created_by: admin.user_id.clone(),
     };
     let now = state.clock.now_ms();
     let (client, secret, created) =
@@ -193,6 +198,57 @@ async fn get_client(
     admin.require(Permission::ReadClients)?;
     let client = state.storage.client(&id).await?.ok_or(ApiError::NotFound("no such client"))?;
     Ok(Json(client_json(&client, None)).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ClientChangeBody {
+    /// Disable (true) or enable (false) the client.
+    disabled: Option<bool>,
+    /// Issue a new secret; the old one stops working at once.
+    #[serde(default)]
+    rotate_secret: bool,
+}
+
+/// Disables or enables a client, or rotates its secret (shown once).
+#[utoipa::path(patch, path = "/admin/clients/{id}", tag = "admin", summary = "Disable, enable or re-key a client", params(("id" = String, Path, description = "Client id")), request_body = ClientChangeBody, security(("bearer" = [])),
+    responses((status = 200, description = "The client, with its new secret when rotated", body = Object), crate::http::openapi::AdminErrors))]
+#[tracing::instrument(skip_all, fields(admin = %admin.claims.sub, client_id = %id))]
+async fn change_client(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiPath(id): ApiPath,
+    ApiJson(body): ApiJson<ClientChangeBody>,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::ChangeClients)?;
+    let change = accounts::ClientChange {
+        disabled: body.disabled,
+        rotate_secret: body.rotate_secret,
+    };
+    let changed = accounts::update_client(state.storage.as_ref(), &id, change).await?;
+    let (client, secret, updated) = changed.ok_or(ApiError::NotFound("no such client"))?;
+    state.tokens.forget_client(&id).await;
+    state.audit.record(updated.actor(admin.actor())).await?;
+    let mut response = Json(client_json(&client, secret.as_ref())).into_response();
+    crate::error::no_store(&mut response);
+    Ok(response)
+}
+
+/// Deletes a client: it authenticates no more and its tokens act for nobody.
+#[utoipa::path(delete, path = "/admin/clients/{id}", tag = "admin", summary = "Delete a client", params(("id" = String, Path, description = "Client id")), security(("bearer" = [])),
+    responses((status = 204, description = "Deleted"), crate::http::openapi::AdminErrors))]
+#[tracing::instrument(skip_all, fields(admin = %admin.claims.sub, client_id = %id))]
+async fn remove_client(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiPath(id): ApiPath,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::ChangeClients)?;
+    let deleted = accounts::delete_client(state.storage.as_ref(), &id).await?;
+    let deleted = deleted.ok_or(ApiError::NotFound("no such client"))?;
+    state.tokens.forget_client(&id).await;
+    state.audit.record(deleted.actor(admin.actor())).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The published keys and which one signs.

@@ -52,11 +52,36 @@ impl FromRequestParts<AppState> for UserToken {
     }
 }
 
-/// An active access token with the admin scope, and the role it acts with: its user's role
-/// (read now, so a changed role applies at once), or `admin` for a client's own token.
+/// The scope a token needs to see and end its user's sessions and devices: a client that
+/// only needs to call APIs on the user's behalf should not be able to list the user's
+/// addresses or sign them out everywhere.
+pub const ACCOUNT_SCOPE: &str = "account";
+
+/// A user's access token with the [`ACCOUNT_SCOPE`].
+pub struct AccountUser(pub UserToken);
+
+impl FromRequestParts<AppState> for AccountUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = UserToken::from_request_parts(parts, state).await?;
+        if !user.claims.scope.split(' ').any(|s| s == ACCOUNT_SCOPE) {
+            return Err(ApiError::Forbidden("this endpoint needs the account scope"));
+        }
+        Ok(Self(user))
+    }
+}
+
+/// An active access token with the admin scope, and the role it acts with, read now so a
+/// change applies at once: its user's role; for a client's own token, the role of the user
+/// who registered the client (a demoted admin's client is demoted with them), or `admin`
+/// for a client registered from the command line. A disabled or deleted client's tokens
+/// act for nobody.
 pub struct Admin {
     pub claims: AccessClaims,
     pub role: Role,
+    /// The user the token acts for, when there is one.
+    pub user_id: Option<String>,
 }
 
 impl Admin {
@@ -86,14 +111,23 @@ impl FromRequestParts<AppState> for Admin {
         if !claims.scope.split(' ').any(|s| s == ADMIN_SCOPE) {
             return Err(ApiError::Forbidden("this endpoint needs the admin scope"));
         }
-        let role = if claims.sid.is_some() {
-            let user = state.storage.user_by_id(&claims.sub).await?;
-            let user = user.ok_or(ApiError::Unauthorized("the token's user no longer exists"))?;
-            user.role.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?
+        let user_id = if claims.sid.is_some() {
+            Some(claims.sub.clone())
         } else {
-            Role::Admin
+            let client = state.storage.client(&claims.client_id).await?;
+            let client = client.filter(|c| !c.disabled);
+            let client = client.ok_or(ApiError::Unauthorized("the token's client is disabled"))?;
+            client.created_by
         };
-        Ok(Self { claims, role })
+        let role = match &user_id {
+            Some(id) => {
+                let user = state.storage.user_by_id(id).await?;
+                let user = user.ok_or(ApiError::Unauthorized("the token's user no longer exists"))?;
+                user.role.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?
+            }
+            None => Role::Admin,
+        };
+        Ok(Self { claims, role, user_id })
     }
 }
 
@@ -117,6 +151,7 @@ impl FromRequestParts<AppState> for ClientIp {
 /// trusted; the first untrusted one is the client. A malformed entry stops the walk there.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = crate::net::canonical_ip(peer);
     if !is_trusted(&peer) {
         return peer;
     }
@@ -129,7 +164,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .collect();
     let mut client = peer;
     for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
+        // Proxies may write a port, brackets, or an IPv4-mapped IPv6 form.
+        match crate::net::parse_ip(hop).ok_or(()) {
             Ok(ip) => {
                 client = ip;
                 if !is_trusted(&ip) {
@@ -171,5 +207,15 @@ mod tests {
         assert_eq!(client_ip(ip("10.0.0.1"), &chain, &trusted), ip("198.51.100.7"));
         assert_eq!(client_ip(ip("10.0.0.1"), &xff("garbage"), &trusted), ip("10.0.0.1"));
         assert_eq!(client_ip(ip("10.0.0.1"), &HeaderMap::new(), &trusted), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn forwarded_hops_lose_their_ports_and_mapped_forms() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let chain = xff("198.51.100.7:4711");
+        assert_eq!(client_ip(ip("10.0.0.1"), &chain, &trusted), ip("198.51.100.7"));
+        let chain = xff("[2001:db8::7]:443");
+        assert_eq!(client_ip(ip("10.0.0.1"), &chain, &trusted), ip("2001:db8::7"));
+        assert_eq!(client_ip(ip("::ffff:10.0.0.1"), &xff("::ffff:1.2.3.4"), &trusted), ip("1.2.3.4"));
     }
 }

@@ -53,7 +53,9 @@ where
     }
 }
 
-/// A JSON body whose rejection is a problem+json 4xx.
+/// A JSON body whose rejection is a problem+json 4xx. A string with a NUL character
+/// (`\u0000`), anywhere in the document, is refused here, once: PostgreSQL cannot store it
+/// as text, and no name, URL or secret needs one.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -64,11 +66,30 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge),
-            Err(r) => Err(ApiError::BadRequest(r.body_text())),
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge);
+            }
+            Err(r) => return Err(ApiError::BadRequest(r.body_text())),
+        };
+        if has_nul(&value) {
+            return Err(ApiError::BadRequest("strings must not contain NUL".into()));
         }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+    }
+}
+
+/// Whether any string (or key) of a JSON document holds a NUL character.
+fn has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 
@@ -157,6 +178,14 @@ mod tests {
         let encoded = format!("Basic {}", STANDARD.encode(value));
         headers.insert(header::AUTHORIZATION, encoded.parse().expect("header"));
         headers
+    }
+
+    #[test]
+    fn nul_is_found_anywhere_in_a_document() {
+        let nested = serde_json::json!({ "a": [1, { "b": "x\u{0}y" }] });
+        assert!(has_nul(&nested));
+        assert!(has_nul(&serde_json::json!({ "k\u{0}": 1 })));
+        assert!(!has_nul(&serde_json::json!({ "a": ["b", 1, null, true] })));
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state, request_meta))
         .layer(
             ServiceBuilder::new()
+                .map_request(drop_unusable_request_id)
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http()
@@ -88,6 +89,27 @@ pub fn router(state: AppState) -> Router {
             "max-age=63072000; includeSubDomains",
         ))
         .layer(default_header(header::CACHE_CONTROL, "no-store"))
+}
+
+/// The longest request id taken from a client.
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// A client's `x-request-id` is kept only when it is short and plain (`[A-Za-z0-9._-]`, at
+/// most 64): it is echoed, logged on every line and stored in every audit record of the
+/// request, so anything else is replaced by a generated id.
+fn drop_unusable_request_id<B>(mut request: Request<B>) -> Request<B> {
+    let usable = |v: &HeaderValue| {
+        let bytes = v.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    let headers = request.headers_mut();
+    let values = headers.get_all(REQUEST_ID).iter().count();
+    if values > 1 || headers.get(REQUEST_ID).is_some_and(|v| !usable(v)) {
+        headers.remove(REQUEST_ID);
+    }
+    request
 }
 
 fn default_header(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {

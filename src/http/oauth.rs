@@ -13,10 +13,11 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::domain::devices::DeviceHints;
-use crate::domain::ratelimit::Verdict;
+use crate::domain::ratelimit::{Scope, Verdict, tightest};
 use crate::domain::secrets::Secret;
-use crate::domain::tokens::GRANT_TYPES;
+use crate::domain::tokens::{GRANT_TYPES, MAX_CLIENT_ID_LEN};
 use crate::error::{OAuthError, no_store, rate_limit_headers};
+use crate::net::address_key;
 use crate::storage::Client;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -48,8 +49,10 @@ fn required(value: Option<String>, name: &str) -> Result<String, OAuthError> {
         .ok_or_else(|| OAuthError::InvalidRequest(format!("{name} is required")))
 }
 
-/// Counts the request against the client's and the address's rate limits (before the secret
-/// is checked, so guessing secrets is limited too), then authenticates the client.
+/// Rate-limits and authenticates the client. The address's limit is charged first, before
+/// the secret is checked, so guessing secrets is limited; the client's limit only once the
+/// client has authenticated, so nobody can spend another client's allowance by claiming its
+/// id. A public client has no secret to prove its id with, so its limit counts per address.
 async fn authenticate(
     state: &AppState,
     route: &'static str,
@@ -59,12 +62,36 @@ async fn authenticate(
     client_secret: Option<String>,
 ) -> Result<(Client, Option<Verdict>), OAuthError> {
     let (id, secret) = client_credentials(headers, client_id, client_secret)?;
-    let verdict = state.limits.check(route, Some(&id), ip).await?;
+    if id.len() > MAX_CLIENT_ID_LEN {
+        return Err(OAuthError::InvalidClient);
+    }
+    let address = ip.map(address_key);
+    let by_address = match &address {
+        Some(address) => limited(state, route, Scope::Ip, address).await?,
+        None => None,
+    };
+    let client = state.tokens.authenticate_client(&id, secret).await?;
+    let key = match (&address, client.is_public()) {
+        (Some(address), true) => format!("{id}|{address}"),
+        _ => id,
+    };
+    let by_client = limited(state, route, Scope::Client, &key).await?;
+    Ok((client, tightest(by_address, by_client)))
+}
+
+/// Charges one limit; a refusal is the error.
+async fn limited(
+    state: &AppState,
+    route: &'static str,
+    scope: Scope,
+    key: &str,
+) -> Result<Option<Verdict>, OAuthError> {
+    let verdict = state.limits.check(route, scope, key).await?;
     if let Some(v) = verdict.filter(|v| v.retry_after_secs.is_some()) {
         state.metrics.rate_limited.with_label_values(&[route, v.scope.as_str()]).inc();
         return Err(OAuthError::RateLimited(v));
     }
-    Ok((state.tokens.authenticate_client(&id, secret).await?, verdict))
+    Ok(verdict)
 }
 
 /// A successful OAuth answer: never cached, with the rate-limit state.
@@ -180,5 +207,5 @@ async fn introspect(
         return Err(OAuthError::InvalidClient);
     }
     let token = required(form.token, "token")?;
-    Ok(answer(Json(state.tokens.introspect(&token).await?).into_response(), verdict))
+    Ok(answer(Json(state.tokens.introspect(&client, &token).await?).into_response(), verdict))
 }

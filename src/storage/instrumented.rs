@@ -48,6 +48,8 @@ timed! {
     ClientStore {
         fn create_client(&self, client: &Client) -> ();
         fn client(&self, client_id: &str) -> Option<Client>;
+        fn update_client(&self, client_id: &str, secret_hash: Option<&str>, disabled: bool) -> bool;
+        fn delete_client(&self, client_id: &str) -> bool;
     }
     KeyStore {
         fn signing_keys(&self, now: Millis) -> Vec<StoredKey>;
@@ -73,9 +75,8 @@ timed! {
         fn purge(&self, policy: &PurgePolicy) -> PurgeReport;
     }
     LockoutStore {
-        fn locked_until(&self, user_id: &str, now: Millis) -> Option<Millis>;
-        fn record_login_failure(&self, user_id: &str, policy: &LockoutPolicy) -> Option<Millis>;
-        fn clear_login_failures(&self, user_id: &str) -> ();
+        fn begin_login_attempt(&self, key: &str, policy: &LockoutPolicy) -> Admission;
+        fn finish_login_attempt(&self, key: &str, succeeded: bool, policy: &LockoutPolicy) -> Option<Millis>;
     }
     AuditStore {
         fn append_audit(&self, records: Arc<[AuditRecord]>) -> ();
