@@ -48,6 +48,8 @@ async fn every_event_type_is_recorded_with_its_context(backend: Backend) {
                 "client_credentials".into(),
             ],
             scopes: vec!["read".into()],
+            resource_server: false,
+            created_by: None,
         },
     )
     .await
@@ -83,6 +85,14 @@ async fn every_event_type_is_recorded_with_its_context(backend: Backend) {
     app.state.sessions.purge().await.expect("purge");
 
     let token = app.admin_token().await;
+    let spare = app.confidential_client().await;
+    let path = format!("/admin/clients/{}", spare.id);
+    let change = serde_json::json!({ "rotate_secret": true });
+    assert_eq!(app.bearer("PATCH", &path, &token, Some(change)).await.status, 200);
+    assert_eq!(app.bearer("DELETE", &path, &token, None).await.status, 204);
+    let role = serde_json::json!({ "role": "viewer" });
+    let path = format!("/admin/users/{user_id}");
+    assert_eq!(app.bearer("PATCH", &path, &token, Some(role)).await.status, 200);
     let page = audit_page(&app, &token, "limit=1000").await;
     let seen: HashSet<String> = event_names(&page).into_iter().collect();
     for event in events::ALL {

@@ -24,6 +24,8 @@ fn rotation<'a>(presented: &'a [u8], new: &'a [u8], at: i64) -> Rotation<'a> {
         idle_timeout_ms: 7 * DAY,
         ip: Some("198.51.100.2"),
         reuse_window_ms: DAY,
+        new_jti: "jti-next",
+        superseded_until: t(at) + 900_000,
     }
 }
 
@@ -53,6 +55,9 @@ async fn users_and_clients_round_trip_and_conflict(backend: Backend) {
         grant_types: "password".into(),
         scopes: "read".into(),
         created_at: 5,
+        disabled: false,
+        created_by: None,
+        resource_server: false,
     };
     storage.create_client(&client).await.expect("client");
     assert_eq!(storage.client("app").await.expect("get"), Some(client.clone()));
@@ -130,7 +135,7 @@ async fn expired_session_is_not_rotated(backend: Backend) {
     assert_eq!(storage.session_by_refresh(&[2; 32]).await.expect("get"), None);
 }
 
-async fn concurrent_rotations_leave_one_live_token(backend: Backend) {
+async fn concurrent_rotations_rotate_once_retry_once_then_end_the_family(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
     seeded(storage.as_ref(), 1_000).await;
@@ -143,22 +148,23 @@ async fn concurrent_rotations_leave_one_live_token(backend: Backend) {
             })
         })
         .collect();
-    let mut rotated = 0;
+    let (mut rotated, mut grace, mut reused, mut ended) = (0, 0, 0, 0);
     for task in tasks {
         match task.await.expect("join") {
             RotationOutcome::Rotated(_) => rotated += 1,
-            RotationOutcome::Grace(_) => {}
-            other => panic!("unexpected {other:?}"),
+            RotationOutcome::Grace(_) => grace += 1,
+            RotationOutcome::Reused(_) => reused += 1,
+            RotationOutcome::Ended(_) => ended += 1,
+            RotationOutcome::Invalid => panic!("the token is known"),
         }
     }
-    assert_eq!(rotated, 1, "exactly one request rotates the live token");
-    let mut live = 0;
+    // One rotation, one grace retry of the token it spent, then reuse: the family ends, and
+    // every later request finds it ended.
+    assert_eq!((rotated, grace, reused, ended), (1, 1, 1, 47));
     for i in 0..50u8 {
-        if let Some((_, true)) = storage.session_by_refresh(&[100 + i; 32]).await.expect("get") {
-            live += 1;
-        }
+        let found = storage.session_by_refresh(&[100 + i; 32]).await.expect("get");
+        assert!(found.is_none_or(|(s, _)| s.revoked_at.is_some()), "no token stays live");
     }
-    assert_eq!(live, 1);
 }
 
 /// Rotations of many sessions at once (committed together where the backend groups them):
@@ -616,7 +622,7 @@ backend_tests!(
     rotation_follows_the_refresh_rule,
     just_rotated_token_outside_grace_revokes_family,
     expired_session_is_not_rotated,
-    concurrent_rotations_leave_one_live_token,
+    concurrent_rotations_rotate_once_retry_once_then_end_the_family,
     simultaneous_rotations_of_many_sessions_each_get_their_own_outcome,
     imported_sessions_are_stored_whole,
     revoking_a_session_happens_once,

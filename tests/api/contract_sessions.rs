@@ -203,6 +203,8 @@ async fn purge_forgets_used_refresh_tokens_and_stale_revocations(backend: Backen
         idle_timeout_ms: 7 * DAY,
         ip: Some("198.51.100.9"),
         reuse_window_ms: 1_000,
+        new_jti: "jti",
+        superseded_until: now + 900_000,
     };
     assert!(matches!(
         storage.rotate_refresh(&rotate(&[1; 32], &[2; 32], t0 + 10)).await.expect("r"),

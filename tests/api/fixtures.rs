@@ -31,6 +31,7 @@ pub fn session(user_id: &str, now: i64) -> Session {
         revoked_at: None,
         revoke_reason: None,
         device_id: None,
+        access_jti: None,
     }
 }
 

@@ -265,14 +265,28 @@ impl TestApp {
             grant_types: grants.into(),
             scopes: scopes.into(),
             created_at: self.clock.now_ms(),
+            disabled: false,
+            created_by: None,
+            resource_server: false,
         };
         self.storage().create_client(&client).await.expect("create client");
         TestClient { id: client.client_id, secret: secret.map(|s| s.expose().to_owned()) }
     }
 
-    /// A confidential client with every grant and scopes `read write`.
+    /// A confidential client that may introspect every client's tokens.
+    pub async fn resource_server(&self) -> TestClient {
+        let client = self.create_client("client_credentials", "read", false).await;
+        let stored = self.storage().client(&client.id).await.expect("get").expect("client");
+        let stored = Client { resource_server: true, ..stored };
+        self.storage().delete_client(&client.id).await.expect("delete");
+        self.storage().create_client(&stored).await.expect("create");
+        client
+    }
+
+    /// A confidential client with every grant and scopes `read write account`.
     pub async fn confidential_client(&self) -> TestClient {
-        self.create_client("password refresh_token client_credentials", "read write", false).await
+        self.create_client("password refresh_token client_credentials", "read write account", false)
+            .await
     }
 
     /// POSTs a form with HTTP Basic client authentication.
