@@ -401,7 +401,7 @@ async fn seed(
         name: "bench".into(),
         secret_hash: Some(secret.sha256_hex()),
         grant_types: "password refresh_token client_credentials".into(),
-        scopes: "read".into(),
+        scopes: "read account".into(),
         created_at: SystemClock.now_ms(),
         disabled: false,
         created_by: None,

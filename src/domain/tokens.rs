@@ -90,6 +90,11 @@ pub struct TokenService {
 /// Password verifications of one account that may run at once in one process.
 const VERIFICATIONS_PER_ACCOUNT: usize = 2;
 
+/// How often, and how far apart, an attempt asks again for a slot that attempts still being
+/// verified hold: about three seconds in all.
+const ADMISSION_TRIES: usize = 60;
+const ADMISSION_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The longest client id the token endpoints look up.
 pub const MAX_CLIENT_ID_LEN: usize = 200;
 
@@ -278,11 +283,19 @@ impl TokenService {
         };
         let key = lockout_key(username, ip);
         let lockout = policy.threshold > 0;
-        let admission = if lockout {
-            self.storage.begin_login_attempt(&key, &policy).await?
-        } else {
-            Admission::Verify
-        };
+        let mut admission = Admission::Verify;
+        if lockout {
+            // Every slot of the window is taken by attempts still being verified (not by
+            // failures, which would have locked the key): wait for them, since each either
+            // frees its slot or locks the key within a hash's time.
+            for _ in 0..ADMISSION_TRIES {
+                admission = self.storage.begin_login_attempt(&key, &policy).await?;
+                if admission != (Admission::Refused { locked_until: None }) {
+                    break;
+                }
+                tokio::time::sleep(ADMISSION_PAUSE).await;
+            }
+        }
         let user = self.storage.user_by_username(username).await?;
         let admitted = admission == Admission::Verify;
         let hash = user.as_ref().filter(|_| admitted).map(|u| u.password_hash.clone());

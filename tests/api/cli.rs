@@ -367,7 +367,16 @@ fn user_and_client(db: &TestDb, username: &str, password: &str) -> (String, Stri
     assert!(ok, "{err}");
     let (ok, out, err) = atoms_auth(
         db,
-        &["clients", "create", "--name", "smoke", "--grant-types", "password,refresh_token"],
+        &[
+            "clients",
+            "create",
+            "--name",
+            "smoke",
+            "--grant-types",
+            "password,refresh_token",
+            "--scopes",
+            "openid profile account",
+        ],
         None,
     );
     assert!(ok, "{err}");

@@ -547,7 +547,7 @@ async fn redis_audit_layout_reverts_and_upgrades_whole() {
     assert!(firsts(event_index.clone()).await[0].starts_with(&format!("{}\t{{", first.id)));
     assert_eq!(firsts(user_index.clone()).await, [format!("{}\t{}", first.id, first.event)]);
 
-    storage.migrate_down(1).await.expect("down to layout 4");
+    migrate_down_before(storage.as_ref(), 5).await; // down to layout 4
     let stored: String = conn.get(&record_key).await.expect("the record's own key");
     assert_eq!(serde_json::from_str::<AuditRecord>(&stored).expect("json"), *first);
     assert_eq!(firsts(event_index.clone()).await, std::slice::from_ref(&first.id));
@@ -579,7 +579,7 @@ async fn redis_audit_conversion_resumes_after_an_interruption() {
     let storage = db.storage().await;
     let records = mixed_audit_records(60);
     storage.append_audit(records.clone().into()).await.expect("append");
-    storage.migrate_down(1).await.expect("down to layout 4");
+    migrate_down_before(storage.as_ref(), 5).await; // down to layout 4
     // Convert the first record by hand, as an interrupted upgrade would have, and leave the
     // layout at 4.
     let client = ::redis::Client::open(db.url.as_str()).expect("redis url");

@@ -39,7 +39,7 @@ async fn password_grant_issues_rfc9068_token_and_session(backend: Backend) {
     assert_eq!(login.header("cache-control"), Some("no-store"));
     assert_eq!(login.str("token_type"), "Bearer");
     assert_eq!(login.body["expires_in"], 900);
-    assert_eq!(login.str("scope"), "read write");
+    assert_eq!(login.str("scope"), "read write account");
     assert_eq!(URL_SAFE_NO_PAD.decode(login.str("refresh_token")).map(|b| b.len()).ok(), Some(32));
 
     let token = login.str("access_token");
