@@ -4,8 +4,8 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use atoms_auth::commands::{self, AuditExport, MigrateAction, NewClient};
-use atoms_auth::domain::accounts::ClientChange;
 use atoms_auth::config::Config;
+use atoms_auth::domain::accounts::ClientChange;
 use clap::{Parser, Subcommand};
 
 /// mimalloc returns freed memory to the system promptly, so the 19 MiB blocks of password

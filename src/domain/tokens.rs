@@ -553,11 +553,13 @@ impl TokenService {
         }
         let hash = Secret::from_client(token.to_owned()).sha256();
         match self.storage.session_by_refresh(&hash).await? {
-            Some((s, true)) if s.is_active(self.clock.now_ms()) && entitled(&s.client_id) => Ok(json!({
-                "active": true, "token_type": "refresh_token", "scope": s.scope,
-                "client_id": s.client_id, "sub": s.user_id, "exp": s.expires_at / 1000,
-                "iat": s.last_used_at / 1000, "iss": self.policy.issuer, "sid": s.id,
-            })),
+            Some((s, true)) if s.is_active(self.clock.now_ms()) && entitled(&s.client_id) => {
+                Ok(json!({
+                    "active": true, "token_type": "refresh_token", "scope": s.scope,
+                    "client_id": s.client_id, "sub": s.user_id, "exp": s.expires_at / 1000,
+                    "iat": s.last_used_at / 1000, "iss": self.policy.issuer, "sid": s.id,
+                }))
+            }
             _ => Ok(inactive),
         }
     }

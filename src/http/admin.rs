@@ -221,10 +221,8 @@ async fn change_client(
     ApiJson(body): ApiJson<ClientChangeBody>,
 ) -> Result<Response, ApiError> {
     admin.require(Permission::ChangeClients)?;
-    let change = accounts::ClientChange {
-        disabled: body.disabled,
-        rotate_secret: body.rotate_secret,
-    };
+    let change =
+        accounts::ClientChange { disabled: body.disabled, rotate_secret: body.rotate_secret };
     let changed = accounts::update_client(state.storage.as_ref(), &id, change).await?;
     let (client, secret, updated) = changed.ok_or(ApiError::NotFound("no such client"))?;
     state.tokens.forget_client(&id).await;

@@ -122,7 +122,8 @@ impl FromRequestParts<AppState> for Admin {
         let role = match &user_id {
             Some(id) => {
                 let user = state.storage.user_by_id(id).await?;
-                let user = user.ok_or(ApiError::Unauthorized("the token's user no longer exists"))?;
+                let user =
+                    user.ok_or(ApiError::Unauthorized("the token's user no longer exists"))?;
                 user.role.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?
             }
             None => Role::Admin,
@@ -216,6 +217,9 @@ mod tests {
         assert_eq!(client_ip(ip("10.0.0.1"), &chain, &trusted), ip("198.51.100.7"));
         let chain = xff("[2001:db8::7]:443");
         assert_eq!(client_ip(ip("10.0.0.1"), &chain, &trusted), ip("2001:db8::7"));
-        assert_eq!(client_ip(ip("::ffff:10.0.0.1"), &xff("::ffff:1.2.3.4"), &trusted), ip("1.2.3.4"));
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.1"), &xff("::ffff:1.2.3.4"), &trusted),
+            ip("1.2.3.4")
+        );
     }
 }

@@ -4,8 +4,8 @@
 //! claim, the table a batch of reads is unpacked into) the backend passes that clause.
 
 use super::StorageError;
-use crate::clock::Millis;
 use super::batch::Batched;
+use crate::clock::Millis;
 
 /// Maps a unique-constraint violation to [`StorageError::Conflict`]: the one place it is done.
 pub fn unique(what: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {

@@ -12,4 +12,5 @@ mod oauth_errors;
 mod ops;
 mod receiver;
 mod roles;
+mod security;
 mod webhooks;

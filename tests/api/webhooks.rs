@@ -286,7 +286,11 @@ async fn two_instances_never_deliver_one_attempt_twice(backend: Backend) {
         app.login(&client, "alice", PASSWORD)
     }))
     .await;
-    assert!(logins.iter().all(|l| l.status == 200), "{:?}", logins.iter().map(|l| &l.body).collect::<Vec<_>>());
+    assert!(
+        logins.iter().all(|l| l.status == 200),
+        "{:?}",
+        logins.iter().map(|l| &l.body).collect::<Vec<_>>()
+    );
     let received = receiver.wait_until(|r| r.len() >= 24).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let received = receiver.received().len().max(received.len());

@@ -361,11 +361,7 @@ impl Maintenance for RedisStorage {
 
 #[async_trait]
 impl LockoutStore for RedisStorage {
-    async fn begin_login_attempt(
-        &self,
-        key: &str,
-        p: &LockoutPolicy,
-    ) -> StorageResult<Admission> {
+    async fn begin_login_attempt(&self, key: &str, p: &LockoutPolicy) -> StorageResult<Admission> {
         let (outcome, until): (i32, Millis) = self.login_attempt(key, "begin", false, p).await?;
         Ok(if outcome == 1 {
             Admission::Verify
