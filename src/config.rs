@@ -195,7 +195,22 @@ impl Config {
         if let Some(path) = file.or(env_file.as_deref().map(Path::new)) {
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment.merge(Env::prefixed("ATOMS_AUTH_").ignore(&["config"])).extract().map_err(Box::new)
+        let mut config: Config = figment
+            .merge(Env::prefixed("ATOMS_AUTH_").ignore(&["config"]))
+            .extract()
+            .map_err(Box::new)?;
+        config.drop_empty_master_key();
+        Ok(config)
+    }
+
+    /// An empty master key (as a compose file's `${ATOMS_AUTH_MASTER_KEY:-}` gives) is no
+    /// key: it would "encrypt" signing keys with a key anyone can compute.
+    pub fn drop_empty_master_key(&mut self) {
+        use secrecy::ExposeSecret;
+        if self.master_key.as_ref().is_some_and(|k| k.expose_secret().trim().is_empty()) {
+            tracing::warn!("ATOMS_AUTH_MASTER_KEY is empty: signing keys are stored unencrypted");
+            self.master_key = None;
+        }
     }
 
     /// The token issuer.
@@ -246,6 +261,13 @@ mod tests {
         assert_eq!(config.issuer(), "http://127.0.0.1:8080");
         assert_eq!(config.audience(), config.issuer());
         assert_eq!(config.database_url, "sqlite://atoms-auth.db?mode=rwc");
+    }
+
+    #[test]
+    fn an_empty_master_key_is_no_master_key() {
+        let mut config = Config { master_key: Some(SecretString::from("  ")), ..Config::default() };
+        config.drop_empty_master_key();
+        assert!(config.master_key.is_none());
     }
 
     #[test]

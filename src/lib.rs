@@ -88,8 +88,8 @@ pub fn key_manager(
         storage,
         clock,
         config.signing_algorithm,
-        config.master_key.as_ref().map(|k| k.expose_secret()),
-        secs_to_ms(config.access_token_ttl_secs),
+        config.master_key.as_ref().map(|k| k.expose_secret()).filter(|k| !k.trim().is_empty()),
+        crate::domain::keys::publish_after_retire_ms(secs_to_ms(config.access_token_ttl_secs)),
         secs_to_ms(config.key_rotation_interval_secs),
     )
 }
@@ -252,7 +252,7 @@ pub async fn run(
 /// Picks up keys rotated elsewhere and rotates on schedule.
 fn spawn_key_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut tick = tokio::time::interval(crate::domain::keys::KEY_RELOAD_INTERVAL);
         tick.tick().await;
         loop {
             tick.tick().await;

@@ -69,6 +69,8 @@ pub struct Verifier {
 
 struct KeySet {
     signer: Option<Arc<Signer>>,
+    /// The newest unretired key in storage, usable or not: what a rotation replaces.
+    stored_active: Option<String>,
     verifiers: HashMap<String, Arc<Verifier>>,
     jwks: serde_json::Value,
 }
@@ -78,8 +80,9 @@ pub struct KeyManager {
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
     alg: SigningAlgorithm,
-    master: Option<LessSafeKey>,
-    /// How long a retired key must stay published: the access-token lifetime.
+    master: Option<MasterKey>,
+    /// How long a retired key must stay published: the access-token lifetime, plus the
+    /// time other instances may keep signing with it before they reload.
     publish_after_retire_ms: Millis,
     rotation_interval_ms: Millis,
     set: RwLock<Arc<KeySet>>,
@@ -87,13 +90,67 @@ pub struct KeyManager {
     audit: std::sync::OnceLock<Arc<Audit>>,
 }
 
-/// Derives the AES-256-GCM key that wraps private keys from the configured master key.
-fn master_cipher(master_key: &str) -> anyhow::Result<LessSafeKey> {
-    let digest = Sha256::new_with_prefix(b"atoms-auth signing-key wrap v1\0")
+/// How often every instance reloads the signing keys from storage: an instance may sign with
+/// a key another one retired for this long, so a retired key stays published for the token
+/// lifetime plus this (and [`RELOAD_MARGIN`]).
+pub const KEY_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Slack for a reload that runs late and for clocks that disagree a little.
+const RELOAD_MARGIN_MS: Millis = 60_000;
+
+/// How long a retired key stays published for access tokens living `access_ttl_ms`.
+pub fn publish_after_retire_ms(access_ttl_ms: Millis) -> Millis {
+    access_ttl_ms + KEY_RELOAD_INTERVAL.as_millis() as Millis + RELOAD_MARGIN_MS
+}
+
+/// The key that wraps private keys: AES-256-GCM under the configured master key, plus the
+/// derivation of earlier versions, which only opens keys sealed before.
+struct MasterKey {
+    current: LessSafeKey,
+    legacy: LessSafeKey,
+}
+
+/// The shortest passphrase accepted in place of a random 32-byte key.
+const MIN_PASSPHRASE_CHARS: usize = 20;
+
+/// Derives the wrapping key from the configured master key: 32 random bytes in base64 are
+/// used as they are; anything else is a passphrase stretched with argon2id (a slow KDF, so
+/// a guessed passphrase costs as much as a guessed password), and must be long.
+fn master_cipher(master_key: &str) -> anyhow::Result<MasterKey> {
+    use base64::Engine;
+    let trimmed = master_key.trim();
+    let decoded = base64::engine::general_purpose::STANDARD.decode(trimmed).ok();
+    let material: [u8; 32] = match decoded.and_then(|d| <[u8; 32]>::try_from(d).ok()) {
+        Some(bytes) => bytes,
+        None => {
+            if trimmed.chars().count() < MIN_PASSPHRASE_CHARS {
+                bail!(
+                    "the master key must be 32 random bytes in base64 (openssl rand -base64 32) \
+                     or a passphrase of at least {MIN_PASSPHRASE_CHARS} characters"
+                );
+            }
+            tracing::warn!(
+                "the master key is a passphrase; 32 random bytes in base64 are stronger"
+            );
+            let mut out = [0u8; 32];
+            argon2::Argon2::default()
+                .hash_password_into(trimmed.as_bytes(), b"atoms-auth master key v2", &mut out)
+                .map_err(|e| anyhow!("deriving the master key failed: {e}"))?;
+            out
+        }
+    };
+    let current = Sha256::new_with_prefix(b"atoms-auth signing-key wrap v2\0")
+        .chain_update(material)
+        .finalize();
+    let legacy = Sha256::new_with_prefix(b"atoms-auth signing-key wrap v1\0")
         .chain_update(master_key.as_bytes())
         .finalize();
-    let key = UnboundKey::new(&AES_256_GCM, &digest).map_err(|_| anyhow!("bad master key"))?;
-    Ok(LessSafeKey::new(key))
+    let cipher = |bytes: &[u8]| {
+        UnboundKey::new(&AES_256_GCM, bytes)
+            .map(LessSafeKey::new)
+            .map_err(|_| anyhow!("bad master key"))
+    };
+    Ok(MasterKey { current: cipher(&current)?, legacy: cipher(&legacy)? })
 }
 
 impl KeyManager {
@@ -116,6 +173,7 @@ impl KeyManager {
                 signer: None,
                 verifiers: HashMap::new(),
                 jwks: serde_json::json!({ "keys": [] }),
+                stored_active: None,
             })),
             last_reload: AtomicI64::new(0),
             audit: std::sync::OnceLock::new(),
@@ -172,6 +230,11 @@ impl KeyManager {
         let mut verifiers = HashMap::new();
         let mut jwks = Vec::new();
         for key in &stored {
+            if self.master.is_some() && !key.encrypted {
+                // Not used: a new key replaces it (see `rotate`).
+                tracing::error!(kid = %key.kid, "a signing key stored in clear while a master key is set is ignored");
+                continue;
+            }
             let der = self.unwrap_private(key)?;
             let alg = SigningAlgorithm::parse(&key.alg)
                 .ok_or_else(|| anyhow!("key {} has unknown algorithm {}", key.kid, key.alg))?;
@@ -192,7 +255,13 @@ impl KeyManager {
                 }));
             }
         }
-        let set = Arc::new(KeySet { signer, verifiers, jwks: serde_json::json!({ "keys": jwks }) });
+        let stored_active = stored.iter().find(|k| k.retired_at.is_none()).map(|k| k.kid.clone());
+        let set = Arc::new(KeySet {
+            signer,
+            verifiers,
+            jwks: serde_json::json!({ "keys": jwks }),
+            stored_active,
+        });
         *self.set.write().unwrap_or_else(|e| e.into_inner()) = set;
         self.last_reload.store(self.clock.now_ms(), Ordering::Relaxed);
         Ok(())
@@ -212,13 +281,13 @@ impl KeyManager {
     /// active kid.
     pub async fn rotate(&self) -> anyhow::Result<String> {
         self.reload().await?;
-        let expected = self.signer().map(|s| s.kid.clone());
+        let expected = self.current().stored_active.clone();
         let alg = self.alg;
         let der = tokio::task::spawn_blocking(move || generate_pkcs8(alg)).await??;
         let now = self.clock.now_ms();
         let kid = uuid::Uuid::now_v7().simple().to_string();
         let (private_key, encrypted) = match &self.master {
-            Some(cipher) => (seal(cipher, &kid, &der)?, true),
+            Some(master) => (seal(&master.current, &kid, &der)?, true),
             None => (der, false),
         };
         let key = StoredKey {
@@ -256,16 +325,20 @@ impl KeyManager {
         Ok(())
     }
 
+    /// The private key of a stored key. With a master key set, a key stored in clear is
+    /// refused: it was not made by this server under this key (or was written by someone with
+    /// access to the database), and signing with it would let them mint tokens.
     fn unwrap_private(&self, key: &StoredKey) -> anyhow::Result<Vec<u8>> {
-        if !key.encrypted {
-            return Ok(key.private_key.clone());
+        match (&self.master, key.encrypted) {
+            (None, false) => Ok(key.private_key.clone()),
+            (None, true) => bail!("key {} is encrypted but no master key is set", key.kid),
+            (Some(_), false) => {
+                bail!("key {} is stored in clear while a master key is set", key.kid)
+            }
+            (Some(master), true) => open(&master.current, &key.kid, &key.private_key)
+                .or_else(|_| open(&master.legacy, &key.kid, &key.private_key))
+                .with_context(|| format!("key {} does not decrypt with the master key", key.kid)),
         }
-        let cipher = self
-            .master
-            .as_ref()
-            .ok_or_else(|| anyhow!("key {} is encrypted but no master key is set", key.kid))?;
-        open(cipher, &key.kid, &key.private_key)
-            .with_context(|| format!("key {} does not decrypt with the master key", key.kid))
     }
 }
 
@@ -278,7 +351,8 @@ pub fn key_rotated(kid: &str, alg: SigningAlgorithm, previous: Option<&str>) -> 
         .detail("previous_kid", previous.map(str::to_owned))
 }
 
-fn generate_pkcs8(alg: SigningAlgorithm) -> anyhow::Result<Vec<u8>> {
+/// A new private key of `alg`, as PKCS#8 DER.
+pub fn generate_pkcs8(alg: SigningAlgorithm) -> anyhow::Result<Vec<u8>> {
     let rng = SystemRandom::new();
     let failed = |_| anyhow!("{} key generation failed", alg.as_str());
     Ok(match alg {
@@ -380,11 +454,23 @@ mod tests {
 
     #[test]
     fn sealed_key_opens_only_with_its_master_key_and_kid() {
-        let cipher = master_cipher("master one").expect("cipher");
+        let cipher = master_cipher("master one is a long passphrase").expect("cipher").current;
         let sealed = seal(&cipher, "kid-1", b"private").expect("seal");
         assert_eq!(open(&cipher, "kid-1", &sealed).expect("open"), b"private");
         assert!(open(&cipher, "kid-2", &sealed).is_err());
-        let other = master_cipher("master two").expect("cipher");
+        let other = master_cipher("master two is a long passphrase").expect("cipher").current;
         assert!(open(&other, "kid-1", &sealed).is_err());
+    }
+
+    #[test]
+    fn master_keys_are_random_bytes_or_long_passphrases() {
+        assert!(master_cipher("short").is_err());
+        assert!(master_cipher("").is_err());
+        let random = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+        assert!(master_cipher(random).is_ok());
+        // The two forms derive different keys from the same text.
+        let a = master_cipher(random).expect("key").current;
+        let sealed = seal(&a, "k", b"x").expect("seal");
+        assert!(open(&master_cipher(random).expect("key").legacy, "k", &sealed).is_err());
     }
 }

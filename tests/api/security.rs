@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use atoms_auth::clock::Clock;
 use atoms_auth::domain::audit::events;
 use atoms_auth::storage::AuditQuery;
 use serde_json::{Value, json};
@@ -306,6 +307,59 @@ async fn clients_can_be_disabled_rekeyed_deleted_and_follow_their_creator(backen
     assert_eq!(app.bearer("GET", &path, &owner_token, None).await.status, 404);
 }
 
+/// With a master key set, a signing key stored in clear (planted by someone who can write
+/// to the database) is never used to sign nor published; a new key replaces it.
+async fn a_plaintext_key_is_refused_when_a_master_key_is_set(backend: Backend) {
+    use atoms_auth::storage::StoredKey;
+    let app = spawn_app_with(backend, |c| {
+        c.master_key = Some("q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=".to_owned().into());
+    })
+    .await;
+    let keys = &app.state.keys;
+    let active = keys.signer().expect("a key").kid.clone();
+    let planted = StoredKey {
+        kid: "planted".into(),
+        alg: "EdDSA".into(),
+        private_key: atoms_auth::domain::keys::generate_pkcs8(
+            atoms_auth::config::SigningAlgorithm::EdDSA,
+        )
+        .expect("key"),
+        encrypted: false,
+        created_at: app.clock.now_ms(),
+        retired_at: None,
+        expires_at: None,
+    };
+    let rotated = app
+        .storage()
+        .rotate_signing_key(Some(&active), &planted, app.clock.now_ms() + 3_600_000)
+        .await
+        .expect("plant");
+    assert!(rotated);
+    keys.rotate_if_due().await.expect("maintenance");
+    let signer = keys.signer().expect("a usable key").kid.clone();
+    assert_ne!(signer, "planted");
+    assert!(!keys.jwks().to_string().contains("planted"));
+}
+
+/// Another instance may sign with a key for one reload interval after it was retired
+/// elsewhere; such a token verifies on every instance until it expires.
+async fn a_token_signed_with_a_just_retired_key_verifies_until_it_expires(backend: Backend) {
+    let first = spawn_app(backend).await;
+    let second = spawn_on(TestDb::shared(&first.db), first.db.config()).await;
+    let (client, _) = first.logged_in().await;
+    first.state.keys.rotate().await.expect("rotate");
+    // The second instance has not reloaded yet: it signs with the retired key, up to a reload
+    // interval later.
+    first.clock.advance_secs(59);
+    second.clock.advance_secs(59);
+    let late = second.login(&client, "alice", PASSWORD).await;
+    let token = late.str("access_token");
+    // Just before that token expires, the first instance reloads and still verifies it.
+    first.clock.advance_secs(899);
+    first.state.keys.reload().await.expect("reload");
+    assert_eq!(first.introspect(&client, &token).await["active"], true);
+}
+
 backend_tests!(
     a_burst_of_guesses_verifies_at_most_the_threshold,
     a_lock_holds_for_one_address_only,
@@ -317,4 +371,6 @@ backend_tests!(
     nul_in_json_bodies_is_refused,
     the_account_api_needs_the_account_scope,
     clients_can_be_disabled_rekeyed_deleted_and_follow_their_creator,
+    a_plaintext_key_is_refused_when_a_master_key_is_set,
+    a_token_signed_with_a_just_retired_key_verifies_until_it_expires,
 );
