@@ -88,6 +88,16 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// A request that takes longer is answered 503.
     pub request_timeout_secs: u64,
+    /// Open connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this many seconds (HTTP/1); it also bounds
+    /// how long an idle keep-alive connection waits for its next request.
+    pub header_read_timeout_secs: u64,
+    /// A connection that moves no byte for this many seconds is closed.
+    pub idle_timeout_secs: u64,
+    /// Serve `/metrics` on this address only (not on `listen`), e.g. a port that only the
+    /// monitoring network reaches. Unset: `/metrics` is on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Origins allowed by CORS, comma separated (`*` for any); empty: no CORS headers at all.
     pub cors_origins: String,
     /// Redis for state shared by instances (rate limits), and the health check's cache.
@@ -139,6 +149,10 @@ impl Default for Config {
             master_key: None,
             max_body_bytes: 64 * 1024,
             request_timeout_secs: 30,
+            max_connections: 4096,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            metrics_listen: None,
             cors_origins: String::new(),
             redis_url: None,
             rate_limit_client_per_sec: 1000,

@@ -14,7 +14,6 @@ pub mod net;
 pub mod storage;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +64,8 @@ pub struct App {
     /// The last `/health` answer and when it was made: checks run at most once a second,
     /// however often the endpoint is polled.
     pub health_cache: tokio::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
+    /// The last `/health/ready` answer and when it was made, likewise.
+    pub ready_cache: tokio::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -215,6 +216,7 @@ impl App {
             shared_redis,
             started: std::time::Instant::now(),
             health_cache: tokio::sync::Mutex::new(None),
+            ready_cache: tokio::sync::Mutex::new(None),
             trusted_proxies,
         };
         Ok(AppState(Arc::new(app)))
@@ -236,8 +238,36 @@ pub async fn run(
     ];
     let stop_delivery = tokio_util::sync::CancellationToken::new();
     let deliverer = state.webhooks.clone().spawn_deliverer(stop_delivery.clone());
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let limits = http::server::ConnectionLimits {
+        max_connections: state.config.max_connections,
+        header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(state.config.idle_timeout_secs.max(1)),
+    };
+    // One shutdown signal for the main listener and the metrics one.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metrics = match state.config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            let mut stopped = stopped.clone();
+            let router = http::metrics_router(state.clone());
+            Some(tokio::spawn(http::server::serve(listener, router, limits, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })))
+        }
+        None => None,
+    };
+    let mut stopped_main = stopped;
+    let served = http::server::serve(listener, router(state.clone()), limits, async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = stopped_main.wait_for(|s| *s) => {}
+        }
+    })
+    .await;
+    let _ = stop.send(true);
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     for job in jobs {
         job.abort();
     }

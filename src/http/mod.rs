@@ -8,7 +8,8 @@ mod extract;
 mod oauth;
 pub(crate) mod openapi;
 mod ops;
-pub(crate) use ops::refresh_health;
+pub mod server;
+pub(crate) use ops::{metrics_router, refresh_health};
 mod wellknown;
 
 use std::time::{Duration, Instant};

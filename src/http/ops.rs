@@ -27,6 +27,25 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
     responses((status = 200, description = "Text exposition format 0.0.4", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
+    if state.config.metrics_listen.is_some() {
+        return crate::error::problem(StatusCode::NOT_FOUND, "no such resource");
+    }
+    render_metrics(&state)
+}
+
+/// `/metrics` alone, for the separate metrics address.
+pub fn metrics_router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |State(state): State<AppState>| async move { render_metrics(&state) },
+            ),
+        )
+        .with_state(state)
+}
+
+fn render_metrics(state: &AppState) -> Response {
     if let Some(pool) = state.storage.pool() {
         let gauge = &state.metrics.pool_connections;
         gauge.with_label_values(&["idle"]).set(i64::from(pool.idle));
@@ -47,16 +66,28 @@ async fn live() -> Json<Value> {
 #[utoipa::path(get, path = "/health/ready", tag = "operations", summary = "Readiness",
     responses((status = 200, description = "Schema current and storage answering", body = Object), (status = 503, description = "Not ready", body = Object)))]
 async fn ready(State(state): State<AppState>) -> Response {
-    let storage = check_storage(&state).await;
-    let schema = state.storage.migration_status().await;
-    let current = schema.as_ref().is_ok_and(|s| s.iter().all(|m| m.applied && m.checksum_ok));
-    let ready = storage.status == Status::Healthy && current;
+    // Checked at most once a second, like `/health`, however often it is polled.
+    let mut cache = state.ready_cache.lock().await;
+    let body = match cache.as_ref() {
+        Some((at, body)) if at.elapsed() < HEALTH_TTL => body.clone(),
+        _ => {
+            let storage = check_storage(&state).await;
+            let schema = state.storage.migration_status().await;
+            let current =
+                schema.as_ref().is_ok_and(|s| s.iter().all(|m| m.applied && m.checksum_ok));
+            let ready = storage.status == Status::Healthy && current;
+            let body = json!({
+                "status": if ready { "ready" } else { "not_ready" },
+                "storage": storage,
+                "schema_current": current,
+            });
+            *cache = Some((Instant::now(), body.clone()));
+            body
+        }
+    };
+    drop(cache);
+    let ready = body["status"] == "ready";
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "storage": storage,
-        "schema_current": current,
-    });
     (status, Json(body)).into_response()
 }
 
@@ -98,14 +129,19 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A round trip slower than this is degraded.
 const SLOW: Duration = Duration::from_millis(250);
 
-/// Runs a probe with a timeout: its latency and its error, if any.
+/// Runs a probe with a timeout: its latency and, on failure, what anyone may be told. The
+/// health endpoints answer without authentication, so the error itself (which may name
+/// hosts, users or databases) goes only to the log.
 async fn timed<T, E: std::fmt::Display>(
     probe: impl Future<Output = Result<T, E>>,
 ) -> (Duration, Result<T, String>) {
     let started = Instant::now();
     let result = match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "a health check failed");
+            Err("the check failed; the server log has the cause".to_owned())
+        }
         Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
     };
     (started.elapsed(), result)
@@ -231,4 +267,18 @@ async fn check_health(state: &AppState) -> Value {
         "uptime_seconds": state.started.elapsed().as_secs(),
         "checks": { "storage": storage, "cache": cache, "signing_keys": keys, "webhooks": webhooks },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_check_tells_nothing_of_its_cause() {
+        let (_, result) =
+            timed(async { Err::<(), _>("password authentication failed for user \"atoms\"") })
+                .await;
+        let shown = result.expect_err("failed");
+        assert!(!shown.contains("password") && !shown.contains("atoms"), "{shown}");
+    }
 }

@@ -374,3 +374,78 @@ backend_tests!(
     a_plaintext_key_is_refused_when_a_master_key_is_set,
     a_token_signed_with_a_just_retired_key_verifies_until_it_expires,
 );
+
+/// A client that trickles its headers, or sends nothing, is cut off after the header-read
+/// timeout; while the connection limit is reached, a new request waits for a free slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_cut_off_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.header_read_timeout_secs = 1;
+        c.idle_timeout_secs = 2;
+        c.max_connections = 3;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    // Slowloris: a byte of header every 200 ms never completes the head.
+    let started = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow.write_all(b"X").await.is_err() {
+                return;
+            }
+            let mut byte = [0u8; 512];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(1), slow.read(&mut byte)).await
+            {
+                if n == 0 {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), trickle)
+        .await
+        .expect("the trickling connection must be closed");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+
+    // Three silent connections take every slot: a request waits until they are cut off.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let a = app.get("/health/live").await;
+    assert_eq!(a.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(500), "{:?}", started.elapsed());
+    for mut s in silent {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a silent connection is closed");
+    }
+}
+
+/// `/metrics` can live on its own address, away from the public listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_served_on_their_own_address() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let metrics_addr = free.local_addr().expect("addr");
+    drop(free);
+    let app = spawn_app_with(Backend::Sqlite, |c| c.metrics_listen = Some(metrics_addr)).await;
+    assert_eq!(app.get("/metrics").await.status, 404);
+    let mut scraped = None;
+    for _ in 0..50 {
+        if let Ok(r) = app.http.get(format!("http://{metrics_addr}/metrics")).send().await {
+            scraped = Some((r.status().as_u16(), r.text().await.unwrap_or_default()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = scraped.expect("the metrics address answers");
+    assert_eq!(status, 200);
+    assert!(body.contains("atoms_auth_http_requests_total"));
+}
