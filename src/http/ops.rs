@@ -35,14 +35,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// `/metrics` alone, for the separate metrics address.
 pub fn metrics_router(state: AppState) -> axum::Router {
-    axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(
-                |State(state): State<AppState>| async move { render_metrics(&state) },
-            ),
-        )
-        .with_state(state)
+    let (router, _) = OpenApiRouter::new().routes(routes!(metrics_only)).split_for_parts();
+    router.with_state(state)
+}
+
+/// The Prometheus exposition on the separate metrics address.
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics (metrics address)",
+    responses((status = 200, description = "Text exposition format 0.0.4", body = String, content_type = "text/plain")))]
+async fn metrics_only(State(state): State<AppState>) -> Response {
+    render_metrics(&state)
 }
 
 fn render_metrics(state: &AppState) -> Response {
