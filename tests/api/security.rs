@@ -398,12 +398,9 @@ async fn slow_and_silent_clients_are_cut_off_and_connections_are_capped() {
                 return;
             }
             let mut byte = [0u8; 512];
-            if let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_millis(1), slow.read(&mut byte)).await
-            {
-                if n == 0 {
-                    return;
-                }
+            let read = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut byte)).await;
+            if matches!(read, Ok(Ok(0))) {
+                return;
             }
         }
     };
