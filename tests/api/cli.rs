@@ -59,11 +59,35 @@ async fn cli_walkthrough(backend: Backend) {
     assert!(ok && out.contains("active_kid"), "{out}{err}");
 
     let config = db.config();
-    let app = spawn_on(db, config).await;
+    let app = spawn_on(db, config.clone()).await;
     let client = crate::helpers::TestClient { id: client_id, secret: Some(secret) };
     let login = app.login(&client, "carol", "long enough pw").await;
     assert_eq!(login.status, 200, "{}", login.body);
     let db = app.stop().await;
+
+    // The client's lifecycle: disabled, enabled, re-keyed, deleted.
+    let id = client.id.as_str();
+    let (ok, out, err) = atoms_auth(&db, &["clients", "disable", id], None);
+    assert!(ok && out.contains("\"disabled\":true"), "{out}{err}");
+    let app = spawn_on(db, config.clone()).await;
+    assert_eq!(app.login(&client, "carol", "long enough pw").await.status, 401);
+    let db = app.stop().await;
+    let (ok, _, err) = atoms_auth(&db, &["clients", "enable", id], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) = atoms_auth(&db, &["clients", "rotate-secret", id], None);
+    assert!(ok, "{err}");
+    let rotated: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let new_secret = rotated["client_secret"].as_str().expect("new secret").to_owned();
+    let app = spawn_on(db, config.clone()).await;
+    assert_eq!(app.login(&client, "carol", "long enough pw").await.status, 401, "old secret");
+    let renewed = crate::helpers::TestClient { id: client.id.clone(), secret: Some(new_secret) };
+    assert_eq!(app.login(&renewed, "carol", "long enough pw").await.status, 200);
+    let db = app.stop().await;
+    let (ok, _, err) = atoms_auth(&db, &["clients", "delete", id], None);
+    assert!(ok, "{err}");
+    let (ok, _, _) = atoms_auth(&db, &["clients", "delete", id], None);
+    assert!(!ok, "deleting it twice fails");
+
     let (ok, out, err) = atoms_auth(&db, &["migrate", "down"], None);
     assert!(ok && out.contains("pending"), "{out}{err}");
 }

@@ -614,7 +614,49 @@ async fn redis_audit_conversion_resumes_after_an_interruption() {
     assert!(keys.is_empty(), "{keys:?}");
 }
 
+/// Upgrading gives the `account` scope, which the end-user API now needs, to the clients that
+/// could use the `password` grant and to their live sessions; other clients keep theirs.
+async fn upgrading_gives_password_clients_the_account_scope(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let app = Client {
+        client_id: "app".into(),
+        name: "App".into(),
+        secret_hash: None,
+        grant_types: "password refresh_token".into(),
+        scopes: "read".into(),
+        created_at: 5,
+        disabled: false,
+        created_by: None,
+        resource_server: false,
+    };
+    let machine = Client {
+        client_id: "machine".into(),
+        grant_types: "client_credentials".into(),
+        ..app.clone()
+    };
+    storage.create_client(&app).await.expect("client");
+    storage.create_client(&machine).await.expect("client");
+    let live = seeded(storage.as_ref(), 1_000).await;
+    let first = match backend {
+        Backend::Redis => 6,
+        Backend::Sqlite | Backend::Postgres => 12,
+    };
+    migrate_down_before(storage.as_ref(), first).await;
+    storage.migrate_up().await.expect("up");
+    let scopes = |c: Option<Client>| c.map(|c| c.scopes).unwrap_or_default();
+    assert_eq!(scopes(storage.client("app").await.expect("get")), "read account");
+    assert_eq!(scopes(storage.client("machine").await.expect("get")), "read");
+    let session = storage.session(&live.id).await.expect("get").expect("session");
+    assert_eq!(session.scope, "read account");
+    // Running it again changes nothing.
+    migrate_down_before(storage.as_ref(), first).await;
+    storage.migrate_up().await.expect("up again");
+    assert_eq!(scopes(storage.client("app").await.expect("get")), "read account");
+}
+
 backend_tests!(
+    upgrading_gives_password_clients_the_account_scope,
     audit_listing_pages_every_event_in_id_order,
     audit_records_come_back_whole_and_a_repeated_batch_once,
     users_and_clients_round_trip_and_conflict,
