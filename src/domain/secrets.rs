@@ -72,8 +72,8 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
 /// 19 MiB hole in the allocator's arena of each).
 struct Hashers {
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
-    /// Jobs queued or running: past [`MAX_QUEUED_PER_THREAD`] a thread, new work is shed.
-    queued: std::sync::atomic::AtomicUsize,
+    /// Jobs queued or running: past `limit`, new work is shed.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     limit: usize,
 }
 
@@ -87,64 +87,80 @@ const MAX_QUEUED_PER_THREAD: usize = 64;
 pub struct Overloaded;
 
 static HASHERS: LazyLock<Hashers> = LazyLock::new(|| {
-    let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    for i in 0..threads {
-        let queue = queue.clone();
-        let spawned = std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
-            loop {
-                let job = match queue.lock() {
-                    Ok(queue) => queue.recv(),
-                    Err(_) => return,
-                };
-                match job {
-                    Ok(job) => job(),
-                    Err(_) => return,
-                }
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "could not start a password hashing thread");
-        }
-    }
-    Hashers {
-        jobs: std::sync::Mutex::new(jobs),
-        queued: std::sync::atomic::AtomicUsize::new(0),
-        limit: threads * MAX_QUEUED_PER_THREAD,
-    }
+    Hashers::start(threads, threads * MAX_QUEUED_PER_THREAD)
 });
 
-/// Runs `work` on a hashing thread; refuses when the queue is full, and skips the work when
-/// its request has gone (timed out or disconnected) before a thread reached it.
+impl Hashers {
+    /// `threads` hashing threads that owe at most `limit` jobs at once.
+    fn start(threads: usize, limit: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            let spawned =
+                std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a password hashing thread");
+            }
+        }
+        Self {
+            jobs: std::sync::Mutex::new(jobs),
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            limit,
+        }
+    }
+
+    /// Runs `work` on a hashing thread; refuses when the queue is full, and skips the work
+    /// when its request has gone (timed out or disconnected) before a thread reached it.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<Result<T, Overloaded>> {
+        use std::sync::atomic::Ordering;
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Ok(Err(Overloaded));
+        }
+        let (done, result) = tokio::sync::oneshot::channel();
+        let queued = self.queued.clone();
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            if !done.is_closed() {
+                let _ = done.send(work());
+            }
+            queued.fetch_sub(1, Ordering::AcqRel);
+        });
+        let sent = self
+            .jobs
+            .lock()
+            .map_err(|_| anyhow::anyhow!("password hashing is unavailable"))
+            .and_then(|jobs| {
+                jobs.send(job).map_err(|_| anyhow::anyhow!("password hashing is unavailable"))
+            });
+        if let Err(e) = sent {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
+        Ok(Ok(result.await?))
+    }
+}
+
+/// Runs `work` on one of the process's hashing threads (see [`Hashers::run`]).
 async fn on_hasher<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<Result<T, Overloaded>> {
-    use std::sync::atomic::Ordering;
-    let hashers = &*HASHERS;
-    if hashers.queued.fetch_add(1, Ordering::AcqRel) >= hashers.limit {
-        hashers.queued.fetch_sub(1, Ordering::AcqRel);
-        return Ok(Err(Overloaded));
-    }
-    let (done, result) = tokio::sync::oneshot::channel();
-    let job: Box<dyn FnOnce() + Send> = Box::new(move || {
-        if !done.is_closed() {
-            let _ = done.send(work());
-        }
-        HASHERS.queued.fetch_sub(1, Ordering::AcqRel);
-    });
-    let sent = hashers
-        .jobs
-        .lock()
-        .map_err(|_| anyhow::anyhow!("password hashing is unavailable"))
-        .and_then(|jobs| {
-            jobs.send(job).map_err(|_| anyhow::anyhow!("password hashing is unavailable"))
-        });
-    if let Err(e) = sent {
-        hashers.queued.fetch_sub(1, Ordering::AcqRel);
-        return Err(e);
-    }
-    Ok(Ok(result.await?))
+    HASHERS.run(work).await
 }
 
 /// A bound on the verifications of one account that run at once in this process.
@@ -226,6 +242,40 @@ pub async fn verify_password(password: String, hash: Option<String>) -> Result<b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full queue sheds new work at once, and work whose caller has gone is skipped.
+    #[tokio::test]
+    async fn a_full_queue_sheds_work_and_abandoned_work_is_skipped() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hashers = Arc::new(Hashers::start(1, 2));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let job = |ms: u64| {
+            let ran = ran.clone();
+            move || {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                ran.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let busy = tokio::spawn({
+            let hashers = hashers.clone();
+            let work = job(300);
+            async move { hashers.run(work).await.map(|r| r.is_ok()).unwrap_or(false) }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Queued behind the busy job, then abandoned by its caller.
+        let abandoned = tokio::spawn({
+            let hashers = hashers.clone();
+            let work = job(0);
+            async move { hashers.run(work).await.map(|r| r.is_ok()).unwrap_or(false) }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(matches!(hashers.run(job(0)).await, Ok(Err(Overloaded))), "the queue is full");
+        abandoned.abort();
+        assert!(busy.await.expect("join"));
+        // The queue drains, the abandoned job is skipped, and new work runs again.
+        assert!(matches!(hashers.run(job(0)).await, Ok(Ok(()))));
+        assert_eq!(ran.load(Ordering::SeqCst), 2, "the busy job and the last one ran");
+    }
 
     #[tokio::test]
     async fn one_account_verifies_at_most_its_share_at_once() {
