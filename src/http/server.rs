@@ -93,27 +93,38 @@ pub async fn serve(
 }
 
 /// A stream that fails with `TimedOut` once neither a read nor a write has moved a byte for
-/// `limit`; the connection then closes.
+/// `limit`; the connection then closes. Activity only records the time: the timer is armed
+/// once and moved when it fires early, not at every read and write, since rearming a timer
+/// takes a lock of the runtime's timer wheel.
 struct IdleTimeout {
     inner: TcpStream,
     limit: Duration,
+    last_active: Instant,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl IdleTimeout {
     fn new(inner: TcpStream, limit: Duration) -> Self {
-        Self { inner, limit, deadline: Box::pin(tokio::time::sleep(limit)) }
+        let now = Instant::now();
+        Self { inner, limit, last_active: now, deadline: Box::pin(tokio::time::sleep(limit)) }
     }
 
     fn active(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.limit);
+        self.last_active = Instant::now();
     }
 
     /// Pending, unless the connection has been idle too long.
     fn idle<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
-            Poll::Pending => Poll::Pending,
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let due = self.last_active + self.limit;
+            if due <= Instant::now() {
+                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+            }
+            // Active since the timer was armed: move it and wait again.
+            self.deadline.as_mut().reset(due);
         }
     }
 }
