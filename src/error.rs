@@ -117,9 +117,18 @@ impl IntoResponse for OAuthError {
     }
 }
 
-impl From<crate::domain::secrets::Overloaded> for OAuthError {
-    fn from(_: crate::domain::secrets::Overloaded) -> Self {
-        Self::Overloaded
+impl From<crate::domain::tokens::TokenError> for OAuthError {
+    fn from(e: crate::domain::tokens::TokenError) -> Self {
+        use crate::domain::tokens::TokenError;
+        match e {
+            TokenError::InvalidClient => Self::InvalidClient,
+            TokenError::InvalidGrant(why) => Self::InvalidGrant(why),
+            TokenError::UnauthorizedClient(why) => Self::UnauthorizedClient(why),
+            TokenError::InvalidScope(why) => Self::InvalidScope(why),
+            TokenError::Overloaded(_) => Self::Overloaded,
+            TokenError::Storage(e) => Self::Storage(e),
+            TokenError::Internal(e) => Self::Internal(e),
+        }
     }
 }
 
@@ -206,8 +215,7 @@ impl IntoResponse for ApiError {
 
 /// An RFC 9457 problem response, with the id of the request it answers.
 pub fn problem(status: StatusCode, detail: &str) -> Response {
-    let request_id =
-        crate::domain::audit::REQUEST.try_with(|r| r.request_id.clone()).ok().flatten();
+    let request_id = crate::request::REQUEST.try_with(|r| r.request_id.clone()).ok().flatten();
     let body = json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),

@@ -3,14 +3,17 @@
 //! [`App::build`] wires configuration, storage and keys; [`router`] is the HTTP surface;
 //! [`run`] serves it on whatever listener it is given, so tests bind port 0.
 
+pub mod audit_event;
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod domain;
+pub mod encoding;
 pub mod error;
 mod http;
 pub mod metrics;
 pub mod net;
+pub mod request;
 pub mod storage;
 
 use std::future::Future;

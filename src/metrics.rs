@@ -236,7 +236,7 @@ impl Metrics {
                 touch(&metrics.rate_limited, &[&[route, scope]]);
             }
         }
-        for event in crate::domain::audit::events::ALL {
+        for event in crate::audit_event::events::ALL {
             touch(&metrics.audit_events, &[&[event]]);
         }
         Ok(metrics)

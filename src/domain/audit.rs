@@ -16,71 +16,8 @@ use crate::clock::{Clock, Millis, rfc3339};
 use crate::metrics::Metrics;
 use crate::storage::{AuditRecord, Storage, StorageResult};
 
-/// Every event the audit log records.
-pub mod events {
-    pub const USER_CREATED: &str = "user.created";
-    pub const LOGIN_SUCCEEDED: &str = "user.login.succeeded";
-    pub const LOGIN_FAILED: &str = "user.login.failed";
-    pub const USER_LOCKED: &str = "user.locked";
-    pub const TOKEN_ISSUED: &str = "token.issued";
-    pub const TOKEN_REFRESHED: &str = "token.refreshed";
-    pub const TOKEN_REVOKED: &str = "token.revoked";
-    pub const TOKEN_REUSE_DETECTED: &str = "token.reuse_detected";
-    pub const SESSION_CREATED: &str = "session.created";
-    pub const SESSION_REVOKED: &str = "session.revoked";
-    pub const SESSION_EXPIRED: &str = "session.expired";
-    pub const DEVICE_REGISTERED: &str = "device.registered";
-    pub const CLIENT_CREATED: &str = "client.created";
-    pub const CLIENT_UPDATED: &str = "client.updated";
-    pub const CLIENT_DELETED: &str = "client.deleted";
-    pub const USER_ROLE_CHANGED: &str = "user.role_changed";
-    pub const KEY_ROTATED: &str = "key.rotated";
-
-    /// Every event type.
-    pub const ALL: [&str; 17] = [
-        USER_CREATED,
-        LOGIN_SUCCEEDED,
-        LOGIN_FAILED,
-        USER_LOCKED,
-        TOKEN_ISSUED,
-        TOKEN_REFRESHED,
-        TOKEN_REVOKED,
-        TOKEN_REUSE_DETECTED,
-        SESSION_CREATED,
-        SESSION_REVOKED,
-        SESSION_EXPIRED,
-        DEVICE_REGISTERED,
-        CLIENT_CREATED,
-        CLIENT_UPDATED,
-        CLIENT_DELETED,
-        USER_ROLE_CHANGED,
-        KEY_ROTATED,
-    ];
-
-    /// The per-request events, which are most of the log: the SQL event index leaves them
-    /// out (a query for one of them reads in id order, where nearly every record matches).
-    pub const UNINDEXED: [&str; 2] = [TOKEN_ISSUED, TOKEN_REFRESHED];
-
-    /// The SQL event index's predicate, which a query for any other event repeats so that
-    /// the planner may use the index.
-    pub fn indexed_predicate() -> String {
-        let names: Vec<String> = UNINDEXED.iter().map(|e| format!("'{e}'")).collect();
-        format!("event NOT IN ({})", names.join(", "))
-    }
-}
-
-/// Who and where a request comes from, for the records it causes.
-#[derive(Debug, Clone, Default)]
-pub struct RequestMeta {
-    pub request_id: Option<String>,
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-}
-
-tokio::task_local! {
-    /// Set by the HTTP layer around each request.
-    pub static REQUEST: RequestMeta;
-}
+pub use crate::audit_event::{events, id_floor};
+pub use crate::request::{REQUEST, RequestMeta};
 
 /// An audit record being built.
 #[derive(Debug, Clone)]
@@ -134,7 +71,7 @@ impl Entry {
     /// into the record's JSON, without a map or a value of its own in between.
     pub fn detail(mut self, key: &str, value: impl serde::Serialize) -> Self {
         let start = self.details.len();
-        crate::storage::json_string(&mut self.details, key);
+        crate::encoding::json_string(&mut self.details, key);
         self.details.push(b':');
         match serde_json::to_writer(&mut self.details, &value) {
             Ok(()) => self.details.push(b','),
@@ -176,13 +113,6 @@ fn finish_object(mut object: Vec<u8>) -> String {
     }
     // Only serde_json wrote after the opening brace, and it writes UTF-8.
     String::from_utf8(object).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// The smallest record id of time `at`: ids are UUIDv7, whose text starts with the Unix time
-/// in milliseconds (48 bits of hex), so comparing ids against it compares times.
-pub fn id_floor(at: Millis) -> String {
-    let ms = at.clamp(0, (1 << 48) - 1);
-    format!("{:08x}-{:04x}-0000-0000-000000000000", ms >> 16, ms & 0xffff)
 }
 
 /// A record as the API and exports show it.
@@ -436,16 +366,5 @@ mod tests {
         );
         let parsed: Value = serde_json::from_str(&details).expect("JSON");
         assert_eq!(parsed["scope"], "read \"all\"\n\u{e9}");
-    }
-
-    #[test]
-    fn event_queries_repeat_the_index_predicate_of_every_dialect() {
-        let predicate = events::indexed_predicate();
-        for script in [
-            include_str!("../../migrations/sqlite/0007_audit_event_index.up.sql"),
-            include_str!("../../migrations/postgres/0007_audit_event_index.up.sql"),
-        ] {
-            assert!(script.contains(&format!("WHERE {predicate};")), "{script}");
-        }
     }
 }

@@ -14,12 +14,33 @@ use super::devices::{self, DeviceHints};
 use super::keys::{KeyManager, b64};
 use super::secrets::{Secret, VerifyGate, verify_password};
 use crate::clock::{Clock, Millis, rfc3339};
-use crate::error::OAuthError;
 use crate::metrics::Metrics;
 use crate::storage::{
     Admission, Client, LockoutPolicy, Login, Rotation, RotationOutcome, Session, Storage, User,
     revoke_reason,
 };
+
+/// Why a token request failed, in the domain's words; the HTTP layer answers each with its
+/// RFC 6749 error code.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Client authentication failed.
+    #[error("client authentication failed")]
+    InvalidClient,
+    #[error("{0}")]
+    InvalidGrant(&'static str),
+    #[error("{0}")]
+    UnauthorizedClient(&'static str),
+    #[error("{0}")]
+    InvalidScope(String),
+    /// Password hashing is saturated: retry later.
+    #[error(transparent)]
+    Overloaded(#[from] super::secrets::Overloaded),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
 
 /// The longest a revoked access-token id is kept.
 const MAX_REVOCATION_MS: Millis = 7 * 24 * 3600 * 1000;
@@ -157,7 +178,7 @@ impl TokenService {
 
     /// A registered client. Found clients are cached for a short while so the token hot
     /// paths stay at one storage operation; unknown ids are always looked up.
-    async fn client(&self, client_id: &str) -> Result<Option<Client>, OAuthError> {
+    async fn client(&self, client_id: &str) -> Result<Option<Client>, TokenError> {
         if let Some(client) = self.clients.get(client_id).await {
             self.metrics.cache("clients", true);
             return Ok(Some(client));
@@ -175,20 +196,20 @@ impl TokenService {
         &self,
         client_id: &str,
         secret: Option<Secret>,
-    ) -> Result<Client, OAuthError> {
+    ) -> Result<Client, TokenError> {
         if client_id.len() > MAX_CLIENT_ID_LEN {
-            return Err(OAuthError::InvalidClient);
+            return Err(TokenError::InvalidClient);
         }
-        let client = self.client(client_id).await?.ok_or(OAuthError::InvalidClient)?;
+        let client = self.client(client_id).await?.ok_or(TokenError::InvalidClient)?;
         if client.disabled {
-            return Err(OAuthError::InvalidClient);
+            return Err(TokenError::InvalidClient);
         }
         let ok = match (&client.secret_hash, secret) {
             (Some(hash), Some(secret)) => secret.matches_hex(hash),
             (None, None) => true,
             _ => false,
         };
-        if ok { Ok(client) } else { Err(OAuthError::InvalidClient) }
+        if ok { Ok(client) } else { Err(TokenError::InvalidClient) }
     }
 
     /// The `password` grant (RFC 6749 §4.3): verifies the user and opens a session.
@@ -199,7 +220,7 @@ impl TokenService {
         password: String,
         scope: Option<&str>,
         device: DeviceHints,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, TokenError> {
         require_grant(client, "password")?;
         let scope = resolve_scope(scope, client.scope_list())?;
         let user = self.verify_login(client, username, password, device.ip.as_deref()).await?;
@@ -274,7 +295,7 @@ impl TokenService {
         username: &str,
         password: String,
         ip: Option<&str>,
-    ) -> Result<User, OAuthError> {
+    ) -> Result<User, TokenError> {
         let policy = LockoutPolicy {
             now: self.clock.now_ms(),
             window_ms: self.policy.lockout_window_ms,
@@ -322,7 +343,7 @@ impl TokenService {
             }
             e
         };
-        let invalid = OAuthError::InvalidGrant("invalid username or password");
+        let invalid = TokenError::InvalidGrant("invalid username or password");
         let Some(user) = user.clone().filter(|_| verified) else {
             let reason = match (&user, admitted) {
                 (_, false) => "locked",
@@ -345,7 +366,7 @@ impl TokenService {
         };
         if user.disabled {
             self.audit.record(failed("disabled")).await?;
-            return Err(OAuthError::InvalidGrant("the account is disabled"));
+            return Err(TokenError::InvalidGrant("the account is disabled"));
         }
         Ok(user)
     }
@@ -355,9 +376,9 @@ impl TokenService {
         &self,
         client: &Client,
         scope: Option<&str>,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, TokenError> {
         if client.is_public() {
-            return Err(OAuthError::UnauthorizedClient(
+            return Err(TokenError::UnauthorizedClient(
                 "public clients may not use client_credentials",
             ));
         }
@@ -380,7 +401,7 @@ impl TokenService {
         refresh_token: &Secret,
         scope: Option<&str>,
         ip: Option<&str>,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, TokenError> {
         require_grant(client, "refresh_token")?;
         let presented = refresh_token.sha256();
         let next = Secret::generate();
@@ -420,15 +441,15 @@ impl TokenService {
                     .detail("detected_at", rfc3339(rotation.now));
                 self.audit.record(reuse).await?;
                 self.audit.record(session_revoked(&s, "system")).await?;
-                return Err(OAuthError::InvalidGrant(
+                return Err(TokenError::InvalidGrant(
                     "refresh token reuse detected; the session is revoked",
                 ));
             }
             RotationOutcome::Ended(_) => {
-                return Err(OAuthError::InvalidGrant("the session has ended"));
+                return Err(TokenError::InvalidGrant("the session has ended"));
             }
             RotationOutcome::Invalid => {
-                return Err(OAuthError::InvalidGrant("invalid refresh token"));
+                return Err(TokenError::InvalidGrant("invalid refresh token"));
             }
         };
         let scope = resolve_scope(scope, session.scope.split_whitespace())?;
@@ -451,7 +472,7 @@ impl TokenService {
         session_id: Option<&str>,
         refresh: Option<Secret>,
         jti: String,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<TokenResponse, TokenError> {
         let access_token =
             self.sign_access_token(subject, &client.client_id, &scope, session_id, jti)?;
         Ok(TokenResponse {
@@ -471,7 +492,7 @@ impl TokenService {
         scope: &str,
         session_id: Option<&str>,
         jti: String,
-    ) -> Result<String, OAuthError> {
+    ) -> Result<String, TokenError> {
         let signer = self.keys.signer().ok_or_else(|| anyhow::anyhow!("no active signing key"))?;
         let iat = self.clock.now_ms() / 1000;
         let claims = AccessClaims {
@@ -517,7 +538,7 @@ impl TokenService {
     pub async fn active_access_token(
         &self,
         token: &str,
-    ) -> Result<Option<AccessClaims>, OAuthError> {
+    ) -> Result<Option<AccessClaims>, TokenError> {
         let Some(claims) = self.verify_access_token(token).await else {
             return Ok(None);
         };
@@ -532,7 +553,7 @@ impl TokenService {
         &self,
         caller: &Client,
         token: &str,
-    ) -> Result<serde_json::Value, OAuthError> {
+    ) -> Result<serde_json::Value, TokenError> {
         let inactive = json!({ "active": false });
         let entitled = |client_id: &str| caller.resource_server || caller.client_id == client_id;
         if looks_like_jwt(token) {
@@ -567,7 +588,7 @@ impl TokenService {
     /// RFC 7009 revocation. Revoking a refresh token ends its session. The answer is the
     /// same whatever the token's state (§2.2): unknown, dead and other clients' tokens
     /// succeed and change nothing, so the answer tells the caller nothing about a token.
-    pub async fn revoke(&self, client: &Client, token: &str) -> Result<(), OAuthError> {
+    pub async fn revoke(&self, client: &Client, token: &str) -> Result<(), TokenError> {
         if looks_like_jwt(token) {
             if let Some(claims) = self.verify_access_token(token).await {
                 if claims.client_id != client.client_id {
@@ -633,11 +654,11 @@ fn looks_like_jwt(token: &str) -> bool {
     token.split('.').count() == 3
 }
 
-fn require_grant(client: &Client, grant: &'static str) -> Result<(), OAuthError> {
+fn require_grant(client: &Client, grant: &'static str) -> Result<(), TokenError> {
     if client.allows_grant(grant) {
         Ok(())
     } else {
-        Err(OAuthError::UnauthorizedClient("the client may not use this grant type"))
+        Err(TokenError::UnauthorizedClient("the client may not use this grant type"))
     }
 }
 
@@ -646,7 +667,7 @@ fn require_grant(client: &Client, grant: &'static str) -> Result<(), OAuthError>
 pub fn resolve_scope<'a>(
     requested: Option<&str>,
     allowed: impl Iterator<Item = &'a str> + Clone,
-) -> Result<String, OAuthError> {
+) -> Result<String, TokenError> {
     let requested = requested.map(str::trim).filter(|s| !s.is_empty());
     let Some(requested) = requested else {
         return Ok(allowed.collect::<Vec<_>>().join(" "));
@@ -658,10 +679,10 @@ pub fn resolve_scope<'a>(
                 .bytes()
                 .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
         if !valid {
-            return Err(OAuthError::InvalidScope("the scope is malformed".into()));
+            return Err(TokenError::InvalidScope("the scope is malformed".into()));
         }
         if !allowed.clone().any(|a| a == token) {
-            return Err(OAuthError::InvalidScope(format!("scope {token} is not allowed")));
+            return Err(TokenError::InvalidScope(format!("scope {token} is not allowed")));
         }
         if !granted.contains(&token) {
             granted.push(token);
@@ -685,15 +706,15 @@ mod tests {
         assert_eq!(resolve_scope(Some("b b"), "a b".split(' ')).ok().as_deref(), Some("b"));
         assert!(matches!(
             resolve_scope(Some("a c"), "a b".split(' ')),
-            Err(OAuthError::InvalidScope(_))
+            Err(TokenError::InvalidScope(_))
         ));
         assert!(matches!(
             resolve_scope(Some("a\"b"), "a b".split(' ')),
-            Err(OAuthError::InvalidScope(_))
+            Err(TokenError::InvalidScope(_))
         ));
         assert!(matches!(
             resolve_scope(Some("a  b"), "a b".split(' ')),
-            Err(OAuthError::InvalidScope(_))
+            Err(TokenError::InvalidScope(_))
         ));
     }
 

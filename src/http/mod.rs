@@ -28,8 +28,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::domain::audit::{REQUEST, RequestMeta};
 use crate::error::problem;
+use crate::request::{REQUEST, RequestMeta};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

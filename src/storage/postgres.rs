@@ -166,7 +166,7 @@ fn copy_row(out: &mut Vec<u8>, r: &AuditRecord) {
 
 /// Escapes the bytes `COPY`'s text format gives a meaning to.
 fn copy_escape(out: &mut Vec<u8>, text: &str) {
-    if !super::events::any_byte(text, |b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+    if !crate::encoding::any_byte(text, |b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
         out.extend_from_slice(text.as_bytes());
         return;
     }

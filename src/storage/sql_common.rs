@@ -112,6 +112,15 @@ pub fn admission(outcome: i32, locked_until: Option<Millis>, now: Millis) -> sup
     }
 }
 
+/// The SQL event index's predicate (the index leaves out the per-request events, see
+/// [`crate::audit_event::events::UNINDEXED`]), which a query for any other event repeats so
+/// that the planner may use the index.
+pub fn indexed_event_predicate() -> String {
+    let names: Vec<String> =
+        crate::audit_event::events::UNINDEXED.iter().map(|e| format!("'{e}'")).collect();
+    format!("event NOT IN ({})", names.join(", "))
+}
+
 /// Implements every store of [`super::Storage`] on a type with `reader()`, `writer()`,
 /// `audit_writer()` (which writes and purges the audit log) and `migrator()` pools, the
 /// audit log's table `AUDIT_TABLE` (which the purge deletes from), a `rotate(&Rotation)`
@@ -510,3 +519,19 @@ macro_rules! sql_storage {
 }
 
 pub(crate) use sql_storage;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_queries_repeat_the_index_predicate_of_every_dialect() {
+        let predicate = indexed_event_predicate();
+        for script in [
+            include_str!("../../migrations/sqlite/0007_audit_event_index.up.sql"),
+            include_str!("../../migrations/postgres/0007_audit_event_index.up.sql"),
+        ] {
+            assert!(script.contains(&format!("WHERE {predicate};")), "{script}");
+        }
+    }
+}

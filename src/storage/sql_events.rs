@@ -27,17 +27,17 @@ macro_rules! sql_event_stores {
                 }
                 if let Some(event) = &q.event {
                     select.push(" AND event = ").push_bind(event);
-                    use $crate::domain::audit::events;
+                    use $crate::audit_event::events;
                     if !events::UNINDEXED.contains(&event.as_str()) {
-                        select.push(" AND ").push(events::indexed_predicate());
+                        select.push(" AND ").push($crate::storage::sql_common::indexed_event_predicate());
                     }
                 }
                 // Ids are UUIDv7 and start with their time, so a time range is an id range.
                 if let Some(since) = q.since {
-                    select.push(" AND id >= ").push_bind($crate::domain::audit::id_floor(since));
+                    select.push(" AND id >= ").push_bind($crate::audit_event::id_floor(since));
                 }
                 if let Some(until) = q.until {
-                    select.push(" AND id < ").push_bind($crate::domain::audit::id_floor(until));
+                    select.push(" AND id < ").push_bind($crate::audit_event::id_floor(until));
                 }
                 let (past, order) = if q.ascending { (" AND id > ", " ORDER BY id ASC") } else { (" AND id < ", " ORDER BY id DESC") };
                 if let Some(cursor) = &q.cursor {

@@ -378,7 +378,7 @@ macro_rules! sql_session_stores {
                     table = Self::AUDIT_TABLE,
                 ));
                 let audit_events = sqlx::query(purge_audit)
-                .bind($crate::domain::audit::id_floor(p.audit_before))
+                .bind($crate::audit_event::id_floor(p.audit_before))
                 .bind(batch)
                 .execute(self.audit_writer())
                 .await?

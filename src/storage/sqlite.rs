@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::sql_common::{BatchedReaders, sql_storage};
 use super::sql_migrate::Script;
 use super::*;
+use crate::encoding::json_string;
 
 const SCRIPTS: &[Script] = super::sql_migrate::scripts!("sqlite");
 

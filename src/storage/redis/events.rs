@@ -9,7 +9,7 @@ use ::redis::AsyncCommands;
 use async_trait::async_trait;
 
 use super::{Fields, RedisStorage, field, optional};
-use crate::domain::audit::id_floor;
+use crate::audit_event::id_floor;
 use crate::storage::*;
 
 fn delivery_from_map(map: &Fields) -> StorageResult<WebhookDelivery> {
@@ -80,7 +80,7 @@ impl AuditStore for RedisStorage {
             (Some(user_id), _) => (vec![self.key("audit_user", user_id)], true),
             (None, Some(event)) => (vec![self.key("audit_event", event)], false),
             (None, None) => (
-                crate::domain::audit::events::ALL
+                crate::audit_event::events::ALL
                     .iter()
                     .map(|event| self.key("audit_event", event))
                     .collect(),

@@ -487,7 +487,7 @@ impl RedisStorage {
     /// the event indexes, copied a page at a time.
     async fn rebuild_audit_all(&self) -> StorageResult<()> {
         let all = self.audit_all_key();
-        for event in crate::domain::audit::events::ALL {
+        for event in crate::audit_event::events::ALL {
             let mut pages = IndexPages::new(self.key("audit_event", event));
             while let Some(ids) = self.next_page(&mut pages).await? {
                 let mut zadd = ::redis::cmd("ZADD");
@@ -508,7 +508,7 @@ impl RedisStorage {
     /// the wanted form are left alone, so an interrupted conversion can simply run again.
     async fn convert_audit_records(&self, inline: bool) -> StorageResult<()> {
         use events::{index_member, member_id, parse, split_member};
-        for event in crate::domain::audit::events::ALL {
+        for event in crate::audit_event::events::ALL {
             let index = self.key("audit_event", event);
             let mut pages = IndexPages::new(index.clone());
             while let Some(members) = self.next_page(&mut pages).await? {

@@ -343,10 +343,10 @@ impl Maintenance for RedisStorage {
             .scripts
             .purge_events
             .arg(self.script_prefix())
-            .arg(crate::domain::audit::id_floor(p.audit_before))
+            .arg(crate::audit_event::id_floor(p.audit_before))
             .arg(p.audit_before)
             .arg(p.batch)
-            .arg(&crate::domain::audit::events::ALL[..])
+            .arg(&crate::audit_event::events::ALL[..])
             .invoke_async(&mut self.conn())
             .await?;
         Ok(PurgeReport {
