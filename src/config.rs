@@ -254,8 +254,8 @@ impl Config {
     /// The Redis shared by instances: the configured one, else the storage's when it is Redis.
     pub fn shared_redis_url(&self) -> Option<&str> {
         self.redis_url.as_deref().filter(|u| !u.is_empty()).or_else(|| {
-            let scheme = self.database_url.split(':').next().unwrap_or_default();
-            matches!(scheme, "redis" | "rediss").then_some(self.database_url.as_str())
+            crate::storage::shared::is_redis_url(&self.database_url)
+                .then_some(self.database_url.as_str())
         })
     }
 

@@ -60,8 +60,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub limits: RateLimits,
-    /// The Redis shared by instances, when one is configured.
-    pub shared_redis: Option<redis::aio::ConnectionManager>,
+    /// State shared by instances (a Redis), when one is configured.
+    pub shared: Option<Arc<dyn storage::shared::SharedState>>,
     /// When the server started.
     pub started: std::time::Instant,
     /// The last `/health` answer and when it was made: checks run at most once a second,
@@ -109,20 +109,6 @@ pub fn webhook_settings(config: &Config) -> WebhookSettings {
         poll_interval: Duration::from_millis(config.webhook_poll_interval_ms.max(10)),
         allow_private_targets: config.webhook_allow_private_targets,
     }
-}
-
-/// A Redis connection that fails within five seconds when nothing answers.
-async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(2)));
-    Ok(tokio::time::timeout(
-        Duration::from_secs(5),
-        redis::aio::ConnectionManager::new_with_config(client, config),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("redis at the shared redis url does not answer"))??)
 }
 
 fn secs_to_ms(secs: u64) -> i64 {
@@ -189,20 +175,17 @@ impl App {
             metrics.clone(),
         );
         let sessions = SessionService::new(storage.clone(), clock.clone(), purge, audit.clone());
-        let shared_redis = match config.shared_redis_url() {
-            Some(url) => Some(connect_redis(url).await?),
+        let shared = match config.shared_redis_url() {
+            Some(url) => {
+                Some(storage::shared::connect_shared(url, &config.redis_key_prefix).await?)
+            }
             None => None,
         };
         let client_rule =
             Rule::new(config.rate_limit_client_per_sec, config.rate_limit_client_burst);
         let ip_rule = Rule::new(config.rate_limit_ip_per_sec, config.rate_limit_ip_burst);
-        let limits = match &shared_redis {
-            Some(conn) => RateLimits::redis(
-                client_rule,
-                ip_rule,
-                conn.clone(),
-                format!("{}:", config.redis_key_prefix),
-            ),
+        let limits = match &shared {
+            Some(shared) => RateLimits::shared(client_rule, ip_rule, shared.clone()),
             None => RateLimits::local(client_rule, ip_rule),
         };
         let app = App {
@@ -216,7 +199,7 @@ impl App {
             clock,
             metrics,
             limits,
-            shared_redis,
+            shared,
             started: std::time::Instant::now(),
             health_cache: tokio::sync::Mutex::new(None),
             ready_cache: tokio::sync::Mutex::new(None),

@@ -1,19 +1,20 @@
 //! Rate limits of the OAuth endpoints, per client and per client address, by the generic cell
 //! rate algorithm (a steady rate with a burst allowance). In one process the state is local
-//! (`governor`); with a Redis URL configured it lives in Redis, checked by one script call per
-//! request, so every instance enforces the same limit.
+//! (`governor`); with shared state configured (a Redis) it lives there, one charge per limit
+//! and request, so every instance enforces the same limit.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use ::redis::Script;
-use ::redis::aio::ConnectionManager;
+use std::sync::Arc;
+
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::storage::StorageResult;
+use crate::storage::shared::SharedState;
 
 /// One limit: a steady rate and the burst allowed on top.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +67,7 @@ type Local =
 
 enum Backend {
     Local { client: Option<Local>, ip: Option<Local> },
-    Redis { conn: ConnectionManager, prefix: String, script: Script },
+    Shared(Arc<dyn SharedState>),
 }
 
 /// The configured limits.
@@ -93,15 +94,9 @@ impl RateLimits {
         Self { client, ip, backend: Backend::Local { client: local(client), ip: local(ip) } }
     }
 
-    /// Limits kept in Redis, shared by every instance using the same Redis and prefix.
-    pub fn redis(
-        client: Option<Rule>,
-        ip: Option<Rule>,
-        conn: ConnectionManager,
-        prefix: String,
-    ) -> Self {
-        let script = Script::new(include_str!("ratelimit.lua"));
-        Self { client, ip, backend: Backend::Redis { conn, prefix, script } }
+    /// Limits kept in the shared state, the same for every instance that uses it.
+    pub fn shared(client: Option<Rule>, ip: Option<Rule>, shared: Arc<dyn SharedState>) -> Self {
+        Self { client, ip, backend: Backend::Shared(shared) }
     }
 
     /// Whether any limit is configured.
@@ -135,28 +130,21 @@ impl RateLimits {
                 };
                 Ok(limiter.map(|limiter| local_verdict(limiter, scope, rule, &key)))
             }
-            Backend::Redis { conn, prefix, script } => {
-                let answers: Vec<(i64, i64, i64)> = script
-                    .key(format!("{prefix}ratelimit:{key}"))
-                    .arg(rule.interval_us())
-                    .arg(rule.interval_us() * u64::from(rule.burst))
-                    .invoke_async(&mut conn.clone())
-                    .await?;
-                Ok(answers.into_iter().next().map(|(allowed, slack_or_wait, until_full)| {
-                    let (slack_or_wait, until_full) =
-                        (slack_or_wait.max(0) as u64, until_full.max(0) as u64);
-                    let allowed = allowed == 1;
-                    Verdict {
-                        scope,
-                        limit: rule.burst,
-                        remaining: if allowed {
-                            u32::try_from(slack_or_wait / rule.interval_us()).unwrap_or(u32::MAX)
-                        } else {
-                            0
-                        },
-                        reset_secs: secs_ceil(until_full),
-                        retry_after_secs: (!allowed).then(|| secs_ceil(slack_or_wait).max(1)),
-                    }
+            Backend::Shared(shared) => {
+                let interval = rule.interval_us();
+                let charge =
+                    shared.charge(&key, interval, interval * u64::from(rule.burst)).await?;
+                let wait = charge.slack_or_wait_us;
+                Ok(Some(Verdict {
+                    scope,
+                    limit: rule.burst,
+                    remaining: if charge.allowed {
+                        u32::try_from(wait / interval).unwrap_or(u32::MAX)
+                    } else {
+                        0
+                    },
+                    reset_secs: secs_ceil(charge.until_full_us),
+                    retry_after_secs: (!charge.allowed).then(|| secs_ceil(wait).max(1)),
                 }))
             }
         }

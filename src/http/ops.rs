@@ -164,13 +164,11 @@ async fn check_storage(state: &AppState) -> Check {
 }
 
 async fn check_cache(state: &AppState) -> Check {
-    let Some(conn) = &state.shared_redis else {
+    let Some(shared) = &state.shared else {
         return Check::new(Status::Unknown, None).with("detail", "not configured");
     };
-    let mut conn = conn.clone();
-    let (latency, result) =
-        timed(async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await;
-    round_trip(latency, result.map(drop)).with("backend", "redis")
+    let (latency, result) = timed(shared.ping()).await;
+    round_trip(latency, result).with("backend", "redis")
 }
 
 /// The active key must exist; a rotation overdue by more than a day is degraded.

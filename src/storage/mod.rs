@@ -8,6 +8,7 @@ mod instrumented;
 mod models;
 pub mod postgres;
 pub mod redis;
+pub mod shared;
 mod sql_common;
 mod sql_events;
 mod sql_migrate;
