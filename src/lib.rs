@@ -55,6 +55,7 @@ pub struct App {
     pub keys: Arc<KeyManager>,
     pub tokens: TokenService,
     pub sessions: SessionService,
+    pub accounts: crate::domain::accounts::Accounts,
     pub audit: Arc<Audit>,
     pub webhooks: Arc<Webhooks>,
     pub clock: Arc<dyn Clock>,
@@ -175,6 +176,8 @@ impl App {
             metrics.clone(),
         );
         let sessions = SessionService::new(storage.clone(), clock.clone(), purge, audit.clone());
+        let accounts =
+            crate::domain::accounts::Accounts::new(storage.clone(), clock.clone(), audit.clone());
         let shared = match config.shared_redis_url() {
             Some(url) => {
                 Some(storage::shared::connect_shared(url, &config.redis_key_prefix).await?)
@@ -194,6 +197,7 @@ impl App {
             keys,
             tokens,
             sessions,
+            accounts,
             audit,
             webhooks,
             clock,

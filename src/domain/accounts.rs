@@ -3,11 +3,13 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use super::audit::{Entry, entry, events};
+use std::sync::Arc;
+
+use super::audit::{Audit, Entry, entry, events};
 use super::roles::Role;
 use super::secrets::{Secret, hash_password};
 use super::tokens::GRANT_TYPES;
-use crate::clock::Millis;
+use crate::clock::{Clock, Millis};
 use crate::storage::{Client, Storage, StorageError, User};
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +199,87 @@ pub async fn change_role(
         .detail("from", user.role.as_str())
         .detail("to", role.as_str());
     Ok(Some((user, changed)))
+}
+
+/// The account rules with their audit records, for the admin API: each change is recorded
+/// with the actor that made it.
+pub struct Accounts {
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    audit: Arc<Audit>,
+}
+
+impl Accounts {
+    pub fn new(storage: Arc<dyn Storage>, clock: Arc<dyn Clock>, audit: Arc<Audit>) -> Self {
+        Self { storage, clock, audit }
+    }
+
+    pub async fn user(&self, id: &str) -> Result<Option<User>, AccountError> {
+        Ok(self.storage.user_by_id(id).await?)
+    }
+
+    pub async fn client(&self, client_id: &str) -> Result<Option<Client>, AccountError> {
+        Ok(self.storage.client(client_id).await?)
+    }
+
+    /// Creates a user, recorded as done by `actor`.
+    pub async fn register_user(&self, new: NewUser, actor: &str) -> Result<User, AccountError> {
+        let (user, created) = create_user(self.storage.as_ref(), new, self.clock.now_ms()).await?;
+        self.audit.record(created.actor(actor)).await?;
+        Ok(user)
+    }
+
+    /// Changes a user's role; returns the user as it was, or `None` when there is none.
+    pub async fn set_role(
+        &self,
+        user_id: &str,
+        role: Role,
+        actor: &str,
+    ) -> Result<Option<User>, AccountError> {
+        let Some((before, changed)) = change_role(self.storage.as_ref(), user_id, role).await?
+        else {
+            return Ok(None);
+        };
+        self.audit.record(changed.actor(actor)).await?;
+        Ok(Some(before))
+    }
+
+    /// Registers a client; returns it with its secret (shown once).
+    pub async fn register_client(
+        &self,
+        new: NewClient,
+        actor: &str,
+    ) -> Result<(Client, Option<Secret>), AccountError> {
+        let now = self.clock.now_ms();
+        let (client, secret, created) = create_client(self.storage.as_ref(), new, now).await?;
+        self.audit.record(created.actor(actor)).await?;
+        Ok((client, secret))
+    }
+
+    /// Changes a client; `None` when there is none.
+    pub async fn change_client(
+        &self,
+        client_id: &str,
+        change: ClientChange,
+        actor: &str,
+    ) -> Result<Option<(Client, Option<Secret>)>, AccountError> {
+        let Some((client, secret, updated)) =
+            update_client(self.storage.as_ref(), client_id, change).await?
+        else {
+            return Ok(None);
+        };
+        self.audit.record(updated.actor(actor)).await?;
+        Ok(Some((client, secret)))
+    }
+
+    /// Deletes a client; false when there was none.
+    pub async fn remove_client(&self, client_id: &str, actor: &str) -> Result<bool, AccountError> {
+        let Some(deleted) = delete_client(self.storage.as_ref(), client_id).await? else {
+            return Ok(false);
+        };
+        self.audit.record(deleted.actor(actor)).await?;
+        Ok(true)
+    }
 }
 
 /// A client as the CLI and the admin API show it, with its secret when just created.

@@ -145,6 +145,7 @@ enum Message {
 
 /// The audit log of a running server.
 pub struct Audit {
+    storage: Arc<dyn Storage>,
     sender: mpsc::Sender<Message>,
     clock: Arc<dyn Clock>,
     webhooks: Arc<Webhooks>,
@@ -167,7 +168,7 @@ impl Audit {
         excluded: &str,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(65_536);
-        let writer = tokio::spawn(write_batches(storage, receiver));
+        let writer = tokio::spawn(write_batches(storage.clone(), receiver));
         let excluded = excluded
             .split(',')
             .map(str::trim)
@@ -179,6 +180,7 @@ impl Audit {
             .map(|&event| (event, metrics.audit_events.with_label_values(&[event])))
             .collect();
         Self {
+            storage,
             sender,
             clock,
             webhooks,
@@ -224,6 +226,14 @@ impl Audit {
     }
 
     /// Waits until every record queued so far is stored.
+    /// Records matching `query` (those still queued are not yet among them).
+    pub async fn query(
+        &self,
+        query: &crate::storage::AuditQuery,
+    ) -> StorageResult<Vec<AuditRecord>> {
+        self.storage.query_audit(query).await
+    }
+
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.sender.send(Message::Flush(tx)).await.is_ok() {

@@ -169,6 +169,33 @@ impl Webhooks {
     }
 
     /// Queues a test event for one subscription; `None` when it does not exist.
+    /// Every subscription.
+    pub async fn list(&self) -> StorageResult<Vec<WebhookSubscription>> {
+        self.storage.webhooks().await
+    }
+
+    pub async fn get(&self, id: &str) -> StorageResult<Option<WebhookSubscription>> {
+        self.storage.webhook(id).await
+    }
+
+    /// Deletes a subscription and its deliveries; false when there was none.
+    pub async fn delete(&self, id: &str) -> StorageResult<bool> {
+        self.storage.delete_webhook(id).await
+    }
+
+    /// A subscription's newest deliveries with their attempts; `None` without such a
+    /// subscription.
+    pub async fn deliveries(
+        &self,
+        id: &str,
+        limit: u32,
+    ) -> StorageResult<Option<Vec<(WebhookDelivery, Vec<WebhookAttempt>)>>> {
+        if self.storage.webhook(id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.storage.deliveries(id, limit).await?))
+    }
+
     pub async fn send_test(&self, subscription_id: &str) -> StorageResult<Option<String>> {
         if self.storage.webhook(subscription_id).await?.is_none() {
             return Ok(None);

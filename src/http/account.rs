@@ -154,7 +154,7 @@ async fn delete_device(
     responses((status = 200, description = "`sub`, `preferred_username`, ...", body = Object), crate::http::openapi::UserErrors))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn userinfo(State(state): State<AppState>, user: UserToken) -> Result<Response, ApiError> {
-    let found = state.storage.user_by_id(&user.user_id).await?;
+    let found = state.accounts.user(&user.user_id).await?;
     let found = found.ok_or(ApiError::Unauthorized("the user no longer exists"))?;
     Ok(Json(json!({
         "sub": found.id,

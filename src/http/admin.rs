@@ -84,9 +84,7 @@ async fn create_user(
     let role = parse_role(body.role.as_deref().unwrap_or("member"))?;
     check_owner_change(&admin, None, role)?;
     let new = NewUser { username: body.username, password: body.password, role };
-    let now = state.clock.now_ms();
-    let (user, created) = accounts::create_user(state.storage.as_ref(), new, now).await?;
-    state.audit.record(created.actor(admin.actor())).await?;
+    let user = state.accounts.register_user(new, &admin.actor()).await?;
     Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
 }
 
@@ -98,7 +96,7 @@ async fn get_user(
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     admin.require(Permission::ReadUsers)?;
-    let user = state.storage.user_by_id(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
+    let user = state.accounts.user(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
     Ok(Json(user_json(&user)).into_response())
 }
 
@@ -120,11 +118,10 @@ async fn update_user(
 ) -> Result<Response, ApiError> {
     admin.require(Permission::ChangeUsers)?;
     let role = parse_role(&change.role)?;
-    let user = state.storage.user_by_id(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
+    let user = state.accounts.user(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
     check_owner_change(&admin, user.role.parse().ok(), role)?;
-    let changed = accounts::change_role(state.storage.as_ref(), &id, role).await?;
-    let (user, changed) = changed.ok_or(ApiError::NotFound("no such user"))?;
-    state.audit.record(changed.actor(admin.actor())).await?;
+    let changed = state.accounts.set_role(&id, role, &admin.actor()).await?;
+    let user = changed.ok_or(ApiError::NotFound("no such user"))?;
     tracing::info!(from = %user.role, to = %role, "role changed");
     let user = User { role: role.as_str().to_owned(), ..user };
     Ok(Json(user_json(&user)).into_response())
@@ -139,7 +136,7 @@ async fn user_sessions(
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     admin.require(Permission::ReadSessions)?;
-    state.storage.user_by_id(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
+    state.accounts.user(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
     let sessions = state.sessions.list(&id, None).await?;
     Ok(Json(json!({ "user_id": id, "sessions": sessions })).into_response())
 }
@@ -178,10 +175,7 @@ async fn create_client(
         resource_server: body.resource_server,
         created_by: admin.user_id.clone(),
     };
-    let now = state.clock.now_ms();
-    let (client, secret, created) =
-        accounts::create_client(state.storage.as_ref(), new, now).await?;
-    state.audit.record(created.actor(admin.actor())).await?;
+    let (client, secret) = state.accounts.register_client(new, &admin.actor()).await?;
     let mut response =
         (StatusCode::CREATED, Json(client_json(&client, secret.as_ref()))).into_response();
     crate::error::no_store(&mut response);
@@ -196,7 +190,7 @@ async fn get_client(
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     admin.require(Permission::ReadClients)?;
-    let client = state.storage.client(&id).await?.ok_or(ApiError::NotFound("no such client"))?;
+    let client = state.accounts.client(&id).await?.ok_or(ApiError::NotFound("no such client"))?;
     Ok(Json(client_json(&client, None)).into_response())
 }
 
@@ -223,10 +217,9 @@ async fn change_client(
     admin.require(Permission::ChangeClients)?;
     let change =
         accounts::ClientChange { disabled: body.disabled, rotate_secret: body.rotate_secret };
-    let changed = accounts::update_client(state.storage.as_ref(), &id, change).await?;
-    let (client, secret, updated) = changed.ok_or(ApiError::NotFound("no such client"))?;
+    let changed = state.accounts.change_client(&id, change, &admin.actor()).await?;
+    let (client, secret) = changed.ok_or(ApiError::NotFound("no such client"))?;
     state.tokens.forget_client(&id).await;
-    state.audit.record(updated.actor(admin.actor())).await?;
     let mut response = Json(client_json(&client, secret.as_ref())).into_response();
     crate::error::no_store(&mut response);
     Ok(response)
@@ -242,10 +235,10 @@ async fn remove_client(
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     admin.require(Permission::ChangeClients)?;
-    let deleted = accounts::delete_client(state.storage.as_ref(), &id).await?;
-    let deleted = deleted.ok_or(ApiError::NotFound("no such client"))?;
+    if !state.accounts.remove_client(&id, &admin.actor()).await? {
+        return Err(ApiError::NotFound("no such client"));
+    }
     state.tokens.forget_client(&id).await;
-    state.audit.record(deleted.actor(admin.actor())).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -345,7 +338,7 @@ async fn audit(
         ascending,
         limit,
     };
-    let records = state.storage.query_audit(&query).await?;
+    let records = state.audit.query(&query).await?;
     let next_cursor =
         (records.len() == limit as usize).then(|| records.last().map(|r| r.id.clone()));
     let events: Vec<Value> = records.iter().map(record_json).collect();
@@ -393,7 +386,7 @@ async fn create_webhook(
 #[tracing::instrument(skip_all)]
 async fn list_webhooks(State(state): State<AppState>, admin: Admin) -> Result<Response, ApiError> {
     admin.require(Permission::ReadWebhooks)?;
-    let list: Vec<Value> = state.storage.webhooks().await?.iter().map(subscription_json).collect();
+    let list: Vec<Value> = state.webhooks.list().await?.iter().map(subscription_json).collect();
     Ok(Json(json!({ "webhooks": list })).into_response())
 }
 
@@ -408,7 +401,7 @@ async fn get_webhook(
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     admin.require(Permission::ReadWebhooks)?;
-    let found = state.storage.webhook(&id).await?.ok_or(NO_WEBHOOK)?;
+    let found = state.webhooks.get(&id).await?.ok_or(NO_WEBHOOK)?;
     Ok(Json(subscription_json(&found)).into_response())
 }
 
@@ -421,11 +414,7 @@ async fn delete_webhook(
     ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
     admin.require(Permission::ChangeWebhooks)?;
-    if state.storage.delete_webhook(&id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(NO_WEBHOOK)
-    }
+    if state.webhooks.delete(&id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(NO_WEBHOOK) }
 }
 
 #[utoipa::path(post, path = "/admin/webhooks/{id}/test", tag = "admin", summary = "Queue a test event for a subscription", params(("id" = String, Path, description = "Subscription id")), security(("bearer" = [])),
@@ -472,8 +461,7 @@ async fn deliveries(
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     admin.require(Permission::ReadWebhooks)?;
-    state.storage.webhook(&id).await?.ok_or(NO_WEBHOOK)?;
-    let list = state.storage.deliveries(&id, 100).await?;
+    let list = state.webhooks.deliveries(&id, 100).await?.ok_or(NO_WEBHOOK)?;
     let list: Vec<Value> = list.iter().map(|(d, a)| delivery_json(d, a)).collect();
     Ok(Json(json!({ "deliveries": list })).into_response())
 }

@@ -114,14 +114,14 @@ impl FromRequestParts<AppState> for Admin {
         let user_id = if claims.sid.is_some() {
             Some(claims.sub.clone())
         } else {
-            let client = state.storage.client(&claims.client_id).await?;
+            let client = state.accounts.client(&claims.client_id).await?;
             let client = client.filter(|c| !c.disabled);
             let client = client.ok_or(ApiError::Unauthorized("the token's client is disabled"))?;
             client.created_by
         };
         let role = match &user_id {
             Some(id) => {
-                let user = state.storage.user_by_id(id).await?;
+                let user = state.accounts.user(id).await?;
                 let user =
                     user.ok_or(ApiError::Unauthorized("the token's user no longer exists"))?;
                 user.role.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?
