@@ -221,13 +221,7 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let jobs = [
-        spawn_key_maintenance(state.clone()),
-        spawn_purge(state.clone()),
-        spawn_gauges(state.clone()),
-    ];
-    let stop_delivery = tokio_util::sync::CancellationToken::new();
-    let deliverer = state.webhooks.clone().spawn_deliverer(stop_delivery.clone());
+    let jobs = start_jobs(&state);
     let limits = http::server::ConnectionLimits {
         max_connections: state.config.max_connections,
         header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs.max(1)),
@@ -258,63 +252,115 @@ pub async fn run(
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
-    for job in jobs {
-        job.abort();
-    }
-    // In-flight deliveries finish; queued ones wait in storage for the next start.
-    stop_delivery.cancel();
-    let _ = deliverer.await;
-    // Every request has answered: store the audit records still queued.
+    jobs.stop().await;
+    // Every request has answered and every job has stopped: store the audit records still
+    // queued.
     state.audit.close().await;
     served
 }
 
-/// Picks up keys rotated elsewhere and rotates on schedule.
-fn spawn_key_maintenance(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::domain::keys::KEY_RELOAD_INTERVAL);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = state.keys.rotate_if_due().await {
+/// The server's background jobs, one pattern for all: each runs in one task set and stops
+/// when one token is cancelled, finishing the pass it is in (a purge batch or a delivery is
+/// not dropped midway); shutdown waits for them, then flushes the audit log.
+struct Jobs {
+    tasks: tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+/// How long shutdown waits for a job's pass to finish (one stuck on an unreachable store).
+const JOBS_GRACE: Duration = Duration::from_secs(10);
+
+impl Jobs {
+    fn new() -> Self {
+        Self {
+            tasks: tokio_util::task::TaskTracker::new(),
+            stop: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// Runs `pass` every `period` (the first one a period after the start when `delayed`).
+    fn every<F, Fut>(&self, period: Duration, delayed: bool, mut pass: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            if delayed {
+                tick.tick().await;
+            }
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => pass().await,
+                }
+            }
+        });
+    }
+
+    /// Runs a job that watches the stop token itself.
+    fn run(
+        &self,
+        job: impl FnOnce(tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()>,
+    ) {
+        let handle = job(self.stop.clone());
+        self.tasks.spawn(async move {
+            let _ = handle.await;
+        });
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(JOBS_GRACE, self.tasks.wait()).await.is_err() {
+            tracing::warn!("background jobs did not finish within the grace period");
+        }
+    }
+}
+
+/// Starts the key maintenance (picks up keys rotated elsewhere, rotates on schedule), the
+/// purge (ended sessions, forgotten refresh tokens, stale revocations, audit records and
+/// deliveries past retention), the gauges that need storage (sampled off the scrape path)
+/// and the webhook deliverer.
+fn start_jobs(state: &AppState) -> Jobs {
+    let jobs = Jobs::new();
+    let s = state.clone();
+    jobs.every(crate::domain::keys::KEY_RELOAD_INTERVAL, true, move || {
+        let s = s.clone();
+        async move {
+            if let Err(e) = s.keys.rotate_if_due().await {
                 tracing::warn!(error = %e, "signing key maintenance failed");
             }
         }
-    })
-}
-
-/// Deletes ended sessions, forgotten refresh tokens, stale revocation entries, and audit
-/// records and webhook deliveries past retention.
-fn spawn_purge(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let every = Duration::from_secs(state.config.purge_interval_secs.max(1));
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            state.limits.housekeeping();
-            match state.sessions.purge().await {
+    });
+    let s = state.clone();
+    jobs.every(Duration::from_secs(state.config.purge_interval_secs.max(1)), false, move || {
+        let s = s.clone();
+        async move {
+            s.limits.housekeeping();
+            match s.sessions.purge().await {
                 Ok(report) if report.total() > 0 => tracing::info!(?report, "purged"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "purge failed"),
             }
         }
-    })
-}
-
-/// Samples the gauges that need a storage query (active sessions, health) every 15 seconds,
-/// off the scrape path so rendering `/metrics` stays cheap.
-fn spawn_gauges(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(15));
-        loop {
-            tick.tick().await;
-            match state.storage.count_active_sessions(state.clock.now_ms()).await {
-                Ok(n) => state.metrics.active_sessions.set(i64::try_from(n).unwrap_or(i64::MAX)),
+    });
+    let s = state.clone();
+    jobs.every(Duration::from_secs(15), false, move || {
+        let s = s.clone();
+        async move {
+            match s.storage.count_active_sessions(s.clock.now_ms()).await {
+                Ok(n) => s.metrics.active_sessions.set(i64::try_from(n).unwrap_or(i64::MAX)),
                 Err(e) => tracing::warn!(error = %e, "counting active sessions failed"),
             }
-            http::refresh_health(&state).await;
+            http::refresh_health(&s).await;
         }
-    })
+    });
+    // In-flight deliveries finish at shutdown; queued ones wait in storage for the next start.
+    let webhooks = state.webhooks.clone();
+    jobs.run(move |stop| webhooks.spawn_deliverer(stop));
+    jobs
 }
 
 /// Completes on SIGTERM or Ctrl-C.
