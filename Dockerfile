@@ -5,6 +5,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
 COPY migrations ./migrations
+# The workspace manifest names the tool crates; only the server is built.
+COPY tools ./tools
 RUN cargo build --release --locked --bin atoms-auth \
     && strip target/release/atoms-auth
 

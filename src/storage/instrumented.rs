@@ -57,7 +57,6 @@ timed! {
     }
     SessionStore {
         fn create_session(&self, login: &Login<'_>) -> LoginOutcome;
-        fn import_sessions(&self, users: &[User], sessions: &[ImportedSession]) -> ();
         fn session(&self, id: &str) -> Option<Session>;
         fn user_sessions(&self, user_id: &str, now: Millis) -> Vec<(Session, Option<Device>)>;
         fn revoke_user_sessions(&self, user_id: &str, except: Option<&str>, now: Millis, reason: &str) -> Vec<Session>;

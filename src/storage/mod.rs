@@ -102,14 +102,6 @@ pub trait KeyStore {
 pub trait SessionStore {
     /// A login, atomically: see [`Login`].
     async fn create_session(&self, login: &Login<'_>) -> StorageResult<LoginOutcome>;
-    /// Stores users and their sessions as they are, in bulk and without the session limit:
-    /// for loading data moved from another system, and for seeding benchmarks. Each device
-    /// must be new; an existing id is a conflict.
-    async fn import_sessions(
-        &self,
-        users: &[User],
-        sessions: &[ImportedSession],
-    ) -> StorageResult<()>;
     async fn session(&self, id: &str) -> StorageResult<Option<Session>>;
     /// The user's sessions that are active at `now`, most recently used first, each with its
     /// device (one read: listing sessions is a hot path).
@@ -137,6 +129,20 @@ pub trait SessionStore {
         now: Millis,
         reason: &str,
     ) -> StorageResult<Option<Session>>;
+}
+
+/// Loading users and sessions as they are, in bulk and without the session limit: for data
+/// moved from another system, and for seeding benchmarks. Not part of [`Storage`]: the
+/// server never imports; [`connect_bulk_import`] opens a backend for it.
+#[async_trait]
+pub trait BulkImport: Send + Sync {
+    /// Stores users and their sessions as they are. Each device must be new; an existing id
+    /// is a conflict.
+    async fn import_sessions(
+        &self,
+        users: &[User],
+        sessions: &[ImportedSession],
+    ) -> StorageResult<()>;
 }
 
 /// Devices of users. Every method takes the owner, so no user reaches another's device.
@@ -296,6 +302,22 @@ pub struct PoolState {
 pub struct ConnectOptions {
     pub pool_size: u32,
     pub redis_key_prefix: String,
+}
+
+/// Opens the backend named by the URL scheme for a bulk import.
+pub async fn connect_bulk_import(
+    url: &str,
+    options: &ConnectOptions,
+) -> StorageResult<Arc<dyn BulkImport>> {
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(Arc::new(sqlite::SqliteStorage::connect(url, options).await?)),
+        "postgres" | "postgresql" => {
+            Ok(Arc::new(postgres::PgStorage::connect(url, options).await?))
+        }
+        "redis" | "rediss" => Ok(Arc::new(redis::RedisStorage::connect(url, options).await?)),
+        _ => Err(StorageError::UnsupportedUrl(scheme.to_owned())),
+    }
 }
 
 /// Opens the backend named by the URL scheme.

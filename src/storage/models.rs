@@ -183,7 +183,7 @@ pub struct Login<'a> {
     pub max_sessions: usize,
 }
 
-/// A session stored as it is by [`SessionStore::import_sessions`](super::SessionStore):
+/// A session stored as it is by [`BulkImport::import_sessions`](super::BulkImport):
 /// the session (its `device_id` is the device's id), its device and its live refresh token.
 #[derive(Debug, Clone)]
 pub struct ImportedSession {

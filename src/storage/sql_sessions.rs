@@ -114,6 +114,83 @@ macro_rules! sql_session_stores {
 
             /// Multi-row inserts of at most 1,000 rows (within every dialect's parameter
             /// limit), all in one transaction.
+            async fn session(&self, id: &str) -> StorageResult<Option<Session>> {
+                Ok(sqlx::query_as("SELECT * FROM sessions WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?)
+            }
+
+            async fn user_sessions(
+                &self,
+                user_id: &str,
+                now: Millis,
+            ) -> StorageResult<Vec<(Session, Option<Device>)>> {
+                let lookup =
+                    $crate::storage::sql_common::SessionsLookup { user: user_id.to_owned(), now };
+                self.batched.sessions.get(lookup).await
+            }
+
+            async fn revoke_user_sessions(
+                &self,
+                user_id: &str,
+                except: Option<&str>,
+                now: Millis,
+                reason: &str,
+            ) -> StorageResult<Vec<Session>> {
+                Ok(sqlx::query_as(
+                    "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 \
+                     WHERE user_id = $3 AND revoked_at IS NULL AND expires_at > $1 \
+                     AND idle_expires_at > $1 AND ($4 IS NULL OR id <> $4) RETURNING *",
+                )
+                .bind(now)
+                .bind(reason)
+                .bind(user_id)
+                .bind(except)
+                .fetch_all(self.writer())
+                .await?)
+            }
+
+            async fn session_by_refresh(
+                &self,
+                hash: &[u8],
+            ) -> StorageResult<Option<(Session, bool)>> {
+                use sqlx::{FromRow, Row};
+                let row = sqlx::query(
+                    "SELECT s.*, s.current_hash = $1 AS is_current FROM refresh_tokens t \
+                     JOIN sessions s ON s.id = t.session_id WHERE t.hash = $1",
+                )
+                .bind(hash)
+                .fetch_optional(self.reader())
+                .await?;
+                row.map(|row| Ok((Session::from_row(&row)?, row.try_get("is_current")?)))
+                    .transpose()
+            }
+
+            async fn rotate_refresh(&self, rotation: &Rotation<'_>) -> StorageResult<RotationOutcome> {
+                self.rotate(rotation).await
+            }
+
+            async fn revoke_session(
+                &self,
+                id: &str,
+                now: Millis,
+                reason: &str,
+            ) -> StorageResult<Option<Session>> {
+                Ok(sqlx::query_as(
+                    "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 \
+                     WHERE id = $3 AND revoked_at IS NULL RETURNING *",
+                )
+                .bind(now)
+                .bind(reason)
+                .bind(id)
+                .fetch_optional(self.writer())
+                .await?)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::BulkImport for $ty {
             async fn import_sessions(
                 &self,
                 users: &[User],
@@ -188,80 +265,6 @@ macro_rules! sql_session_stores {
                 }
                 tx.commit().await?;
                 Ok(())
-            }
-
-            async fn session(&self, id: &str) -> StorageResult<Option<Session>> {
-                Ok(sqlx::query_as("SELECT * FROM sessions WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(self.reader())
-                    .await?)
-            }
-
-            async fn user_sessions(
-                &self,
-                user_id: &str,
-                now: Millis,
-            ) -> StorageResult<Vec<(Session, Option<Device>)>> {
-                let lookup =
-                    $crate::storage::sql_common::SessionsLookup { user: user_id.to_owned(), now };
-                self.batched.sessions.get(lookup).await
-            }
-
-            async fn revoke_user_sessions(
-                &self,
-                user_id: &str,
-                except: Option<&str>,
-                now: Millis,
-                reason: &str,
-            ) -> StorageResult<Vec<Session>> {
-                Ok(sqlx::query_as(
-                    "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 \
-                     WHERE user_id = $3 AND revoked_at IS NULL AND expires_at > $1 \
-                     AND idle_expires_at > $1 AND ($4 IS NULL OR id <> $4) RETURNING *",
-                )
-                .bind(now)
-                .bind(reason)
-                .bind(user_id)
-                .bind(except)
-                .fetch_all(self.writer())
-                .await?)
-            }
-
-            async fn session_by_refresh(
-                &self,
-                hash: &[u8],
-            ) -> StorageResult<Option<(Session, bool)>> {
-                use sqlx::{FromRow, Row};
-                let row = sqlx::query(
-                    "SELECT s.*, s.current_hash = $1 AS is_current FROM refresh_tokens t \
-                     JOIN sessions s ON s.id = t.session_id WHERE t.hash = $1",
-                )
-                .bind(hash)
-                .fetch_optional(self.reader())
-                .await?;
-                row.map(|row| Ok((Session::from_row(&row)?, row.try_get("is_current")?)))
-                    .transpose()
-            }
-
-            async fn rotate_refresh(&self, rotation: &Rotation<'_>) -> StorageResult<RotationOutcome> {
-                self.rotate(rotation).await
-            }
-
-            async fn revoke_session(
-                &self,
-                id: &str,
-                now: Millis,
-                reason: &str,
-            ) -> StorageResult<Option<Session>> {
-                Ok(sqlx::query_as(
-                    "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 \
-                     WHERE id = $3 AND revoked_at IS NULL RETURNING *",
-                )
-                .bind(now)
-                .bind(reason)
-                .bind(id)
-                .fetch_optional(self.writer())
-                .await?)
             }
         }
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::helpers::{Backend, TestDb, postgres_base, redis_base, spawn_on};
+use crate::helpers::{Backend, TestDb, spawn_on};
 
 fn atoms_auth(db: &TestDb, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_atoms-auth"))
@@ -92,92 +92,7 @@ async fn cli_walkthrough(backend: Backend) {
     assert!(ok && out.contains("pending"), "{out}{err}");
 }
 
-/// The benchmark's documented command, cut short: a row for each scenario without errors,
-/// the storage floors with their CPU time, and the run's database removed.
-async fn bench_reports_every_scenario_and_the_storage_floor(backend: Backend) {
-    let report = tempfile::NamedTempFile::new().expect("temp file");
-    let scenarios = "refresh,client_credentials,introspect,sessions,password,health,metrics";
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--backend", bench_name(backend), "-c", "4", "-d", "1", "--warmup", "0"])
-        .args(["--rate", "50"])
-        .args(["--scenarios", scenarios, "--json"])
-        .arg(report.path())
-        .env("ATOMS_AUTH_BENCH_POSTGRES_URL", postgres_base())
-        .env("ATOMS_AUTH_BENCH_REDIS_URL", redis_base())
-        .output()
-        .await
-        .expect("bench runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("removing the run's database"), "{err}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(report.path()).expect("report")).expect("json");
-    let runs = report["runs"].as_array().expect("runs");
-    for scenario in scenarios.split(',') {
-        let row = runs.iter().find(|r| r["scenario"] == scenario && r["mode"] == "closed");
-        let row = row.unwrap_or_else(|| panic!("no {scenario} row: {report}"));
-        assert!(row["requests"].as_u64() > Some(0), "{row}");
-        assert_eq!(row["errors"], 0, "{row}");
-        assert!(row["cpu_us_per_request"]["machine"].as_f64() > Some(0.0), "{row}");
-    }
-    let open = runs.iter().find(|r| r["mode"] == "open").expect("open loop row");
-    assert_eq!((open["scenario"].as_str(), open["errors"].as_u64()), (Some("refresh"), Some(0)));
-    let floor = &report["storage_floor"];
-    for field in ["rotate_refresh_per_sec", "access_token_state_per_sec"] {
-        assert!(floor[field].as_f64() > Some(0.0), "{field}: {floor}");
-    }
-    for field in ["cpu_us_per_rotation", "cpu_us_per_lookup"] {
-        assert!(floor[field]["machine"].as_f64() > Some(0.0), "{field}: {floor}");
-    }
-    assert!(report["rss_kib"]["peak"].as_u64() > Some(0), "{report}");
-}
-
-/// An interrupted benchmark still removes the database it made.
-async fn interrupted_bench_removes_its_database(backend: Backend) {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--backend", bench_name(backend), "-c", "4", "-d", "30", "--scenarios", "refresh"])
-        .env("ATOMS_AUTH_BENCH_POSTGRES_URL", postgres_base())
-        .env("ATOMS_AUTH_BENCH_REDIS_URL", redis_base())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("bench runs");
-    let mut lines = BufReader::new(bench.stderr.take().expect("stderr")).lines();
-    let mut seen = Vec::new();
-    while let Some(line) = lines.next_line().await.expect("stderr line") {
-        let started = line.contains("closed loop");
-        seen.push(line);
-        if started {
-            break;
-        }
-    }
-    assert!(seen.last().is_some_and(|l| l.contains("closed loop")), "{seen:?}");
-    let pid = bench.id().expect("pid").to_string();
-    let sent = Command::new("kill").args(["-INT", &pid]).status().expect("kill");
-    assert!(sent.success());
-    while let Some(line) = lines.next_line().await.expect("stderr line") {
-        seen.push(line);
-    }
-    let status = bench.wait().await.expect("exit");
-    assert!(!status.success(), "{seen:?}");
-    assert!(seen.iter().any(|l| l == "removing the run's database"), "{seen:?}");
-    assert!(seen.iter().any(|l| l.contains("interrupted")), "{seen:?}");
-}
-
-fn bench_name(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-        Backend::Redis => "redis",
-    }
-}
-
-crate::backend_tests!(
-    cli_walkthrough,
-    bench_reports_every_scenario_and_the_storage_floor,
-    interrupted_bench_removes_its_database
-);
+crate::backend_tests!(cli_walkthrough);
 
 /// A free port on loopback (bound, then released for the server to take).
 fn free_port() -> u16 {
@@ -529,23 +444,4 @@ async fn backup_restore_round_trip_sqlite() {
 #[tokio::test]
 async fn backup_restore_round_trip_postgres() {
     backup_restore_round_trip(Backend::Postgres).await;
-}
-
-/// The measuring scripts' unaudited runs exclude every audit event type: their list is the
-/// server's.
-#[test]
-fn the_measuring_scripts_list_every_audit_event() {
-    let lib =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/measure-lib.sh"))
-            .expect("scripts/measure-lib.sh");
-    let mut listed: Vec<&str> = lib
-        .lines()
-        .filter_map(|line| line.strip_prefix("all_events="))
-        .flat_map(|line| line.split(','))
-        .filter(|event| *event != "$all_events")
-        .collect();
-    let mut all = atoms_auth::domain::audit::events::ALL.to_vec();
-    listed.sort_unstable();
-    all.sort_unstable();
-    assert_eq!(listed, all);
 }

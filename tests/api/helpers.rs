@@ -108,6 +108,14 @@ impl TestDb {
         }
     }
 
+    /// A bulk importer on this database (migrate it first, e.g. with [`TestDb::storage`]).
+    pub async fn bulk_import(&self) -> Arc<dyn atoms_auth::storage::BulkImport> {
+        let options = ConnectOptions { pool_size: 8, redis_key_prefix: self.redis_prefix.clone() };
+        atoms_auth::storage::connect_bulk_import(&self.url, &options)
+            .await
+            .unwrap_or_else(|e| panic!("{:?} must be reachable: {e}", self.backend))
+    }
+
     /// A migrated storage handle of its own.
     pub async fn storage(&self) -> Arc<dyn Storage> {
         let config = self.config();

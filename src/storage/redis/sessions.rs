@@ -66,6 +66,39 @@ impl RedisStorage {
 }
 
 #[async_trait]
+impl BulkImport for RedisStorage {
+    async fn import_sessions(
+        &self,
+        users: &[User],
+        sessions: &[ImportedSession],
+    ) -> StorageResult<()> {
+        use futures::{StreamExt, TryStreamExt};
+        // Indices rather than references keep the stream's closures free of higher-ranked
+        // lifetimes, which the async trait's Send bound cannot prove.
+        futures::stream::iter(0..users.len())
+            .map(|n| self.create_user(&users[n]))
+            .buffer_unordered(64)
+            .try_collect::<()>()
+            .await?;
+        futures::stream::iter(0..sessions.len())
+            .map(|n| async move {
+                let i = &sessions[n];
+                let login = Login {
+                    session: &i.session,
+                    refresh_hash: &i.refresh_hash,
+                    device: &i.device,
+                    device_named_by_client: false,
+                    max_sessions: usize::MAX,
+                };
+                self.create_session(&login).await.map(drop)
+            })
+            .buffer_unordered(64)
+            .try_collect::<()>()
+            .await
+    }
+}
+
+#[async_trait]
 impl SessionStore for RedisStorage {
     async fn create_session(&self, login: &Login<'_>) -> StorageResult<LoginOutcome> {
         let (s, d) = (login.session, login.device);
@@ -114,36 +147,6 @@ impl SessionStore for RedisStorage {
 
     /// Each user and session through its own script (so each is stored whole, with every
     /// index), 64 in flight at once.
-    async fn import_sessions(
-        &self,
-        users: &[User],
-        sessions: &[ImportedSession],
-    ) -> StorageResult<()> {
-        use futures::{StreamExt, TryStreamExt};
-        // Indices rather than references keep the stream's closures free of higher-ranked
-        // lifetimes, which the async trait's Send bound cannot prove.
-        futures::stream::iter(0..users.len())
-            .map(|n| self.create_user(&users[n]))
-            .buffer_unordered(64)
-            .try_collect::<()>()
-            .await?;
-        futures::stream::iter(0..sessions.len())
-            .map(|n| async move {
-                let i = &sessions[n];
-                let login = Login {
-                    session: &i.session,
-                    refresh_hash: &i.refresh_hash,
-                    device: &i.device,
-                    device_named_by_client: false,
-                    max_sessions: usize::MAX,
-                };
-                self.create_session(&login).await.map(drop)
-            })
-            .buffer_unordered(64)
-            .try_collect::<()>()
-            .await
-    }
-
     async fn session(&self, id: &str) -> StorageResult<Option<Session>> {
         let map: Fields = self.conn().hgetall(self.key("session", id)).await?;
         present(&map, session_from_map)

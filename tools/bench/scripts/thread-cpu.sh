@@ -6,15 +6,15 @@
 # requests the server counted in it. SQLite runs inside the server, so this tells the main
 # file's single writer, the audit log's writer and the request threads apart.
 #
-#   cargo build --release --bins
-#   bash scripts/thread-cpu.sh refresh        # or client_credentials, introspect, ...
+#   cargo build --release --workspace --bins
+#   bash tools/bench/scripts/thread-cpu.sh refresh        # or client_credentials, introspect, ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:-refresh}
 port=${PORT:-18090}
 work=$(mktemp -d /tmp/atoms-thread-cpu.XXXXXX)
-# shellcheck source=scripts/measure-lib.sh
-source scripts/measure-lib.sh
+# shellcheck source=tools/bench/scripts/measure-lib.sh
+source tools/bench/scripts/measure-lib.sh
 
 cleanup() {
     stop_server

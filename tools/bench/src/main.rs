@@ -7,7 +7,7 @@
 //! or JWT) and, on request, the cost at 10 thousand and 1 million stored sessions.
 //!
 //! ```sh
-//! cargo build --release --bins && target/release/bench --backend sqlite
+//! cargo build --release --workspace --bins && target/release/bench --backend sqlite
 //! ```
 
 use std::collections::{HashMap, VecDeque};
@@ -19,8 +19,8 @@ use anyhow::{Context, anyhow};
 use atoms_auth::clock::{Clock, SystemClock};
 use atoms_auth::domain::secrets::{Secret, hash_password};
 use atoms_auth::storage::{
-    self, Client, ConnectOptions, Device, ImportedSession, Rotation, RotationOutcome, Session,
-    Storage, User,
+    self, BulkImport, Client, ConnectOptions, Device, ImportedSession, Rotation, RotationOutcome,
+    Session, Storage, User,
 };
 use clap::Parser;
 use serde_json::{Value, json};
@@ -310,7 +310,7 @@ fn member(username: String, password_hash: &str, now: i64) -> User {
 /// Stores `count` sessions (ten per user, the per-user limit) through the storage's bulk
 /// import, 10,000 at a time; returns one refresh token per session.
 async fn seed_sessions(
-    storage: &Arc<dyn Storage>,
+    import: &Arc<dyn BulkImport>,
     client_id: &str,
     password_hash: &str,
     count: usize,
@@ -331,7 +331,7 @@ async fn seed_sessions(
                 ImportedSession { session, device, refresh_hash: token.sha256().to_vec() }
             })
             .collect();
-        storage.import_sessions(&users, &sessions).await?;
+        import.import_sessions(&users, &sessions).await?;
     }
     Ok(tokens)
 }
@@ -370,7 +370,10 @@ async fn start_server(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| {
-            format!("starting {} (build it with cargo build --release --bins)", exe.display())
+            format!(
+                "starting {} (build it with cargo build --release --workspace --bins)",
+                exe.display()
+            )
         })?;
     let pid = child.id().ok_or_else(|| anyhow!("no pid"))?;
     let base = format!("http://127.0.0.1:{port}");
@@ -394,6 +397,7 @@ async fn seed(
     base: String,
     processes: Processes,
     storage: Arc<dyn Storage>,
+    import: &Arc<dyn BulkImport>,
 ) -> anyhow::Result<Fixture> {
     let secret = Secret::generate();
     let client = Client {
@@ -415,11 +419,10 @@ async fn seed(
     let users: Vec<User> = (0..=args.connections.max(1))
         .map(|i| member(format!("bench-{i}-{}", Uuid::new_v4().simple()), &password_hash, now))
         .collect();
-    storage.import_sessions(&users, &[]).await?;
+    import.import_sessions(&users, &[]).await?;
     let mut usernames: Vec<String> = users.into_iter().map(|u| u.username).collect();
     let chains =
-        seed_sessions(&storage, &client.client_id, &password_hash, args.connections.max(256))
-            .await?;
+        seed_sessions(import, &client.client_id, &password_hash, args.connections.max(256)).await?;
     let token_user = usernames.pop().ok_or_else(|| anyhow!("no users"))?;
     let http = reqwest::Client::new();
     let login: Value = http
@@ -714,12 +717,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let options = ConnectOptions { pool_size: 16, redis_key_prefix: prefix.clone() };
     let storage = storage::connect(&database_url, &options).await?;
+    let import = storage::connect_bulk_import(&database_url, &options).await?;
     // Dropping the run on Ctrl-C or SIGTERM stops its server (killed on drop) and aborts its
     // storage loops (held in join sets), so nothing writes while the database is removed.
     let result = tokio::select! {
-        result = run(&args, &storage, &database_url, &prefix) => result,
+        result = run(&args, &storage, &import, &database_url, &prefix) => result,
         () = atoms_auth::shutdown_signal() => Err(anyhow!("interrupted")),
     };
+    // The importer's storage loops stop before the database goes.
+    drop(import);
     // The run's database goes even when the run failed or was interrupted.
     if args.database_url.is_none() && !args.keep {
         eprintln!("removing the run's database");
@@ -732,6 +738,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run(
     args: &Args,
     storage: &Arc<dyn Storage>,
+    import: &Arc<dyn BulkImport>,
     database_url: &str,
     prefix: &str,
 ) -> anyhow::Result<()> {
@@ -758,7 +765,7 @@ async fn run(
             _ => None,
         },
     };
-    let fixture = Arc::new(seed(args, base, processes, storage.clone()).await?);
+    let fixture = Arc::new(seed(args, base, processes, storage.clone(), import).await?);
     let http =
         reqwest::Client::builder().pool_max_idle_per_host(args.connections.max(256)).build()?;
     let mut rows = Vec::new();
@@ -783,7 +790,7 @@ async fn run(
     if !args.no_floor {
         eprintln!("storage floor: rotation and introspection lookup, {} s each", args.duration);
         let chains =
-            seed_sessions(storage, &fixture.client_id, SEEDED_HASH, args.connections).await?;
+            seed_sessions(import, &fixture.client_id, SEEDED_HASH, args.connections).await?;
         let (seconds, processes) = (args.duration, &fixture.processes);
         let (rotations, rotation_cpu) =
             with_cpu(processes, seconds, floor(storage, &fixture.client_id, chains, seconds))
@@ -803,7 +810,7 @@ async fn run(
     let mut scale = Vec::new();
     if let Some(counts) = &args.scale {
         for count in counts.split(',').filter_map(|c| c.trim().parse::<usize>().ok()) {
-            scale.push(scale_run(args, &fixture, storage, &http, count).await?);
+            scale.push(scale_run(args, &fixture, storage, import, &http, count).await?);
         }
     }
 
@@ -1032,6 +1039,7 @@ async fn scale_run(
     args: &Args,
     f: &Arc<Fixture>,
     storage: &Arc<dyn Storage>,
+    import: &Arc<dyn BulkImport>,
     http: &reqwest::Client,
     count: usize,
 ) -> anyhow::Result<Value> {
@@ -1039,7 +1047,7 @@ async fn scale_run(
     if count > stored {
         eprintln!("scale: seeding {} sessions ...", count - stored);
         let started = Instant::now();
-        seed_sessions(storage, &f.client_id, SEEDED_HASH, count - stored).await?;
+        seed_sessions(import, &f.client_id, SEEDED_HASH, count - stored).await?;
         eprintln!("scale: seeded in {:.0} s", started.elapsed().as_secs_f64());
         // Steady state, not the load's aftermath: Redis rehashes its grown key space and
         // SQLite checkpoints its write-ahead log in the background for a while.

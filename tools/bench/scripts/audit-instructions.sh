@@ -6,8 +6,8 @@
 # the machine, so this resolves what a throughput comparison cannot (a few hundred
 # instructions per request); the database's own work (PostgreSQL's processes) is not in it.
 #
-#   cargo build --release --bins
-#   bash scripts/audit-instructions.sh sqlite      # or postgres
+#   cargo build --release --workspace --bins
+#   bash tools/bench/scripts/audit-instructions.sh sqlite      # or postgres
 #
 # Each run verifies the bench's client secret once (argon2id, tens of millions of
 # instructions); those are subtracted, so that what remains is per request.
@@ -19,8 +19,8 @@ port=${PORT:-18080}
 work=$(mktemp -d /tmp/atoms-audit-instructions.XXXXXX)
 schema="audit_instructions_$$"
 postgres=${ATOMS_AUTH_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
-# shellcheck source=scripts/measure-lib.sh
-source scripts/measure-lib.sh
+# shellcheck source=tools/bench/scripts/measure-lib.sh
+source tools/bench/scripts/measure-lib.sh
 
 cleanup() {
     stop_server
