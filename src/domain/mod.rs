@@ -12,8 +12,8 @@ pub mod tokens;
 pub mod webhooks;
 
 /// A UUID as the hyphenated lowercase text that ids are stored and shown as. Written
-/// straight into a buffer: `to_string()` goes through the formatting machinery, which cost
-/// about 800 instructions per id, several times the rest of making one.
+/// straight into a buffer: `to_string()` goes through the formatting machinery, which costs
+/// several times the rest of making an id.
 pub fn id_text(id: uuid::Uuid) -> String {
     id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
 }

@@ -39,9 +39,9 @@ pub struct BatchedReaders {
     pub sessions: Batched<SessionsLookup, SessionList>,
 }
 
-/// The most lookups one statement answers, and how many such statements run at once. Two
-/// beat four and eight at saturation on PostgreSQL (fewer, larger batches: 13,637 against
-/// 12,607 and 11,263 introspections/s in back-to-back runs) with the same latency below it.
+/// The most lookups one statement answers, and how many such statements run at once. Few
+/// slots make for fewer, larger batches, which cost the database less per lookup at
+/// saturation with the same latency below it (docs/benchmarks.md has the comparison).
 pub const BATCH: usize = 128;
 pub const SLOTS: usize = 2;
 

@@ -45,13 +45,10 @@ const GROUP: usize = 64;
 
 /// The page cache of each single writer (the main file's and the audit log's), in KiB:
 /// SQLite's default, set here so that it stays small. A commit whose B-tree splits reordered
-/// pages (`balance_nonroot` renumbers them through the locking page's number, far past the
-/// end of the file) makes SQLite's page cache scan every page it holds at the commit
-/// (`pcache1TruncateUnsafe`): every commit of the audit writer's, and 130 a second of the
-/// main writer's under refresh load. With 32 MB the scan grew with the cache to 8,000 pages,
-/// about 2 ms per commit: after 30 s of refresh load the writer spent 101 µs per refresh
-/// against 77-79 µs with this, and ran 3,880 refreshes/s against 4,810-4,840. What it costs
-/// instead: the pages read again, 2-2.4 `pread`s from the kernel's cache per refresh.
+/// pages makes SQLite's page cache scan every page it holds at the commit, and such commits
+/// are frequent under write load, so a large cache makes every such commit slower; a small
+/// one costs only pages read again from the kernel's cache (docs/benchmarks.md has the
+/// measurements).
 const WRITER_CACHE_KIB: u32 = 2000;
 
 /// How often the write-ahead log is copied into the database file.
