@@ -52,7 +52,7 @@ pub struct Config {
     /// instance within this time.
     pub client_cache_ttl_secs: u64,
     /// Peers whose `X-Forwarded-For` is believed: comma-separated addresses or CIDR ranges.
-    pub trusted_proxies: String,
+    pub trusted_proxies: List,
     /// Failed logins within `lockout_window_secs` that lock an account (0 disables).
     pub lockout_threshold: i32,
     pub lockout_window_secs: u64,
@@ -60,7 +60,7 @@ pub struct Config {
     pub lockout_duration_secs: u64,
     /// Event types not written to the audit log (comma separated), for very high volumes:
     /// e.g. `token.issued,token.refreshed`. Webhooks still receive their events.
-    pub audit_exclude: String,
+    pub audit_exclude: List,
     /// Audit records (and finished webhook deliveries) are kept this long.
     pub audit_retention_secs: u64,
     /// Timeout of one webhook delivery attempt.
@@ -99,7 +99,7 @@ pub struct Config {
     /// monitoring network reaches. Unset: `/metrics` is on `listen`.
     pub metrics_listen: Option<SocketAddr>,
     /// Origins allowed by CORS, comma separated (`*` for any); empty: no CORS headers at all.
-    pub cors_origins: String,
+    pub cors_origins: List,
     /// Redis for state shared by instances (rate limits), and the health check's cache.
     /// Unset with a Redis storage URL: that Redis is used.
     pub redis_url: Option<String>,
@@ -131,11 +131,11 @@ impl Default for Config {
             purge_interval_secs: 60,
             purge_batch: 1000,
             client_cache_ttl_secs: 30,
-            trusted_proxies: String::new(),
+            trusted_proxies: List::default(),
             lockout_threshold: 5,
             lockout_window_secs: 15 * 60,
             lockout_duration_secs: 15 * 60,
-            audit_exclude: String::new(),
+            audit_exclude: List::default(),
             audit_retention_secs: 30 * 24 * 3600,
             webhook_timeout_secs: 10,
             webhook_concurrency: 16,
@@ -153,13 +153,49 @@ impl Default for Config {
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,
             metrics_listen: None,
-            cors_origins: String::new(),
+            cors_origins: List::default(),
             redis_url: None,
             rate_limit_client_per_sec: 1000,
             rate_limit_client_burst: 2000,
             rate_limit_ip_per_sec: 200,
             rate_limit_ip_burst: 400,
         }
+    }
+}
+
+/// A list setting: a TOML array, or (as an environment variable must be) one string of
+/// comma-separated items. Items are trimmed; empty ones are dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct List(pub Vec<String>);
+
+impl List {
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for List {
+    fn from(text: &str) -> Self {
+        Self(text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+    }
+}
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Items(Vec<String>),
+        }
+        Ok(match Form::deserialize(deserializer)? {
+            Form::Text(text) => Self::from(text.as_str()),
+            Form::Items(items) => Self::from(items.join(",").as_str()),
+        })
     }
 }
 
@@ -239,9 +275,7 @@ impl Config {
     /// The trusted proxy ranges; an entry that does not parse is an error.
     pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
         self.trusted_proxies
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+            .iter()
             .map(|s| {
                 s.parse::<ipnet::IpNet>()
                     .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
@@ -275,6 +309,22 @@ mod tests {
         assert_eq!(config.issuer(), "http://127.0.0.1:8080");
         assert_eq!(config.audience(), config.issuer());
         assert_eq!(config.database_url, "sqlite://atoms-auth.db?mode=rwc");
+    }
+
+    #[test]
+    fn lists_come_as_comma_separated_text_or_as_arrays() {
+        let from = |value: serde_json::Value| -> Result<Config, Box<figment::Error>> {
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Serialized::default("trusted_proxies", value))
+                .extract()
+                .map_err(Box::new)
+        };
+        let text = from(serde_json::json!(" 10.0.0.0/8, ,127.0.0.1 ")).expect("text");
+        assert_eq!(text.trusted_proxies.0, ["10.0.0.0/8", "127.0.0.1"]);
+        let array = from(serde_json::json!(["10.0.0.0/8", "127.0.0.1"])).expect("array");
+        assert_eq!(array.trusted_proxies, text.trusted_proxies);
+        assert_eq!(Config::default().trusted_proxy_nets().map(|n| n.len()), Ok(0));
+        assert!(from(serde_json::json!(42)).is_err());
     }
 
     #[test]

@@ -164,7 +164,7 @@ impl App {
             clock.clone(),
             webhooks.clone(),
             metrics.clone(),
-            &config.audit_exclude,
+            &config.audit_exclude.0,
         ));
         keys.set_audit(audit.clone());
         let tokens = TokenService::new(

@@ -165,16 +165,11 @@ impl Audit {
         clock: Arc<dyn Clock>,
         webhooks: Arc<Webhooks>,
         metrics: Arc<Metrics>,
-        excluded: &str,
+        excluded: &[String],
     ) -> Self {
         let (sender, receiver) = mpsc::channel(65_536);
         let writer = tokio::spawn(write_batches(storage.clone(), receiver));
-        let excluded = excluded
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let excluded = excluded.to_vec();
         let counted = events::ALL
             .iter()
             .map(|&event| (event, metrics.audit_events.with_label_values(&[event])))

@@ -119,8 +119,8 @@ fn default_header(name: HeaderName, value: &'static str) -> SetResponseHeaderLay
 
 /// CORS for the configured origins; with none configured no CORS header is ever sent, so
 /// browsers keep cross-origin pages out.
-fn cors(origins: &str) -> CorsLayer {
-    let origins: Vec<&str> = origins.split(',').map(str::trim).filter(|o| !o.is_empty()).collect();
+fn cors(origins: &crate::config::List) -> CorsLayer {
+    let origins: Vec<&str> = origins.iter().collect();
     if origins.is_empty() {
         return CorsLayer::new();
     }
