@@ -300,14 +300,11 @@ impl Jobs {
     }
 
     /// Runs a job that watches the stop token itself.
-    fn run(
-        &self,
-        job: impl FnOnce(tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()>,
-    ) {
-        let handle = job(self.stop.clone());
-        self.tasks.spawn(async move {
-            let _ = handle.await;
-        });
+    fn run<Fut>(&self, job: impl FnOnce(tokio_util::sync::CancellationToken) -> Fut)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(job(self.stop.clone()));
     }
 
     async fn stop(self) {
@@ -359,7 +356,7 @@ fn start_jobs(state: &AppState) -> Jobs {
     });
     // In-flight deliveries finish at shutdown; queued ones wait in storage for the next start.
     let webhooks = state.webhooks.clone();
-    jobs.run(move |stop| webhooks.spawn_deliverer(stop));
+    jobs.run(move |stop| webhooks.deliver_until(stop));
     jobs
 }
 

@@ -117,18 +117,14 @@ const ADMISSION_TRIES: usize = 60;
 const ADMISSION_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The longest client id the token endpoints look up.
-pub const MAX_CLIENT_ID_LEN: usize = 200;
+const MAX_CLIENT_ID_LEN: usize = 200;
 
 /// What the lockout counts an attempt under: the account name as given (so an unknown one
 /// costs the same as a known one) with the client address, so nobody can keep an account
 /// locked from one address for everybody. Hashed, to bound its length.
 fn lockout_key(username: &str, ip: Option<&str>) -> String {
-    use sha2::Digest;
-    let mut hash = sha2::Sha256::new();
-    hash.update(username.as_bytes());
-    hash.update([0]);
-    hash.update(ip.map(crate::net::address_key).unwrap_or_default().as_bytes());
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    let address = ip.map(crate::net::address_key).unwrap_or_default();
+    Secret::from_client(format!("{username}\0{address}")).sha256_hex()
 }
 
 impl TokenService {

@@ -219,28 +219,23 @@ impl Webhooks {
     }
 
     /// Works the queue until `stop`, then lets in-flight deliveries finish.
-    pub fn spawn_deliverer(
-        self: Arc<Self>,
-        stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                let worked = match self.deliver_due().await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "webhook delivery pass failed");
-                        0
-                    }
-                };
-                if worked == self.settings.concurrency && !stop.is_cancelled() {
-                    continue; // a full batch: more may be due
+    pub async fn deliver_until(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let worked = match self.deliver_due().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook delivery pass failed");
+                    0
                 }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(self.settings.poll_interval) => {}
-                }
+            };
+            if worked == self.settings.concurrency && !stop.is_cancelled() {
+                continue; // a full batch: more may be due
             }
-        })
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
     }
 
     /// Claims and delivers one batch of due deliveries; returns how many.

@@ -15,7 +15,7 @@ use crate::AppState;
 use crate::domain::devices::DeviceHints;
 use crate::domain::ratelimit::{Scope, Verdict, tightest};
 use crate::domain::secrets::Secret;
-use crate::domain::tokens::{GRANT_TYPES, MAX_CLIENT_ID_LEN};
+use crate::domain::tokens::GRANT_TYPES;
 use crate::error::{OAuthError, no_store, rate_limit_headers};
 use crate::net::address_key;
 use crate::storage::Client;
@@ -62,9 +62,6 @@ async fn authenticate(
     client_secret: Option<String>,
 ) -> Result<(Client, Option<Verdict>), OAuthError> {
     let (id, secret) = client_credentials(headers, client_id, client_secret)?;
-    if id.len() > MAX_CLIENT_ID_LEN {
-        return Err(OAuthError::InvalidClient);
-    }
     let address = ip.map(address_key);
     let by_address = match &address {
         Some(address) => limited(state, route, Scope::Ip, address).await?,

@@ -113,6 +113,23 @@ impl IdleTimeout {
         self.last_active = Instant::now();
     }
 
+    /// A write's outcome: bytes moved count as activity; a write still pending is idle time.
+    fn wrote(
+        &mut self,
+        written: Poll<std::io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        match written {
+            Poll::Ready(result) => {
+                if result.as_ref().is_ok_and(|n| *n > 0) {
+                    self.active();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.idle(cx),
+        }
+    }
+
     /// Pending, unless the connection has been idle too long.
     fn idle<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
         loop {
@@ -156,15 +173,8 @@ impl AsyncWrite for IdleTimeout {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, data) {
-            Poll::Ready(result) => {
-                if result.as_ref().is_ok_and(|n| *n > 0) {
-                    this.active();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.idle(cx),
-        }
+        let written = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.wrote(written, cx)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -181,15 +191,8 @@ impl AsyncWrite for IdleTimeout {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(result) => {
-                if result.as_ref().is_ok_and(|n| *n > 0) {
-                    this.active();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.idle(cx),
-        }
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(written, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -14,20 +14,7 @@ use super::sql_events::AUDIT_COLUMNS;
 use super::sql_migrate::Script;
 use super::*;
 
-const SCRIPTS: &[Script] = super::sql_migrate::scripts!("postgres";
-    1 "0001_init" "init",
-    2 "0002_sessions_devices" "sessions devices",
-    3 "0003_audit_webhooks" "audit webhooks",
-    4 "0004_audit_indexes" "audit indexes",
-    5 "0005_user_roles" "user roles",
-    6 "0006_audit_without_rowid" "audit without rowid",
-    7 "0007_audit_event_index" "audit event index",
-    8 "0008_single_rotation_function" "single rotation function",
-    9 "0009_audit_file" "audit file",
-    10 "0010_audit_file_only" "audit file only",
-    11 "0011_audit_packed" "audit packed",
-    12 "0012_security_review" "security review",
-);
+const SCRIPTS: &[Script] = super::sql_migrate::scripts!("postgres");
 
 /// PostgreSQL storage.
 #[derive(Debug, Clone)]

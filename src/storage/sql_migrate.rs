@@ -92,12 +92,25 @@ where
         .collect())
 }
 
-/// The embedded up and down scripts of one dialect's migrations, in order: each dialect
-/// lists its own (`migrations/<dialect>/<file>.up.sql` and `.down.sql`). The first eleven
-/// were kept in step across the dialects, some as `SELECT 1;` in the dialect that had
-/// nothing to do; they stay as applied. New ones are written for the dialects that need them.
+/// The embedded up and down scripts of one dialect's migrations, in order.
 macro_rules! scripts {
-    ($dialect:literal; $($version:literal $file:literal $description:literal,)*) => {
+    ($dialect:literal) => {
+        $crate::storage::sql_migrate::scripts!(@list $dialect;
+            1 "0001_init" "init",
+            2 "0002_sessions_devices" "sessions devices",
+            3 "0003_audit_webhooks" "audit webhooks",
+            4 "0004_audit_indexes" "audit indexes",
+            5 "0005_user_roles" "user roles",
+            6 "0006_audit_without_rowid" "audit without rowid",
+            7 "0007_audit_event_index" "audit event index",
+            8 "0008_single_rotation_function" "single rotation function",
+            9 "0009_audit_file" "audit file",
+            10 "0010_audit_file_only" "audit file only",
+            11 "0011_audit_packed" "audit packed",
+            12 "0012_security_review" "security review",
+        )
+    };
+    (@list $dialect:literal; $($version:literal $file:literal $description:literal,)*) => {
         &[$($crate::storage::sql_migrate::Script {
             version: $version,
             description: $description,
