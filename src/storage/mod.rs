@@ -9,10 +9,7 @@ mod models;
 pub mod postgres;
 pub mod redis;
 pub mod shared;
-mod sql_common;
-mod sql_events;
-mod sql_migrate;
-mod sql_sessions;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -311,10 +308,8 @@ pub async fn connect_bulk_import(
 ) -> StorageResult<Arc<dyn BulkImport>> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
     match scheme {
-        "sqlite" => Ok(Arc::new(sqlite::SqliteStorage::connect(url, options).await?)),
-        "postgres" | "postgresql" => {
-            Ok(Arc::new(postgres::PgStorage::connect(url, options).await?))
-        }
+        "sqlite" => Ok(Arc::new(sqlite::connect(url, options).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(postgres::connect(url, options).await?)),
         "redis" | "rediss" => Ok(Arc::new(redis::RedisStorage::connect(url, options).await?)),
         _ => Err(StorageError::UnsupportedUrl(scheme.to_owned())),
     }
@@ -324,10 +319,8 @@ pub async fn connect_bulk_import(
 pub async fn connect(url: &str, options: &ConnectOptions) -> StorageResult<Arc<dyn Storage>> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
     match scheme {
-        "sqlite" => Ok(Arc::new(sqlite::SqliteStorage::connect(url, options).await?)),
-        "postgres" | "postgresql" => {
-            Ok(Arc::new(postgres::PgStorage::connect(url, options).await?))
-        }
+        "sqlite" => Ok(Arc::new(sqlite::connect(url, options).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(postgres::connect(url, options).await?)),
         "redis" | "rediss" => Ok(Arc::new(redis::RedisStorage::connect(url, options).await?)),
         _ => Err(StorageError::UnsupportedUrl(scheme.to_owned())),
     }

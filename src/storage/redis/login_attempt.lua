@@ -1,5 +1,5 @@
 -- A login attempt under one key (the account name and address), atomically: the rule of
--- LockoutStore, as storage::sql_common's statements apply it.
+-- LockoutStore, as storage::sql::lockout applies it.
 -- KEYS[1]: the key's hash. ARGV: 1 'begin' or 'finish', 2 now, 3 window start, 4 threshold,
 -- 5 lock end (finish), 6 '1' when the attempt succeeded (finish), 7 window length.
 -- begin returns {1, 0} when admitted, {0, locked_until or 0} when refused;

@@ -7,7 +7,7 @@ use std::ops::DerefMut;
 use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
 use sqlx::{AssertSqlSafe, Database, Pool, SqlSafeStr};
 
-use super::{MigrationStatus, StorageError, StorageResult};
+use crate::storage::{MigrationStatus, StorageError, StorageResult};
 
 /// One embedded migration.
 pub struct Script {
@@ -95,7 +95,7 @@ where
 /// The embedded up and down scripts of one dialect's migrations, in order.
 macro_rules! scripts {
     ($dialect:literal) => {
-        $crate::storage::sql_migrate::scripts!(@list $dialect;
+        $crate::storage::sql::migrate::scripts!(@list $dialect;
             1 "0001_init" "init",
             2 "0002_sessions_devices" "sessions devices",
             3 "0003_audit_webhooks" "audit webhooks",
@@ -111,11 +111,11 @@ macro_rules! scripts {
         )
     };
     (@list $dialect:literal; $($version:literal $file:literal $description:literal,)*) => {
-        &[$($crate::storage::sql_migrate::Script {
+        &[$($crate::storage::sql::migrate::Script {
             version: $version,
             description: $description,
-            up: include_str!(concat!("../../migrations/", $dialect, "/", $file, ".up.sql")),
-            down: include_str!(concat!("../../migrations/", $dialect, "/", $file, ".down.sql")),
+            up: include_str!(concat!("../../../migrations/", $dialect, "/", $file, ".up.sql")),
+            down: include_str!(concat!("../../../migrations/", $dialect, "/", $file, ".down.sql")),
         },)*]
     };
 }

@@ -1,0 +1,65 @@
+//! [`Maintenance`] in SQL: each purge deletes a bounded batch, so it never holds the write
+//! lock for long.
+
+use async_trait::async_trait;
+use sqlx::AssertSqlSafe;
+
+use super::{Dialect, SqlStorage, Statement};
+use crate::clock::Millis;
+use crate::storage::{Maintenance, PurgePolicy, PurgeReport, Session, StorageResult};
+
+#[async_trait]
+impl<D: Dialect> Maintenance for SqlStorage<D> {
+    async fn purge(&self, p: &PurgePolicy) -> StorageResult<PurgeReport> {
+        let batch = Millis::from(p.batch);
+        let deleted: Vec<Session> = sqlx::query(
+            "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
+             WHERE revoked_at <= $1 OR expires_at <= $1 OR idle_expires_at <= $1 LIMIT $2) \
+             RETURNING *",
+        )
+        .arg(p.ended_before)
+        .arg(batch)
+        .all(self.writer())
+        .await?;
+        let delete = |sql: &'static str, before: Millis| {
+            sqlx::query(sql).arg(before).arg(batch).run(self.writer())
+        };
+        let refresh_tokens = delete(
+            "DELETE FROM refresh_tokens WHERE hash IN (SELECT hash FROM refresh_tokens \
+             WHERE used_at <= $1 LIMIT $2)",
+            p.used_before,
+        )
+        .await?;
+        let revocations = delete(
+            "DELETE FROM revoked_tokens WHERE jti IN (SELECT jti FROM revoked_tokens \
+             WHERE expires_at <= $1 LIMIT $2)",
+            p.now,
+        )
+        .await?;
+        // Ids are UUIDv7 and start with their time: the id order is the time order. The
+        // table's name is a constant of the dialect.
+        let purge_audit = format!(
+            "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE id < $1 LIMIT $2)",
+            table = D::AUDIT_TABLE,
+        );
+        let audit_events = sqlx::query(AssertSqlSafe(purge_audit))
+            .arg(crate::audit_event::id_floor(p.audit_before))
+            .arg(batch)
+            .run(self.dialect.audit_writer())
+            .await?;
+        let webhook_deliveries = delete(
+            "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries \
+             WHERE finished_at < $1 LIMIT $2)",
+            p.audit_before,
+        )
+        .await?;
+        Ok(PurgeReport {
+            sessions: deleted.len() as u64,
+            refresh_tokens,
+            revocations,
+            audit_events,
+            webhook_deliveries,
+            expired: deleted.into_iter().filter(|s| s.revoked_at.is_none()).collect(),
+        })
+    }
+}
