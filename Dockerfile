@@ -2,7 +2,7 @@
 # Build stage: the release binary, linked against glibc.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY Cargo.toml Cargo.lock rustfmt.toml build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 # The workspace manifest names the tool crates; only the server is built.

@@ -8,11 +8,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::sql::migrate::{Script, scripts};
 use super::sql::{Dialect, SqlStorage};
 use super::{
     AuditRecord, ConnectOptions, Rotation, RotationOutcome, Session, StorageError, StorageResult,
@@ -41,7 +41,7 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> StorageResult<PgSto
 impl Dialect for PgBackend {
     type Db = Postgres;
     const NAME: &'static str = "postgres";
-    const MIGRATIONS: &'static [Script] = scripts!("postgres");
+    const MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
     const CLAIM_LOCK: &'static str = "FOR UPDATE SKIP LOCKED";
     // LATERAL subqueries that cannot be flattened (LIMIT, OFFSET) keep each join an index
     // probe per lookup: as a plain join, the planner's guess of 100 elements can make a hash

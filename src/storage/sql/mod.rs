@@ -22,12 +22,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sqlx::migrate::Migrator;
 use sqlx::{Pool, SqlStr, Transaction};
 
 pub use audit::AUDIT_COLUMNS;
 pub use db::SqlDb;
 use db::{Builder, Statement, unique};
-use migrate::Script;
 
 use super::batch::Batched;
 use super::{
@@ -43,7 +43,7 @@ pub trait Dialect: Send + Sync + 'static {
     /// Backend name for logs and metrics.
     const NAME: &'static str;
     /// The migrations, in order.
-    const MIGRATIONS: &'static [Script];
+    const MIGRATOR: Migrator;
     /// The row-lock clause of a claim of webhook deliveries: `FOR UPDATE SKIP LOCKED` where
     /// several instances claim at once; empty where a single writer makes it atomic.
     const CLAIM_LOCK: &'static str;
@@ -158,15 +158,15 @@ fn place<T>(places: &mut [T], n: i64) -> StorageResult<&mut T> {
 #[async_trait]
 impl<D: Dialect> Migrations for SqlStorage<D> {
     async fn migrate_up(&self) -> StorageResult<()> {
-        migrate::up(D::MIGRATIONS, self.dialect.migrator()).await
+        migrate::up(&D::MIGRATOR, self.dialect.migrator()).await
     }
 
     async fn migrate_down(&self, steps: usize) -> StorageResult<()> {
-        migrate::down(D::MIGRATIONS, self.dialect.migrator(), steps).await
+        migrate::down(&D::MIGRATOR, self.dialect.migrator(), steps).await
     }
 
     async fn migration_status(&self) -> StorageResult<Vec<MigrationStatus>> {
-        migrate::status(D::MIGRATIONS, self.dialect.migrator()).await
+        migrate::status(&D::MIGRATOR, self.dialect.migrator()).await
     }
 }
 

@@ -18,13 +18,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 pub use audit::audit_file;
 use rotation::GroupCommits;
 
-use super::sql::migrate::{Script, scripts};
 use super::sql::{Dialect, SqlStorage};
 use super::{AuditRecord, ConnectOptions, Rotation, RotationOutcome, StorageResult};
 
@@ -110,7 +110,7 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> StorageResult<Sqlit
 impl Dialect for SqliteBackend {
     type Db = Sqlite;
     const NAME: &'static str = "sqlite";
-    const MIGRATIONS: &'static [Script] = scripts!("sqlite");
+    const MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
     const CLAIM_LOCK: &'static str = "";
     const TOKEN_ROWS: &'static str =
         "json_each($1) AS q LEFT JOIN sessions s ON s.id = (q.value ->> 'sid')";
