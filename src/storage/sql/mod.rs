@@ -147,6 +147,34 @@ fn lookups_json<T: serde::Serialize>(lookups: &[T]) -> StorageResult<String> {
     serde_json::to_string(&rows).map_err(|e| super::StorageError::Corrupt(e.to_string()))
 }
 
+/// Starts a reader that answers each batch of lookups with one statement `sql`, whose `$1`
+/// is the batch as JSON (see [`lookups_json`]); `answer` sorts the rows into the batch's
+/// answers, in its order (`answer(lookups, rows)`).
+fn batched_reader<D, Q, R, A>(
+    pool: Pool<D::Db>,
+    sql: String,
+    answer: fn(usize, Vec<R>) -> StorageResult<Vec<A>>,
+) -> Batched<Q, A>
+where
+    D: Dialect,
+    D::Db: db::Reads<R>,
+    Q: serde::Serialize + Send + Sync + 'static,
+    R: Send + 'static,
+    A: Send + 'static,
+{
+    let sql: Arc<str> = sql.into();
+    Batched::spawn(BATCH, SLOTS, move |lookups: Vec<Q>| {
+        let (pool, sql) = (pool.clone(), sql.clone());
+        async move {
+            let rows: Vec<R> = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .arg(lookups_json(&lookups)?)
+                .all(&pool)
+                .await?;
+            answer(lookups.len(), rows)
+        }
+    })
+}
+
 /// The place in its batch of the lookup a row answers.
 fn place<T>(places: &mut [T], n: i64) -> StorageResult<&mut T> {
     usize::try_from(n)

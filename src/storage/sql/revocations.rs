@@ -2,9 +2,9 @@
 //! load the lookups of concurrent requests share one statement (see `storage::batch`).
 
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, Pool};
+use sqlx::Pool;
 
-use super::{BATCH, Dialect, SLOTS, SqlStorage, Statement, lookups_json, place};
+use super::{Dialect, SqlStorage, Statement, batched_reader, place};
 use crate::clock::Millis;
 use crate::storage::batch::Batched;
 use crate::storage::{
@@ -31,38 +31,34 @@ pub struct TokenStateRow {
 /// Starts the reader of batches of token states.
 pub(super) fn batched<D: Dialect>(pool: Pool<D::Db>) -> Batched<TokenLookup, AccessTokenState> {
     // A scalar subquery, never a hashed scan of the whole revocation list.
-    let sql: std::sync::Arc<str> = format!(
+    let sql = format!(
         "SELECT CAST(q.value ->> 'n' AS BIGINT) AS n, (SELECT 1 FROM revoked_tokens r \
          WHERE r.jti = (q.value ->> 'jti')) IS NOT NULL AS revoked, s.revoked_at, s.expires_at, \
          s.idle_expires_at FROM {}",
         D::TOKEN_ROWS
-    )
-    .into();
-    Batched::spawn(BATCH, SLOTS, move |lookups| {
-        let (pool, sql) = (pool.clone(), sql.clone());
-        async move {
-            let rows: Vec<TokenStateRow> =
-                sqlx::query(AssertSqlSafe(sql)).arg(lookups_json(&lookups)?).all(&pool).await?;
-            let mut states = vec![None; lookups.len()];
-            for row in rows {
-                // No session, or none found: the left join's columns are NULL.
-                let session = match (row.expires_at, row.idle_expires_at) {
-                    (Some(expires_at), Some(idle_expires_at)) => Some(SessionLiveness {
-                        revoked: row.revoked_at.is_some(),
-                        expires_at,
-                        idle_expires_at,
-                    }),
-                    _ => None,
-                };
-                *place(&mut states, row.n)? =
-                    Some(AccessTokenState { revoked: row.revoked, session });
-            }
-            states
-                .into_iter()
-                .map(|s| s.ok_or_else(|| StorageError::Corrupt("a token lookup got no row".into())))
-                .collect()
-        }
-    })
+    );
+    batched_reader::<D, _, _, _>(pool, sql, token_states)
+}
+
+/// The state of each token of a batch of `lookups`, from the rows of its statement.
+fn token_states(lookups: usize, rows: Vec<TokenStateRow>) -> StorageResult<Vec<AccessTokenState>> {
+    let mut states = vec![None; lookups];
+    for row in rows {
+        // No session, or none found: the left join's columns are NULL.
+        let session = match (row.expires_at, row.idle_expires_at) {
+            (Some(expires_at), Some(idle_expires_at)) => Some(SessionLiveness {
+                revoked: row.revoked_at.is_some(),
+                expires_at,
+                idle_expires_at,
+            }),
+            _ => None,
+        };
+        *place(&mut states, row.n)? = Some(AccessTokenState { revoked: row.revoked, session });
+    }
+    states
+        .into_iter()
+        .map(|s| s.ok_or_else(|| StorageError::Corrupt("a token lookup got no row".into())))
+        .collect()
 }
 
 #[async_trait]

@@ -2,9 +2,9 @@
 //! of concurrent requests share one statement (see `storage::batch`).
 
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, Pool};
+use sqlx::Pool;
 
-use super::{BATCH, Dialect, SLOTS, SqlStorage, Statement, lookups_json, place, unique};
+use super::{Dialect, SqlStorage, Statement, batched_reader, place, unique};
 use crate::clock::Millis;
 use crate::storage::batch::Batched;
 use crate::storage::{
@@ -67,7 +67,7 @@ impl DeviceColumns {
 /// Starts the reader of batches of session lists: each user's live sessions, newest use
 /// first, each with its device.
 pub(super) fn batched<D: Dialect>(pool: Pool<D::Db>) -> Batched<SessionsLookup, SessionList> {
-    let sql: std::sync::Arc<str> = format!(
+    let sql = format!(
         "SELECT CAST(q.value ->> 'n' AS BIGINT) AS n, s.*, d.id AS d_id, \
          d.fingerprint AS d_fingerprint, d.name AS d_name, d.platform AS d_platform, \
          d.user_agent AS d_user_agent, d.last_ip AS d_last_ip, \
@@ -78,21 +78,18 @@ pub(super) fn batched<D: Dialect>(pool: Pool<D::Db>) -> Batched<SessionsLookup, 
          AND s.idle_expires_at > CAST(q.value ->> 'now' AS BIGINT) \
          ORDER BY s.last_used_at DESC, s.id DESC",
         D::SESSION_ROWS
-    )
-    .into();
-    Batched::spawn(BATCH, SLOTS, move |lookups| {
-        let (pool, sql) = (pool.clone(), sql.clone());
-        async move {
-            let rows: Vec<SessionRow> =
-                sqlx::query(AssertSqlSafe(sql)).arg(lookups_json(&lookups)?).all(&pool).await?;
-            let mut lists: Vec<SessionList> = lookups.iter().map(|_| Vec::new()).collect();
-            for row in rows {
-                let device = row.device.device(&row.session.user_id);
-                place(&mut lists, row.n)?.push((row.session, device));
-            }
-            Ok(lists)
-        }
-    })
+    );
+    batched_reader::<D, _, _, _>(pool, sql, session_lists)
+}
+
+/// The sessions of each user of a batch of `lookups`, from the rows of its statement.
+fn session_lists(lookups: usize, rows: Vec<SessionRow>) -> StorageResult<Vec<SessionList>> {
+    let mut lists: Vec<SessionList> = (0..lookups).map(|_| Vec::new()).collect();
+    for row in rows {
+        let device = row.device.device(&row.session.user_id);
+        place(&mut lists, row.n)?.push((row.session, device));
+    }
+    Ok(lists)
 }
 
 /// A session with whether the refresh token it was found by is its family's live one.
