@@ -14,7 +14,7 @@ use crate::{App, key_manager, open_storage};
 
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let listen = config.listen;
+    let listen = config.server.listen;
     let state = App::build(config).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, backend = state.storage.backend(), "listening");
@@ -118,7 +118,7 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<String> {
     let previous = keys.signer().map(|s| s.kid.clone());
     let kid = keys.rotate().await?;
     if previous.as_deref() != Some(kid.as_str()) {
-        let record = key_rotated(&kid, config.signing_algorithm, previous.as_deref()).actor("cli");
+        let record = key_rotated(&kid, config.keys.algorithm, previous.as_deref()).actor("cli");
         storage.append_audit(Arc::new([record.at(SystemClock.now_ms())])).await?;
     }
     Ok(kid)

@@ -24,14 +24,14 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, Millis, SystemClock};
 use crate::config::Config;
 use crate::domain::audit::Audit;
 use crate::domain::keys::KeyManager;
 use crate::domain::ratelimit::{RateLimits, Rule};
 use crate::domain::sessions::{PurgeSettings, SessionService};
 use crate::domain::tokens::{TokenPolicy, TokenService};
-use crate::domain::webhooks::{WebhookSettings, Webhooks};
+use crate::domain::webhooks::Webhooks;
 use crate::metrics::Metrics;
 use crate::storage::{ConnectOptions, Storage};
 
@@ -70,17 +70,15 @@ pub struct App {
     pub health_cache: tokio::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
     /// The last `/health/ready` answer and when it was made, likewise.
     pub ready_cache: tokio::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
-    /// Peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Opens the configured storage.
 pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
     let options = ConnectOptions {
-        pool_size: config.database_pool_size,
-        redis_key_prefix: config.redis_key_prefix.clone(),
+        pool_size: config.storage.pool_size,
+        redis_key_prefix: config.storage.redis_key_prefix.clone(),
     };
-    Ok(storage::connect(&config.database_url, &options).await?)
+    Ok(storage::connect(config.storage.url(), &options).await?)
 }
 
 /// The key manager of a configuration.
@@ -92,28 +90,16 @@ pub fn key_manager(
     KeyManager::new(
         storage,
         clock,
-        config.signing_algorithm,
-        config.master_key.as_ref().map(|k| k.expose_secret()).filter(|k| !k.trim().is_empty()),
-        crate::domain::keys::publish_after_retire_ms(secs_to_ms(config.access_token_ttl_secs)),
-        secs_to_ms(config.key_rotation_interval_secs),
+        config.keys.algorithm,
+        config.keys.master_key.as_ref().map(|k| k.expose_secret()),
+        crate::domain::keys::publish_after_retire_ms(millis(config.tokens.access_ttl)),
+        millis(config.keys.rotation_interval),
     )
 }
 
-/// The webhook delivery settings of a configuration.
-pub fn webhook_settings(config: &Config) -> WebhookSettings {
-    WebhookSettings {
-        timeout: Duration::from_secs(config.webhook_timeout_secs.max(1)),
-        concurrency: config.webhook_concurrency.max(1),
-        max_attempts: config.webhook_max_attempts.max(1),
-        retry_base: Duration::from_millis(config.webhook_retry_base_ms.max(1)),
-        retry_max: Duration::from_millis(config.webhook_retry_max_ms.max(1)),
-        poll_interval: Duration::from_millis(config.webhook_poll_interval_ms.max(10)),
-        allow_private_targets: config.webhook_allow_private_targets,
-    }
-}
-
-fn secs_to_ms(secs: u64) -> i64 {
-    i64::try_from(secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
+/// A duration in the milliseconds the domain counts time in.
+fn millis(duration: Duration) -> Millis {
+    Millis::try_from(duration.as_millis()).unwrap_or(Millis::MAX)
 }
 
 impl App {
@@ -127,11 +113,11 @@ impl App {
         config: Config,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<AppState> {
-        let trusted_proxies = config.trusted_proxy_nets().map_err(anyhow::Error::msg)?;
+        let config = config.sanitized();
         let storage = open_storage(&config).await?;
         let metrics = Arc::new(Metrics::new(storage.backend())?);
         let storage = storage::Instrumented::wrap(storage, metrics.clone());
-        if config.auto_migrate {
+        if config.storage.auto_migrate {
             storage.migrate_up().await?;
         }
         let keys = Arc::new(key_manager(&config, storage.clone(), clock.clone())?);
@@ -139,32 +125,31 @@ impl App {
         let policy = TokenPolicy {
             issuer: config.issuer(),
             audience: config.audience(),
-            access_ttl_secs: i64::try_from(config.access_token_ttl_secs).unwrap_or(900),
-            refresh_grace_ms: secs_to_ms(config.refresh_grace_secs),
-            session_idle_ms: secs_to_ms(config.session_idle_timeout_secs),
-            session_lifetime_ms: secs_to_ms(config.session_max_lifetime_secs),
-            max_sessions: config.max_sessions_per_user,
-            reuse_window_ms: secs_to_ms(config.refresh_reuse_window_secs)
-                .max(secs_to_ms(config.refresh_grace_secs)),
-            client_cache_ttl_ms: secs_to_ms(config.client_cache_ttl_secs),
-            lockout_threshold: config.lockout_threshold,
-            lockout_window_ms: secs_to_ms(config.lockout_window_secs),
-            lockout_ms: secs_to_ms(config.lockout_duration_secs),
+            access_ttl_secs: i64::try_from(config.tokens.access_ttl.as_secs()).unwrap_or(900),
+            refresh_grace_ms: millis(config.tokens.refresh_grace),
+            session_idle_ms: millis(config.sessions.idle_timeout),
+            session_lifetime_ms: millis(config.sessions.max_lifetime),
+            max_sessions: config.sessions.max_per_user,
+            reuse_window_ms: millis(config.tokens.refresh_reuse_window),
+            client_cache_ttl_ms: millis(config.tokens.client_cache_ttl),
+            lockout_threshold: config.lockout.threshold,
+            lockout_window_ms: millis(config.lockout.window),
+            lockout_ms: millis(config.lockout.duration),
         };
         let purge = PurgeSettings {
-            ended_retention_ms: secs_to_ms(config.ended_session_retention_secs),
+            ended_retention_ms: millis(config.sessions.ended_retention),
             reuse_window_ms: policy.reuse_window_ms,
-            audit_retention_ms: secs_to_ms(config.audit_retention_secs),
-            batch: config.purge_batch.max(1),
+            audit_retention_ms: millis(config.audit.retention),
+            batch: config.purge.batch,
         };
         let webhooks =
-            Arc::new(Webhooks::new(storage.clone(), webhook_settings(&config), metrics.clone())?);
+            Arc::new(Webhooks::new(storage.clone(), config.webhooks.clone(), metrics.clone())?);
         let audit = Arc::new(Audit::start(
             storage.clone(),
             clock.clone(),
             webhooks.clone(),
             metrics.clone(),
-            &config.audit_exclude.0,
+            &config.audit.exclude.0,
         ));
         keys.set_audit(audit.clone());
         let tokens = TokenService::new(
@@ -178,15 +163,15 @@ impl App {
         let sessions = SessionService::new(storage.clone(), clock.clone(), purge, audit.clone());
         let accounts =
             crate::domain::accounts::Accounts::new(storage.clone(), clock.clone(), audit.clone());
-        let shared = match config.shared_redis_url() {
+        let shared = match config.storage.shared_redis_url() {
             Some(url) => {
-                Some(storage::shared::connect_shared(url, &config.redis_key_prefix).await?)
+                Some(storage::shared::connect_shared(url, &config.storage.redis_key_prefix).await?)
             }
             None => None,
         };
-        let client_rule =
-            Rule::new(config.rate_limit_client_per_sec, config.rate_limit_client_burst);
-        let ip_rule = Rule::new(config.rate_limit_ip_per_sec, config.rate_limit_ip_burst);
+        let rates = &config.rate_limits;
+        let client_rule = Rule::new(rates.client_per_sec, rates.client_burst);
+        let ip_rule = Rule::new(rates.ip_per_sec, rates.ip_burst);
         let limits = match &shared {
             Some(shared) => RateLimits::shared(client_rule, ip_rule, shared.clone()),
             None => RateLimits::local(client_rule, ip_rule),
@@ -207,7 +192,6 @@ impl App {
             started: std::time::Instant::now(),
             health_cache: tokio::sync::Mutex::new(None),
             ready_cache: tokio::sync::Mutex::new(None),
-            trusted_proxies,
         };
         Ok(AppState(Arc::new(app)))
     }
@@ -223,13 +207,13 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let jobs = start_jobs(&state);
     let limits = http::server::ConnectionLimits {
-        max_connections: state.config.max_connections,
-        header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs.max(1)),
-        idle_timeout: Duration::from_secs(state.config.idle_timeout_secs.max(1)),
+        max_connections: state.config.server.max_connections,
+        header_read_timeout: state.config.server.header_read_timeout,
+        idle_timeout: state.config.server.idle_timeout,
     };
     // One shutdown signal for the main listener and the metrics one.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let metrics = match state.config.metrics_listen {
+    let metrics = match state.config.server.metrics_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await?;
             let mut stopped = stopped.clone();
@@ -332,7 +316,7 @@ fn start_jobs(state: &AppState) -> Jobs {
         }
     });
     let s = state.clone();
-    jobs.every(Duration::from_secs(state.config.purge_interval_secs.max(1)), false, move || {
+    jobs.every(state.config.purge.interval, false, move || {
         let s = s.clone();
         async move {
             s.limits.housekeeping();

@@ -234,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", commands::update_client(&config, &client_id, change).await?);
         }
         Command::Health { url } => {
-            let base = url.unwrap_or_else(|| format!("http://{}", config.listen));
+            let base = url.unwrap_or_else(|| format!("http://{}", config.server.listen));
             let ready = commands::ready(&base).await;
             println!("{}", if ready { "ready" } else { "not ready" });
             if !ready {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::clock::{Clock, Millis, SystemClock, rfc3339};
+use crate::config::WebhookConfig;
 use crate::metrics::Metrics;
 use crate::storage::{
     AttemptResult, AuditRecord, Storage, StorageError, StorageResult, WebhookAttempt,
@@ -39,19 +40,6 @@ pub const EVENTS: [&str; 5] = [
 /// The event `POST /admin/webhooks/{id}/test` sends.
 pub const TEST_EVENT: &str = "webhook.test";
 
-/// How deliveries run.
-#[derive(Debug, Clone)]
-pub struct WebhookSettings {
-    pub timeout: Duration,
-    pub concurrency: usize,
-    pub max_attempts: i32,
-    pub retry_base: Duration,
-    pub retry_max: Duration,
-    pub poll_interval: Duration,
-    /// Allow targets on loopback, private and link-local addresses (development, tests).
-    pub allow_private_targets: bool,
-}
-
 /// Why a subscription was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -64,7 +52,7 @@ pub enum WebhookError {
 /// Webhook subscriptions and delivery.
 pub struct Webhooks {
     storage: Arc<dyn Storage>,
-    settings: WebhookSettings,
+    settings: WebhookConfig,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
 }
@@ -84,7 +72,7 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Result<String
 impl Webhooks {
     pub fn new(
         storage: Arc<dyn Storage>,
-        settings: WebhookSettings,
+        settings: WebhookConfig,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let http = crate::net::outbound_client(

@@ -144,7 +144,9 @@ impl FromRequestParts<AppState> for ClientIp {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        Ok(Self(peer.map(|p| client_ip(p, &parts.headers, &state.trusted_proxies).to_string())))
+        Ok(Self(peer.map(|p| {
+            client_ip(p, &parts.headers, &state.config.server.trusted_proxies.0).to_string()
+        })))
     }
 }
 

@@ -46,8 +46,8 @@ fn documented_routes() -> OpenApiRouter<AppState> {
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.max_body_bytes;
-    let cors = cors(&state.config.cors_origins);
+    let body_limit = state.config.server.max_body_bytes;
+    let cors = cors(&state.config.server.cors_origins);
     let (routes, _) = documented_routes().split_for_parts();
     routes
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -151,7 +151,7 @@ async fn observe(
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let metrics = &state.metrics;
     metrics.http_in_flight.inc();
-    let limit = Duration::from_secs(state.config.request_timeout_secs.max(1));
+    let limit = state.config.server.request_timeout;
     let response = match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
@@ -195,7 +195,9 @@ async fn request_meta(
     let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
     let meta = RequestMeta {
         request_id: text(&REQUEST_ID),
-        ip: peer.map(|p| auth::client_ip(p.0.ip(), headers, &state.trusted_proxies).to_string()),
+        ip: peer.map(|p| {
+            auth::client_ip(p.0.ip(), headers, &state.config.server.trusted_proxies.0).to_string()
+        }),
         user_agent: text(&axum::http::header::USER_AGENT).map(|ua| ua.chars().take(512).collect()),
     };
     REQUEST.scope(meta, next.run(request)).await

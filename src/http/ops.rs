@@ -27,7 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
     responses((status = 200, description = "Text exposition format 0.0.4", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    if state.config.metrics_listen.is_some() {
+    if state.config.server.metrics_listen.is_some() {
         return crate::error::problem(StatusCode::NOT_FOUND, "no such resource");
     }
     render_metrics(&state)
@@ -177,7 +177,7 @@ fn check_keys(state: &AppState) -> Check {
         return Check::new(Status::Unhealthy, None).with("error", "no active signing key");
     };
     let age_ms = state.clock.now_ms() - signer.created_at;
-    let interval_ms = state.config.key_rotation_interval_secs.saturating_mul(1000) as i64;
+    let interval_ms = state.config.keys.rotation_interval.as_millis() as i64;
     let overdue = interval_ms > 0 && age_ms > interval_ms + 24 * 3600 * 1000;
     let status = if overdue { Status::Degraded } else { Status::Healthy };
     let check = Check::new(status, None)

@@ -1,6 +1,7 @@
 //! The end-user API and the admin revocation over HTTP, against every backend.
 
 use serde_json::{Value, json};
+use std::time::Duration;
 
 use crate::backend_tests;
 use crate::helpers::*;
@@ -290,8 +291,8 @@ async fn the_eleventh_login_evicts_the_least_recently_used_session(backend: Back
 
 async fn the_idle_timeout_ends_a_session_on_refresh_and_introspection(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
-        c.session_idle_timeout_secs = 600;
-        c.access_token_ttl_secs = 3600;
+        c.sessions.idle_timeout = Duration::from_secs(600);
+        c.tokens.access_ttl = Duration::from_secs(3600);
     })
     .await;
     let (client, login) = app.logged_in().await;
@@ -308,9 +309,9 @@ async fn the_idle_timeout_ends_a_session_on_refresh_and_introspection(backend: B
 
 async fn the_absolute_lifetime_ends_a_session_however_it_is_used(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
-        c.session_idle_timeout_secs = 600;
-        c.session_max_lifetime_secs = 1000;
-        c.access_token_ttl_secs = 3600;
+        c.sessions.idle_timeout = Duration::from_secs(600);
+        c.sessions.max_lifetime = Duration::from_secs(1000);
+        c.tokens.access_ttl = Duration::from_secs(3600);
     })
     .await;
     let (client, login) = app.logged_in().await;
@@ -370,7 +371,10 @@ async fn revoking_a_user_ends_every_session(backend: Backend) {
 async fn forwarded_for_is_believed_only_from_trusted_proxies(backend: Backend) {
     let header = [("x-forwarded-for", "6.6.6.6, 203.0.113.5")];
     for (trusted, expected) in [("", "127.0.0.1"), ("127.0.0.1/32, 10.0.0.0/8", "203.0.113.5")] {
-        let app = spawn_app_with(backend, |c| c.trusted_proxies = trusted.into()).await;
+        let app = spawn_app_with(backend, |c| {
+            c.server.trusted_proxies = trusted.parse().expect("networks")
+        })
+        .await;
         app.create_user("alice", PASSWORD).await;
         let client = app.confidential_client().await;
         let login = app.login_with(&client, "alice", PASSWORD, &[], &header).await;

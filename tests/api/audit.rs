@@ -2,6 +2,7 @@
 
 use atoms_auth::domain::roles::Role;
 use std::collections::HashSet;
+use std::time::Duration;
 
 use atoms_auth::clock::Clock;
 use atoms_auth::commands::{self, AuditExport, NewClient};
@@ -31,7 +32,7 @@ fn event_names(page: &Answer) -> Vec<String> {
 }
 
 async fn every_event_type_is_recorded_with_its_context(backend: Backend) {
-    let app = spawn_app_with(backend, |c| c.lockout_threshold = 2).await;
+    let app = spawn_app_with(backend, |c| c.lockout.threshold = 2).await;
     let config = app.db.config();
     let user_id =
         commands::create_user(&config, "alice", PASSWORD.into(), Role::Member).await.expect("user");
@@ -243,8 +244,8 @@ async fn audit_export_writes_json_lines_for_a_time_range(backend: Backend) {
 
 async fn audit_retention_purges_old_records_in_batches(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
-        c.audit_retention_secs = 3600;
-        c.purge_batch = 2;
+        c.audit.retention = Duration::from_secs(3600);
+        c.purge.batch = 2;
     })
     .await;
     let client = app.confidential_client().await;
@@ -265,7 +266,7 @@ async fn audit_retention_purges_old_records_in_batches(backend: Backend) {
 
 async fn a_clean_shutdown_loses_no_audit_record(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
-        (c.rate_limit_client_per_sec, c.rate_limit_ip_per_sec) = (0, 0)
+        (c.rate_limits.client_per_sec, c.rate_limits.ip_per_sec) = (0, 0)
     })
     .await;
     let client = app.confidential_client().await;

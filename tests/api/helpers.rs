@@ -2,9 +2,10 @@
 //! database (a fresh SQLite file, PostgreSQL schema or Redis key prefix), removed on drop.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use atoms_auth::clock::{Clock, ManualClock};
-use atoms_auth::config::{Config, SigningAlgorithm};
+use atoms_auth::config::{Config, SigningAlgorithm, WebhookConfig};
 use atoms_auth::domain::secrets::{Secret, hash_password};
 use atoms_auth::storage::{Client, ConnectOptions, Storage, User};
 use atoms_auth::{App, AppState};
@@ -92,20 +93,22 @@ impl TestDb {
 
     /// A configuration that points at this database.
     pub fn config(&self) -> Config {
-        Config {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            database_url: self.url.clone(),
-            database_pool_size: 8,
-            redis_key_prefix: self.redis_prefix.clone(),
-            issuer: Some("http://atoms-auth.test".into()),
-            // Tests receive webhooks on loopback, and retry fast.
-            webhook_allow_private_targets: true,
-            webhook_retry_base_ms: 100,
-            webhook_retry_max_ms: 400,
-            webhook_poll_interval_ms: 25,
-            webhook_timeout_secs: 2,
-            ..Config::default()
-        }
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        config.server.issuer = Some("http://atoms-auth.test".into());
+        config.storage.database_url = self.url.clone().into();
+        config.storage.pool_size = 8;
+        config.storage.redis_key_prefix = self.redis_prefix.clone();
+        // Tests receive webhooks on loopback, and retry fast.
+        config.webhooks = WebhookConfig {
+            allow_private_targets: true,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_millis(400),
+            poll_interval: Duration::from_millis(25),
+            timeout: Duration::from_secs(2),
+            ..WebhookConfig::default()
+        };
+        config
     }
 
     /// A bulk importer on this database (migrate it first, e.g. with [`TestDb::storage`]).
@@ -118,10 +121,7 @@ impl TestDb {
 
     /// A migrated storage handle of its own.
     pub async fn storage(&self) -> Arc<dyn Storage> {
-        let config = self.config();
-        let options =
-            ConnectOptions { pool_size: 8, redis_key_prefix: config.redis_key_prefix.clone() };
-        let storage = atoms_auth::storage::connect(&config.database_url, &options)
+        let storage = atoms_auth::open_storage(&self.config())
             .await
             .unwrap_or_else(|e| panic!("{:?} must be reachable: {e}", self.backend));
         storage.migrate_up().await.expect("migrate");
@@ -400,7 +400,7 @@ impl Drop for TestApp {
 
 /// Configures the signing algorithm.
 pub fn with_alg(alg: SigningAlgorithm) -> impl FnOnce(&mut Config) {
-    move |c| c.signing_algorithm = alg
+    move |c| c.keys.algorithm = alg
 }
 
 /// Generates one test per backend for each named `async fn name(backend: Backend)`.

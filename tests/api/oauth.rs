@@ -341,7 +341,7 @@ async fn es256_and_rs256_keys_are_selectable(backend: Backend) {
 
 async fn signing_keys_are_encrypted_at_rest_with_the_master_key(backend: Backend) {
     const MASTER: &str = "m4ster-key, long enough to be a passphrase";
-    let app = spawn_app_with(backend, |c| c.master_key = Some(MASTER.into())).await;
+    let app = spawn_app_with(backend, |c| c.keys.master_key = Some(MASTER.into())).await;
     let (client, login) = app.logged_in().await;
     let stored = app.storage().signing_keys(0).await.expect("keys");
     assert!(stored.iter().all(|k| k.encrypted));
@@ -349,14 +349,14 @@ async fn signing_keys_are_encrypted_at_rest_with_the_master_key(backend: Backend
 
     // A restart with the same master key reads the key back and honours old tokens.
     let mut config = db.config();
-    config.master_key = Some(MASTER.into());
+    config.keys.master_key = Some(MASTER.into());
     let app = spawn_on(db, config).await;
     assert_eq!(app.introspect(&client, &login.str("access_token")).await["active"], true);
     let db = app.stop().await;
 
     // Without it (or with another one) the server refuses to start.
     let mut config = db.config();
-    config.master_key = Some("another passphrase, just as long".into());
+    config.keys.master_key = Some("another passphrase, just as long".into());
     let clock: std::sync::Arc<dyn atoms_auth::clock::Clock> =
         std::sync::Arc::new(atoms_auth::clock::SystemClock);
     assert!(atoms_auth::App::build_with_clock(config, clock.clone()).await.is_err());

@@ -171,7 +171,7 @@ async fn oversized_bodies_are_413(backend: Backend) {
     let (client, login) = app.logged_in().await;
     // Just over the limit: a body much larger than the socket buffers could still be in
     // flight when the server answers and closes, and the client would see a reset instead.
-    let huge = "x".repeat(atoms_auth::config::Config::default().max_body_bytes + 1024);
+    let huge = "x".repeat(atoms_auth::config::Config::default().server.max_body_bytes + 1024);
     let a = app
         .post_form("/auth/token", &client, &[("grant_type", "password"), ("username", &huge)])
         .await;

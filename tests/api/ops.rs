@@ -222,7 +222,7 @@ async fn health_follows_the_database_down_and_back(backend: Backend) {
     let db = TestDb::new(backend).await;
     let (proxy, url) = proxied(&db).await;
     let mut config = db.config();
-    config.database_url = url;
+    config.storage.database_url = url.into();
     let app = spawn_on(db, config).await;
     wait_for_health(&app, 200, "healthy").await;
 
@@ -248,9 +248,9 @@ async fn stuck_request_times_out(backend: Backend) {
     let db = TestDb::new(backend).await;
     let (proxy, url) = proxied(&db).await;
     let mut config = db.config();
-    config.database_url = url;
-    config.request_timeout_secs = 1;
-    config.client_cache_ttl_secs = 0;
+    config.storage.database_url = url.into();
+    config.server.request_timeout = Duration::from_secs(1);
+    config.tokens.client_cache_ttl = Duration::from_secs(0);
     let app = spawn_on(db, config).await;
     let client = app.confidential_client().await;
     proxy.set(STALLED);
@@ -323,7 +323,8 @@ async fn cors_is_closed_by_default_and_opens_per_origin() {
     let answer = preflight(&closed, "https://app.example").await;
     assert!(answer.headers().get("access-control-allow-origin").is_none());
     let open =
-        spawn_app_with(Backend::Sqlite, |c| c.cors_origins = "https://app.example".into()).await;
+        spawn_app_with(Backend::Sqlite, |c| c.server.cors_origins = "https://app.example".into())
+            .await;
     let allowed = preflight(&open, "https://app.example").await;
     assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.example");
     let other = preflight(&open, "https://evil.example").await;
@@ -339,8 +340,8 @@ async fn client_credentials(
 
 async fn rate_limits_refuse_with_429_and_headers() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
-        (c.rate_limit_client_per_sec, c.rate_limit_client_burst) = (1, 3);
-        c.rate_limit_ip_per_sec = 0;
+        (c.rate_limits.client_per_sec, c.rate_limits.client_burst) = (1, 3);
+        c.rate_limits.ip_per_sec = 0;
     })
     .await;
     let client = app.confidential_client().await;
@@ -368,8 +369,8 @@ async fn rate_limits_refuse_with_429_and_headers() {
     assert_eq!(client_credentials(&app, &client).await.status, 200);
 
     let by_ip = spawn_app_with(Backend::Sqlite, |c| {
-        c.rate_limit_client_per_sec = 0;
-        (c.rate_limit_ip_per_sec, c.rate_limit_ip_burst) = (1, 2);
+        c.rate_limits.client_per_sec = 0;
+        (c.rate_limits.ip_per_sec, c.rate_limits.ip_burst) = (1, 2);
     })
     .await;
     let (a, b, c) = (
@@ -388,13 +389,14 @@ async fn two_instances_share_one_limit_through_redis() {
     let db = TestDb::new(Backend::Postgres).await;
     let prefix = format!("rl:{}", uuid::Uuid::new_v4().simple());
     let configure = |config: &mut atoms_auth::config::Config| {
-        config.redis_url = Some(
+        config.storage.redis_url = Some(
             std::env::var("ATOMS_AUTH_TEST_REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+                .into(),
         );
-        config.redis_key_prefix = prefix.clone();
-        (config.rate_limit_client_per_sec, config.rate_limit_client_burst) = (1, 4);
-        config.rate_limit_ip_per_sec = 0;
+        config.storage.redis_key_prefix = prefix.clone();
+        (config.rate_limits.client_per_sec, config.rate_limits.client_burst) = (1, 4);
+        config.rate_limits.ip_per_sec = 0;
     };
     let mut config = db.config();
     configure(&mut config);

@@ -34,7 +34,7 @@ async fn failure_reasons(app: &TestApp) -> Vec<String> {
 /// rest are refused unverified, and afterwards even the right password is refused.
 async fn a_burst_of_guesses_verifies_at_most_the_threshold(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
-        (c.rate_limit_client_per_sec, c.rate_limit_ip_per_sec) = (0, 0);
+        (c.rate_limits.client_per_sec, c.rate_limits.ip_per_sec) = (0, 0);
     })
     .await;
     app.create_user("alice", PASSWORD).await;
@@ -59,7 +59,10 @@ async fn a_burst_of_guesses_verifies_at_most_the_threshold(backend: Backend) {
 /// Failures then a success from one address do not lock; a lock from one address leaves
 /// another address free.
 async fn a_lock_holds_for_one_address_only(backend: Backend) {
-    let app = spawn_app_with(backend, |c| c.trusted_proxies = "127.0.0.1".into()).await;
+    let app = spawn_app_with(backend, |c| {
+        c.server.trusted_proxies = "127.0.0.1".parse().expect("networks")
+    })
+    .await;
     app.create_user("alice", PASSWORD).await;
     let client = app.confidential_client().await;
     let from = |ip: &'static str| [("x-forwarded-for", ip)];
@@ -94,8 +97,8 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 /// argon2 hash. Before, a locked account answered without hashing, in a fraction of it.
 async fn timing_tells_nothing_of_which_accounts_exist(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
-        (c.rate_limit_client_per_sec, c.rate_limit_ip_per_sec) = (0, 0);
-        c.lockout_threshold = 3;
+        (c.rate_limits.client_per_sec, c.rate_limits.ip_per_sec) = (0, 0);
+        c.lockout.threshold = 3;
     })
     .await;
     app.create_user("alice", PASSWORD).await;
@@ -159,9 +162,9 @@ async fn only_short_plain_request_ids_are_taken(backend: Backend) {
 /// limit counts only authenticated requests, and a public client's counts per address.
 async fn nobody_drains_another_clients_rate_limit(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
-        (c.rate_limit_client_per_sec, c.rate_limit_client_burst) = (1, 3);
-        (c.rate_limit_ip_per_sec, c.rate_limit_ip_burst) = (1000, 1000);
-        c.trusted_proxies = "127.0.0.1".into();
+        (c.rate_limits.client_per_sec, c.rate_limits.client_burst) = (1, 3);
+        (c.rate_limits.ip_per_sec, c.rate_limits.ip_burst) = (1000, 1000);
+        c.server.trusted_proxies = "127.0.0.1".parse().expect("networks");
     })
     .await;
     let victim = app.confidential_client().await;
@@ -312,7 +315,7 @@ async fn clients_can_be_disabled_rekeyed_deleted_and_follow_their_creator(backen
 async fn a_plaintext_key_is_refused_when_a_master_key_is_set(backend: Backend) {
     use atoms_auth::storage::StoredKey;
     let app = spawn_app_with(backend, |c| {
-        c.master_key = Some("q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=".to_owned().into());
+        c.keys.master_key = Some("q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=".to_owned().into());
     })
     .await;
     let keys = &app.state.keys;
@@ -381,9 +384,9 @@ backend_tests!(
 async fn slow_and_silent_clients_are_cut_off_and_connections_are_capped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app_with(Backend::Sqlite, |c| {
-        c.header_read_timeout_secs = 1;
-        c.idle_timeout_secs = 2;
-        c.max_connections = 3;
+        c.server.header_read_timeout = Duration::from_secs(1);
+        c.server.idle_timeout = Duration::from_secs(2);
+        c.server.max_connections = 3;
     })
     .await;
     let addr = app.base.trim_start_matches("http://").to_owned();
@@ -432,7 +435,8 @@ async fn metrics_can_be_served_on_their_own_address() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let metrics_addr = free.local_addr().expect("addr");
     drop(free);
-    let app = spawn_app_with(Backend::Sqlite, |c| c.metrics_listen = Some(metrics_addr)).await;
+    let app =
+        spawn_app_with(Backend::Sqlite, |c| c.server.metrics_listen = Some(metrics_addr)).await;
     assert_eq!(app.get("/metrics").await.status, 404);
     let mut scraped = None;
     for _ in 0..50 {

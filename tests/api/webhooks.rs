@@ -124,7 +124,7 @@ fn parse_ms(rfc3339: &str) -> i64 {
 }
 
 async fn a_receiver_that_is_down_gets_the_delivery_when_it_comes_back(backend: Backend) {
-    let app = spawn_app_with(backend, |c| c.webhook_max_attempts = 30).await;
+    let app = spawn_app_with(backend, |c| c.webhooks.max_attempts = 30).await;
     let addr = Receiver::unused_addr().await;
     let token = app.admin_token().await;
     let (id, secret) =
@@ -145,7 +145,7 @@ async fn a_receiver_that_is_down_gets_the_delivery_when_it_comes_back(backend: B
 }
 
 async fn deliveries_give_up_after_the_last_attempt(backend: Backend) {
-    let app = spawn_app_with(backend, |c| c.webhook_max_attempts = 3).await;
+    let app = spawn_app_with(backend, |c| c.webhooks.max_attempts = 3).await;
     let receiver = Receiver::start().await;
     receiver.answer(&[500; 10]);
     let token = app.admin_token().await;
@@ -163,9 +163,9 @@ async fn deliveries_give_up_after_the_last_attempt(backend: Backend) {
 
 async fn queued_deliveries_survive_a_restart(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
-        c.webhook_max_attempts = 30;
-        c.webhook_retry_base_ms = 300;
-        c.webhook_retry_max_ms = 300;
+        c.webhooks.max_attempts = 30;
+        c.webhooks.retry_base = Duration::from_millis(300);
+        c.webhooks.retry_max = Duration::from_millis(300);
     })
     .await;
     let receiver = Receiver::start().await;
@@ -182,7 +182,7 @@ async fn queued_deliveries_survive_a_restart(backend: Backend) {
     let attempts_before = receiver.received().len();
     receiver.answer(&[]);
     let mut config = db.config();
-    config.webhook_retry_base_ms = 300;
+    config.webhooks.retry_base = Duration::from_millis(300);
     let app = spawn_on(db, config).await;
     let received = receiver.wait_until(|r| !Receiver::delivered(r).is_empty()).await;
     let delivered = Receiver::delivered(&received);
@@ -243,7 +243,7 @@ async fn the_webhook_admin_api_checks_what_it_is_given(backend: Backend) {
 }
 
 async fn private_targets_are_refused_unless_allowed(backend: Backend) {
-    let app = spawn_app_with(backend, |c| c.webhook_allow_private_targets = false).await;
+    let app = spawn_app_with(backend, |c| c.webhooks.allow_private_targets = false).await;
     let token = app.admin_token().await;
     for url in [
         "http://127.0.0.1:9/hook",
@@ -306,7 +306,7 @@ async fn two_instances_never_deliver_one_attempt_twice(backend: Backend) {
 /// An operator's audit exclusions keep events out of the log, not away from their webhooks.
 async fn excluded_events_stay_out_of_the_log_but_reach_their_webhooks(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
-        c.audit_exclude = "session.created, token.issued".into();
+        c.audit.exclude = "session.created, token.issued".into();
     })
     .await;
     let receiver = Receiver::start().await;
