@@ -11,6 +11,7 @@ pub mod domain;
 pub mod encoding;
 pub mod error;
 mod http;
+pub mod ids;
 pub mod metrics;
 pub mod net;
 pub mod request;

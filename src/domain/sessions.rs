@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::audit::{Audit, entry, events};
 use super::tokens::session_revoked;
 use crate::clock::{Clock, Millis, rfc3339};
+use crate::ids::{DeviceId, SessionId, UserId};
 use crate::storage::{
     Device, PurgePolicy, PurgeReport, Session, Storage, StorageResult, revoke_reason,
 };
@@ -92,13 +93,18 @@ impl SessionService {
         Self { storage, clock, purge, audit }
     }
 
-    fn view(&self, s: &Session, current: Option<&str>, device: Option<&Device>) -> SessionView {
+    fn view(
+        &self,
+        s: &Session,
+        current: Option<SessionId<'_>>,
+        device: Option<&Device>,
+    ) -> SessionView {
         SessionView {
             id: s.id.clone(),
             client_id: s.client_id.clone(),
             scope: s.scope.clone(),
             active: s.is_active(self.clock.now_ms()),
-            current: current == Some(s.id.as_str()),
+            current: current.is_some_and(|c| c == *s.id),
             created_at: rfc3339(s.created_at),
             last_used_at: rfc3339(s.last_used_at),
             idle_expires_at: rfc3339(s.idle_expires_at),
@@ -114,25 +120,26 @@ impl SessionService {
     /// The user's active sessions, most recently used first, `current` marked.
     pub async fn list(
         &self,
-        user_id: &str,
-        current: Option<&str>,
+        user_id: UserId<'_>,
+        current: Option<SessionId<'_>>,
     ) -> StorageResult<Vec<SessionView>> {
-        let sessions = self.storage.user_sessions(user_id, self.clock.now_ms()).await?;
+        let sessions = self.storage.user_sessions(user_id.as_str(), self.clock.now_ms()).await?;
         Ok(sessions.iter().map(|(s, d)| self.view(s, current, d.as_ref())).collect())
     }
 
     /// One of the user's sessions (active or ended); `None` when it is not theirs.
     pub async fn get(
         &self,
-        user_id: &str,
-        id: &str,
-        current: Option<&str>,
+        user_id: UserId<'_>,
+        id: SessionId<'_>,
+        current: Option<SessionId<'_>>,
     ) -> StorageResult<Option<SessionView>> {
-        let Some(session) = self.storage.session(id).await?.filter(|s| s.user_id == user_id) else {
+        let session = self.storage.session(id.as_str()).await?;
+        let Some(session) = session.filter(|s| user_id == *s.user_id) else {
             return Ok(None);
         };
         let device = match session.device_id.as_deref() {
-            Some(device_id) => self.storage.device(user_id, device_id).await?,
+            Some(device_id) => self.storage.device(user_id, DeviceId::new(device_id)).await?,
             None => None,
         };
         Ok(Some(self.view(&session, current, device.as_ref())))
@@ -147,10 +154,16 @@ impl SessionService {
 
     /// Ends one of the user's sessions. `false` when the user has no such session; ending an
     /// ended session again succeeds.
-    pub async fn end(&self, user_id: &str, id: &str, reason: &str) -> StorageResult<bool> {
-        let owned = self.storage.session(id).await?.is_some_and(|s| s.user_id == user_id);
+    pub async fn end(
+        &self,
+        user_id: UserId<'_>,
+        id: SessionId<'_>,
+        reason: &str,
+    ) -> StorageResult<bool> {
+        let owned = self.storage.session(id.as_str()).await?.is_some_and(|s| user_id == *s.user_id);
         if owned {
-            let ended = self.storage.revoke_session(id, self.clock.now_ms(), reason).await?;
+            let now = self.clock.now_ms();
+            let ended = self.storage.revoke_session(id.as_str(), now, reason).await?;
             self.audit_ended(ended.as_slice(), &format!("user:{user_id}")).await?;
         }
         Ok(owned)
@@ -159,8 +172,8 @@ impl SessionService {
     /// Ends every active session of the user but `except`; returns how many ended.
     pub async fn end_all(
         &self,
-        user_id: &str,
-        except: Option<&str>,
+        user_id: UserId<'_>,
+        except: Option<SessionId<'_>>,
         reason: &str,
         actor: &str,
     ) -> StorageResult<usize> {
@@ -176,8 +189,8 @@ impl SessionService {
 
     pub async fn update_device(
         &self,
-        user_id: &str,
-        id: &str,
+        user_id: UserId<'_>,
+        id: DeviceId<'_>,
         name: Option<&str>,
         trusted: Option<bool>,
     ) -> StorageResult<Option<DeviceView>> {
@@ -186,7 +199,11 @@ impl SessionService {
     }
 
     /// Deletes a device and ends its sessions; `None` when the user has no such device.
-    pub async fn delete_device(&self, user_id: &str, id: &str) -> StorageResult<Option<usize>> {
+    pub async fn delete_device(
+        &self,
+        user_id: UserId<'_>,
+        id: DeviceId<'_>,
+    ) -> StorageResult<Option<usize>> {
         let Some(ended) = self.storage.delete_device(user_id, id, self.clock.now_ms()).await?
         else {
             return Ok(None);
@@ -201,7 +218,7 @@ impl SessionService {
         if self.storage.user_by_id(user_id).await?.is_none() {
             return Ok(None);
         }
-        self.end_all(user_id, None, revoke_reason::USER_REVOKED, actor).await.map(Some)
+        self.end_all(UserId::new(user_id), None, revoke_reason::USER_REVOKED, actor).await.map(Some)
     }
 
     /// One purge pass over every kind of record, at most one batch each; sessions that

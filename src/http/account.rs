@@ -16,6 +16,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::ids::{DeviceId, SessionId};
 use crate::storage::revoke_reason;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -38,7 +39,7 @@ async fn list_sessions(
     State(state): State<AppState>,
     AccountUser(user): AccountUser,
 ) -> Result<Response, ApiError> {
-    let sessions = state.sessions.list(&user.user_id, Some(&user.session_id)).await?;
+    let sessions = state.sessions.list(user.user(), Some(user.session())).await?;
     Ok(Json(json!({ "sessions": sessions })).into_response())
 }
 
@@ -50,7 +51,8 @@ async fn get_session(
     AccountUser(user): AccountUser,
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
-    let session = state.sessions.get(&user.user_id, &id, Some(&user.session_id)).await?;
+    let session =
+        state.sessions.get(user.user(), SessionId::new(&id), Some(user.session())).await?;
     Ok(Json(session.ok_or(NO_SESSION)?).into_response())
 }
 
@@ -62,7 +64,7 @@ async fn end_session(
     AccountUser(user): AccountUser,
     ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
-    if state.sessions.end(&user.user_id, &id, revoke_reason::REVOKED_BY_USER).await? {
+    if state.sessions.end(user.user(), SessionId::new(&id), revoke_reason::REVOKED_BY_USER).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(NO_SESSION)
@@ -83,12 +85,10 @@ async fn end_sessions(
     AccountUser(user): AccountUser,
     ApiQuery(query): ApiQuery<EndSessionsQuery>,
 ) -> Result<Response, ApiError> {
-    let except = query.except_current.then_some(user.session_id.as_str());
+    let except = query.except_current.then_some(user.session());
     let actor = format!("user:{}", user.user_id);
-    let ended = state
-        .sessions
-        .end_all(&user.user_id, except, revoke_reason::REVOKED_BY_USER, &actor)
-        .await?;
+    let ended =
+        state.sessions.end_all(user.user(), except, revoke_reason::REVOKED_BY_USER, &actor).await?;
     Ok(Json(json!({ "revoked": ended })).into_response())
 }
 
@@ -96,7 +96,7 @@ async fn end_sessions(
     responses((status = 204, description = "Ended"), crate::http::openapi::UserErrors))]
 #[tracing::instrument(skip_all, fields(user_id = %user.user_id))]
 async fn logout(State(state): State<AppState>, user: UserToken) -> Result<StatusCode, ApiError> {
-    state.sessions.end(&user.user_id, &user.session_id, revoke_reason::LOGOUT).await?;
+    state.sessions.end(user.user(), user.session(), revoke_reason::LOGOUT).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -134,7 +134,8 @@ async fn update_device(
     if name.is_none() && patch.trusted.is_none() {
         return Err(ApiError::BadRequest("nothing to change: give name and/or trusted".into()));
     }
-    let device = state.sessions.update_device(&user.user_id, &id, name, patch.trusted).await?;
+    let device =
+        state.sessions.update_device(user.user(), DeviceId::new(&id), name, patch.trusted).await?;
     Ok(Json(device.ok_or(NO_DEVICE)?).into_response())
 }
 
@@ -146,7 +147,8 @@ async fn delete_device(
     AccountUser(user): AccountUser,
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
-    let ended = state.sessions.delete_device(&user.user_id, &id).await?.ok_or(NO_DEVICE)?;
+    let ended =
+        state.sessions.delete_device(user.user(), DeviceId::new(&id)).await?.ok_or(NO_DEVICE)?;
     Ok(Json(json!({ "revoked_sessions": ended })).into_response())
 }
 

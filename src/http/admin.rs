@@ -21,6 +21,7 @@ use crate::domain::audit::record_json;
 use crate::domain::roles::{Permission, Role};
 use crate::domain::webhooks::WebhookError;
 use crate::error::ApiError;
+use crate::ids::UserId;
 use crate::storage::{AuditQuery, User, WebhookAttempt, WebhookDelivery, WebhookSubscription};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -137,7 +138,7 @@ async fn user_sessions(
 ) -> Result<Response, ApiError> {
     admin.require(Permission::ReadSessions)?;
     state.accounts.user(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
-    let sessions = state.sessions.list(&id, None).await?;
+    let sessions = state.sessions.list(UserId::new(&id), None).await?;
     Ok(Json(json!({ "user_id": id, "sessions": sessions })).into_response())
 }
 

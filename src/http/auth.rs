@@ -11,6 +11,7 @@ use crate::AppState;
 use crate::domain::roles::{self, Permission, Role};
 use crate::domain::tokens::AccessClaims;
 use crate::error::ApiError;
+use crate::ids::{SessionId, UserId};
 
 /// The scope an admin token must carry.
 pub const ADMIN_SCOPE: &str = "admin";
@@ -37,6 +38,18 @@ pub struct UserToken {
     pub user_id: String,
     pub session_id: String,
     pub claims: AccessClaims,
+}
+
+impl UserToken {
+    /// The token's user.
+    pub fn user(&self) -> UserId<'_> {
+        UserId::new(&self.user_id)
+    }
+
+    /// The session the token was issued in.
+    pub fn session(&self) -> SessionId<'_> {
+        SessionId::new(&self.session_id)
+    }
 }
 
 impl FromRequestParts<AppState> for UserToken {

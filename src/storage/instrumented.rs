@@ -59,16 +59,16 @@ timed! {
         fn create_session(&self, login: &Login<'_>) -> LoginOutcome;
         fn session(&self, id: &str) -> Option<Session>;
         fn user_sessions(&self, user_id: &str, now: Millis) -> Vec<(Session, Option<Device>)>;
-        fn revoke_user_sessions(&self, user_id: &str, except: Option<&str>, now: Millis, reason: &str) -> Vec<Session>;
+        fn revoke_user_sessions(&self, user_id: UserId<'_>, except: Option<SessionId<'_>>, now: Millis, reason: &str) -> Vec<Session>;
         fn session_by_refresh(&self, hash: &[u8]) -> Option<(Session, bool)>;
         fn rotate_refresh(&self, rotation: &Rotation<'_>) -> RotationOutcome;
         fn revoke_session(&self, id: &str, now: Millis, reason: &str) -> Option<Session>;
     }
     DeviceStore {
         fn user_devices(&self, user_id: &str) -> Vec<Device>;
-        fn device(&self, user_id: &str, id: &str) -> Option<Device>;
-        fn update_device(&self, user_id: &str, id: &str, name: Option<&str>, trusted: Option<bool>) -> Option<Device>;
-        fn delete_device(&self, user_id: &str, id: &str, now: Millis) -> Option<Vec<Session>>;
+        fn device(&self, user_id: UserId<'_>, id: DeviceId<'_>) -> Option<Device>;
+        fn update_device(&self, user_id: UserId<'_>, id: DeviceId<'_>, name: Option<&str>, trusted: Option<bool>) -> Option<Device>;
+        fn delete_device(&self, user_id: UserId<'_>, id: DeviceId<'_>, now: Millis) -> Option<Vec<Session>>;
     }
     Maintenance {
         fn purge(&self, policy: &PurgePolicy) -> PurgeReport;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::clock::Millis;
+use crate::ids::{DeviceId, SessionId, UserId};
 pub use events::*;
 pub use instrumented::Instrumented;
 pub use models::*;
@@ -110,8 +111,8 @@ pub trait SessionStore {
     /// Ends every active session of a user but `except`; returns the ended sessions.
     async fn revoke_user_sessions(
         &self,
-        user_id: &str,
-        except: Option<&str>,
+        user_id: UserId<'_>,
+        except: Option<SessionId<'_>>,
         now: Millis,
         reason: &str,
     ) -> StorageResult<Vec<Session>>;
@@ -146,20 +147,20 @@ pub trait BulkImport: Send + Sync {
 #[async_trait]
 pub trait DeviceStore {
     async fn user_devices(&self, user_id: &str) -> StorageResult<Vec<Device>>;
-    async fn device(&self, user_id: &str, id: &str) -> StorageResult<Option<Device>>;
+    async fn device(&self, user_id: UserId<'_>, id: DeviceId<'_>) -> StorageResult<Option<Device>>;
     /// Renames and/or (un)trusts a device; `None` when the user has no such device.
     async fn update_device(
         &self,
-        user_id: &str,
-        id: &str,
+        user_id: UserId<'_>,
+        id: DeviceId<'_>,
         name: Option<&str>,
         trusted: Option<bool>,
     ) -> StorageResult<Option<Device>>;
     /// Deletes a device and ends its sessions; `None` when the user has no such device.
     async fn delete_device(
         &self,
-        user_id: &str,
-        id: &str,
+        user_id: UserId<'_>,
+        id: DeviceId<'_>,
         now: Millis,
     ) -> StorageResult<Option<Vec<Session>>>;
 }

@@ -1,6 +1,7 @@
 //! The storage contract for sessions, devices and the purge job, against every backend.
 
 use atoms_auth::clock::{Clock, SystemClock};
+use atoms_auth::ids::{DeviceId, SessionId, UserId};
 use atoms_auth::storage::*;
 use uuid::Uuid;
 
@@ -94,24 +95,40 @@ async fn devices_belong_to_their_user(backend: Backend) {
     let t0 = base();
     let out = login_at(storage.as_ref(), &alice, "fp", t0, 10).await;
     let id = out.device.id.as_str();
-    assert_eq!(storage.device(&mallory, id).await.expect("get"), None);
+    assert_eq!(storage.device(UserId::new(&mallory), DeviceId::new(id)).await.expect("get"), None);
     assert_eq!(
-        storage.update_device(&mallory, id, Some("mine"), Some(true)).await.expect("patch"),
+        storage
+            .update_device(UserId::new(&mallory), DeviceId::new(id), Some("mine"), Some(true))
+            .await
+            .expect("patch"),
         None
     );
-    assert_eq!(storage.delete_device(&mallory, id, t0).await.expect("delete"), None);
+    assert_eq!(
+        storage.delete_device(UserId::new(&mallory), DeviceId::new(id), t0).await.expect("delete"),
+        None
+    );
     assert!(storage.user_devices(&mallory).await.expect("list").is_empty());
 
-    let updated = storage.update_device(&alice, id, Some("Work"), Some(true)).await.expect("patch");
+    let updated = storage
+        .update_device(UserId::new(&alice), DeviceId::new(id), Some("Work"), Some(true))
+        .await
+        .expect("patch");
     let updated = updated.expect("alice's device");
     assert_eq!((updated.name.as_str(), updated.trusted), ("Work", true));
-    let kept =
-        storage.update_device(&alice, id, None, Some(false)).await.expect("patch").expect("device");
+    let kept = storage
+        .update_device(UserId::new(&alice), DeviceId::new(id), None, Some(false))
+        .await
+        .expect("patch")
+        .expect("device");
     assert_eq!((kept.name.as_str(), kept.trusted), ("Work", false));
 
-    let ended = storage.delete_device(&alice, id, t0 + 5).await.expect("delete").expect("found");
+    let ended = storage
+        .delete_device(UserId::new(&alice), DeviceId::new(id), t0 + 5)
+        .await
+        .expect("delete")
+        .expect("found");
     assert_eq!(ended.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), [out.session.id.as_str()]);
-    assert_eq!(storage.device(&alice, id).await.expect("get"), None);
+    assert_eq!(storage.device(UserId::new(&alice), DeviceId::new(id)).await.expect("get"), None);
     let session = storage.session(&out.session.id).await.expect("get").expect("kept");
     assert_eq!(session.revoke_reason.as_deref(), Some(revoke_reason::DEVICE_REMOVED));
     assert!(storage.user_sessions(&alice, t0 + 6).await.expect("list").is_empty());
@@ -130,13 +147,16 @@ async fn revoking_all_sessions_can_spare_the_current_one(backend: Backend) {
     }
     let bobs = login_at(storage.as_ref(), &bob, "b", t0, 10).await.session;
     let ended = storage
-        .revoke_user_sessions(&alice, Some(&keep.id), t0 + 10, "test")
+        .revoke_user_sessions(UserId::new(&alice), Some(SessionId::new(&keep.id)), t0 + 10, "test")
         .await
         .expect("revoke");
     assert_eq!(ended.len(), 3);
     let live = storage.user_sessions(&alice, t0 + 11).await.expect("list");
     assert_eq!(live.iter().map(|(s, _)| s.id.as_str()).collect::<Vec<_>>(), [keep.id.as_str()]);
-    let ended = storage.revoke_user_sessions(&alice, None, t0 + 12, "test").await.expect("revoke");
+    let ended = storage
+        .revoke_user_sessions(UserId::new(&alice), None, t0 + 12, "test")
+        .await
+        .expect("revoke");
     assert_eq!(ended.len(), 1);
     assert_eq!(storage.user_sessions(&bob, t0 + 12).await.expect("list")[0].0.id, bobs.id);
 }

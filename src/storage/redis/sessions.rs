@@ -179,8 +179,8 @@ impl SessionStore for RedisStorage {
 
     async fn revoke_user_sessions(
         &self,
-        user_id: &str,
-        except: Option<&str>,
+        user_id: UserId<'_>,
+        except: Option<SessionId<'_>>,
         now: Millis,
         reason: &str,
     ) -> StorageResult<Vec<Session>> {
@@ -188,8 +188,8 @@ impl SessionStore for RedisStorage {
             .scripts
             .revoke_user_sessions
             .arg(self.script_prefix())
-            .arg(user_id)
-            .arg(or_empty(except))
+            .arg(user_id.as_str())
+            .arg(or_empty(except.map(SessionId::as_str)))
             .arg(now)
             .arg(reason)
             .invoke_async(&mut self.conn())
@@ -278,9 +278,9 @@ impl DeviceStore for RedisStorage {
         Ok(devices)
     }
 
-    async fn device(&self, user_id: &str, id: &str) -> StorageResult<Option<Device>> {
-        let map: Fields = self.conn().hgetall(self.key("device", id)).await?;
-        if map.get("user_id").map(String::as_str) != Some(user_id) {
+    async fn device(&self, user_id: UserId<'_>, id: DeviceId<'_>) -> StorageResult<Option<Device>> {
+        let map: Fields = self.conn().hgetall(self.key("device", id.as_str())).await?;
+        if map.get("user_id").map(String::as_str) != Some(user_id.as_str()) {
             return Ok(None);
         }
         device_from_map(&map).map(Some)
@@ -288,8 +288,8 @@ impl DeviceStore for RedisStorage {
 
     async fn update_device(
         &self,
-        user_id: &str,
-        id: &str,
+        user_id: UserId<'_>,
+        id: DeviceId<'_>,
         name: Option<&str>,
         trusted: Option<bool>,
     ) -> StorageResult<Option<Device>> {
@@ -297,8 +297,8 @@ impl DeviceStore for RedisStorage {
         let map: Fields = self
             .scripts
             .update_device
-            .key(self.key("device", id))
-            .arg(user_id)
+            .key(self.key("device", id.as_str()))
+            .arg(user_id.as_str())
             .arg(or_empty(name))
             .arg(or_empty(trusted))
             .invoke_async(&mut self.conn())
@@ -308,16 +308,16 @@ impl DeviceStore for RedisStorage {
 
     async fn delete_device(
         &self,
-        user_id: &str,
-        id: &str,
+        user_id: UserId<'_>,
+        id: DeviceId<'_>,
         now: Millis,
     ) -> StorageResult<Option<Vec<Session>>> {
         let (found, ended): (i64, Vec<Fields>) = self
             .scripts
             .delete_device
             .arg(self.script_prefix())
-            .arg(user_id)
-            .arg(id)
+            .arg(user_id.as_str())
+            .arg(id.as_str())
             .arg(now)
             .invoke_async(&mut self.conn())
             .await?;

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 
 use super::{Dialect, SqlStorage, Statement};
 use crate::clock::Millis;
+use crate::ids::{DeviceId, UserId};
 use crate::storage::{Device, DeviceStore, Session, StorageResult, revoke_reason};
 
 #[async_trait]
@@ -16,18 +17,18 @@ impl<D: Dialect> DeviceStore for SqlStorage<D> {
             .await
     }
 
-    async fn device(&self, user_id: &str, id: &str) -> StorageResult<Option<Device>> {
+    async fn device(&self, user_id: UserId<'_>, id: DeviceId<'_>) -> StorageResult<Option<Device>> {
         sqlx::query("SELECT * FROM devices WHERE id = $1 AND user_id = $2")
-            .arg(id)
-            .arg(user_id)
+            .arg(id.as_str())
+            .arg(user_id.as_str())
             .optional(self.reader())
             .await
     }
 
     async fn update_device(
         &self,
-        user_id: &str,
-        id: &str,
+        user_id: UserId<'_>,
+        id: DeviceId<'_>,
         name: Option<&str>,
         trusted: Option<bool>,
     ) -> StorageResult<Option<Device>> {
@@ -37,18 +38,19 @@ impl<D: Dialect> DeviceStore for SqlStorage<D> {
         )
         .arg(name)
         .arg(trusted)
-        .arg(id)
-        .arg(user_id)
+        .arg(id.as_str())
+        .arg(user_id.as_str())
         .optional(self.writer())
         .await
     }
 
     async fn delete_device(
         &self,
-        user_id: &str,
-        id: &str,
+        user_id: UserId<'_>,
+        id: DeviceId<'_>,
         now: Millis,
     ) -> StorageResult<Option<Vec<Session>>> {
+        let (user_id, id) = (user_id.as_str(), id.as_str());
         let mut tx = self.dialect.begin_for_user(user_id).await?;
         let owned: Option<(String,)> =
             sqlx::query("SELECT id FROM devices WHERE id = $1 AND user_id = $2")

@@ -6,6 +6,7 @@ use sqlx::Pool;
 
 use super::{Dialect, SqlStorage, Statement, batched_reader, place, unique};
 use crate::clock::Millis;
+use crate::ids::{SessionId, UserId};
 use crate::storage::batch::Batched;
 use crate::storage::{
     Device, Login, LoginOutcome, Rotation, RotationOutcome, Session, SessionStore, StorageResult,
@@ -213,8 +214,8 @@ impl<D: Dialect> SessionStore for SqlStorage<D> {
 
     async fn revoke_user_sessions(
         &self,
-        user_id: &str,
-        except: Option<&str>,
+        user_id: UserId<'_>,
+        except: Option<SessionId<'_>>,
         now: Millis,
         reason: &str,
     ) -> StorageResult<Vec<Session>> {
@@ -225,8 +226,8 @@ impl<D: Dialect> SessionStore for SqlStorage<D> {
         )
         .arg(now)
         .arg(reason)
-        .arg(user_id)
-        .arg(except)
+        .arg(user_id.as_str())
+        .arg(except.map(SessionId::as_str))
         .all(self.writer())
         .await
     }
