@@ -22,9 +22,10 @@ pub mod events {
     pub const CLIENT_DELETED: &str = "client.deleted";
     pub const USER_ROLE_CHANGED: &str = "user.role_changed";
     pub const KEY_ROTATED: &str = "key.rotated";
+    pub const CONSENT_GRANTED: &str = "consent.granted";
 
     /// Every event type.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         USER_CREATED,
         LOGIN_SUCCEEDED,
         LOGIN_FAILED,
@@ -42,6 +43,7 @@ pub mod events {
         CLIENT_DELETED,
         USER_ROLE_CHANGED,
         KEY_ROTATED,
+        CONSENT_GRANTED,
     ];
 
     /// The per-request events, which are most of the log: the SQL event index leaves them

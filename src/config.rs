@@ -188,6 +188,13 @@ pub struct SessionConfig {
     /// Ended sessions are deleted this long after they ended.
     #[serde(rename = "ended_session_retention_secs", with = "secs")]
     pub ended_retention: Duration,
+    /// A browser signed in at the authorization endpoint stays signed in this long without
+    /// a visit.
+    #[serde(rename = "browser_session_idle_timeout_secs", with = "secs")]
+    pub browser_idle_timeout: Duration,
+    /// A browser's sign-in ends this long after it began, however it is used.
+    #[serde(rename = "browser_session_max_lifetime_secs", with = "secs")]
+    pub browser_max_lifetime: Duration,
 }
 
 impl Default for SessionConfig {
@@ -197,6 +204,8 @@ impl Default for SessionConfig {
             max_lifetime: Duration::from_secs(30 * DAY),
             max_per_user: 10,
             ended_retention: Duration::from_secs(DAY),
+            browser_idle_timeout: Duration::from_secs(DAY),
+            browser_max_lifetime: Duration::from_secs(14 * DAY),
         }
     }
 }

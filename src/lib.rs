@@ -31,6 +31,7 @@ use crate::domain::audit::Audit;
 use crate::domain::keys::KeyManager;
 use crate::domain::ratelimit::{RateLimits, Rule};
 use crate::domain::sessions::{PurgeSettings, SessionService};
+use crate::domain::sign_in::{SignIn, SignInPolicy};
 use crate::domain::tokens::{TokenPolicy, TokenService};
 use crate::domain::webhooks::Webhooks;
 use crate::metrics::Metrics;
@@ -54,7 +55,9 @@ pub struct App {
     pub config: Config,
     pub storage: Arc<dyn Storage>,
     pub keys: Arc<KeyManager>,
-    pub tokens: TokenService,
+    pub tokens: Arc<TokenService>,
+    /// Browser sign-in: the authorization endpoint's pages and the account page.
+    pub sign_in: SignIn,
     pub sessions: SessionService,
     pub accounts: crate::domain::accounts::Accounts,
     pub audit: Arc<Audit>,
@@ -153,13 +156,23 @@ impl App {
             &config.audit.exclude.0,
         ));
         keys.set_audit(audit.clone());
-        let tokens = TokenService::new(
+        let tokens = Arc::new(TokenService::new(
             storage.clone(),
             keys.clone(),
             clock.clone(),
             policy,
             audit.clone(),
             metrics.clone(),
+        ));
+        let sign_in = SignIn::new(
+            storage.clone(),
+            clock.clone(),
+            tokens.clone(),
+            audit.clone(),
+            SignInPolicy {
+                idle_ms: millis(config.sessions.browser_idle_timeout),
+                lifetime_ms: millis(config.sessions.browser_max_lifetime),
+            },
         );
         let sessions = SessionService::new(storage.clone(), clock.clone(), purge, audit.clone());
         let accounts =
@@ -182,6 +195,7 @@ impl App {
             storage,
             keys,
             tokens,
+            sign_in,
             sessions,
             accounts,
             audit,

@@ -139,6 +139,13 @@ enum Clients {
         /// May introspect the tokens of every client.
         #[arg(long)]
         resource_server: bool,
+        /// Where the authorization endpoint may send the browser back, space or comma
+        /// separated (required with the authorization_code grant).
+        #[arg(long, default_value = "")]
+        redirect_uris: String,
+        /// A first-party client: its users are not asked for consent.
+        #[arg(long)]
+        skip_consent: bool,
     },
     /// Disable a client: it authenticates no more and its tokens act for nobody.
     Disable { client_id: String },
@@ -204,7 +211,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Clients {
             action:
-                Clients::Create { name, client_id, public, grant_types, scopes, resource_server },
+                Clients::Create {
+                    name,
+                    client_id,
+                    public,
+                    grant_types,
+                    scopes,
+                    resource_server,
+                    redirect_uris,
+                    skip_consent,
+                },
         } => {
             let new = NewClient {
                 client_id,
@@ -214,6 +230,8 @@ async fn main() -> anyhow::Result<()> {
                 scopes: list(&scopes),
                 resource_server,
                 created_by: None,
+                redirect_uris: list(&redirect_uris),
+                skip_consent,
             };
             println!("{}", commands::create_client(&config, new).await?);
         }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::audit::{Audit, Entry, entry, events};
 use super::roles::Role;
 use super::secrets::{Secret, hash_password};
+use super::sign_in::check_redirect_uri;
 use super::tokens::GRANT_TYPES;
 use crate::clock::{Clock, Millis};
 use crate::storage::{Client, Storage, StorageError, User};
@@ -75,6 +76,23 @@ pub struct NewClient {
     pub resource_server: bool,
     /// The user who registers it (admin API), whose role its admin tokens act with.
     pub created_by: Option<String>,
+    /// Where the authorization endpoint may send the browser back.
+    pub redirect_uris: Vec<String>,
+    /// A first-party client: its users are not asked for consent.
+    pub skip_consent: bool,
+}
+
+/// Checks redirect URIs to register: each one valid, at least one for a client that uses
+/// the `authorization_code` grant.
+fn check_redirect_uris(uris: &[String], grant_types: &str) -> Result<(), AccountError> {
+    for uri in uris {
+        check_redirect_uri(uri).map_err(AccountError::Invalid)?;
+    }
+    let browser = grant_types.split_whitespace().any(|g| g == "authorization_code");
+    if browser && uris.is_empty() {
+        return Err(invalid("the authorization_code grant needs at least one redirect URI"));
+    }
+    Ok(())
 }
 
 /// Registers a client; returns it, its secret (shown this once; none for a public client)
@@ -106,17 +124,21 @@ pub async fn create_client(
     if new.client_id.as_deref().is_some_and(|id| !valid_token(id) || id.len() > 200) {
         return Err(invalid("the client id must be 1 to 200 printable ASCII characters"));
     }
+    let grant_types = new.grant_types.join(" ");
+    check_redirect_uris(&new.redirect_uris, &grant_types)?;
     let secret = (!new.public).then(Secret::generate);
     let client = Client {
         client_id: new.client_id.unwrap_or_else(|| Uuid::new_v4().simple().to_string()),
         name: new.name.trim().to_owned(),
         secret_hash: secret.as_ref().map(Secret::sha256_hex),
-        grant_types: new.grant_types.join(" "),
+        grant_types,
         scopes: new.scopes.join(" "),
         created_at: now,
         disabled: false,
         created_by: new.created_by,
         resource_server: new.resource_server,
+        redirect_uris: new.redirect_uris.join(" "),
+        skip_consent: new.skip_consent,
     };
     storage.create_client(&client).await?;
     let created = entry(events::CLIENT_CREATED)
@@ -126,17 +148,23 @@ pub async fn create_client(
         .detail("grant_types", client.grant_types.as_str())
         .detail("scopes", client.scopes.as_str())
         .detail("resource_server", client.resource_server)
+        .detail("redirect_uris", client.redirect_uris.as_str())
+        .detail("skip_consent", client.skip_consent)
         .detail("created_by", client.created_by.clone());
     Ok((client, secret, created))
 }
 
 /// A change to a client.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct ClientChange {
     /// Disable (true) or enable (false) it.
     pub disabled: Option<bool>,
     /// Give a confidential client a new secret; the old one stops working at once.
     pub rotate_secret: bool,
+    /// Replace its redirect URIs.
+    pub redirect_uris: Option<Vec<String>>,
+    /// Ask (false) or stop asking (true) its users for consent.
+    pub skip_consent: Option<bool>,
 }
 
 /// Changes a client; returns it, its new secret (shown this once) and its `client.updated`
@@ -159,13 +187,22 @@ pub async fn update_client(
     if let Some(disabled) = change.disabled {
         client.disabled = disabled;
     }
-    if !storage.update_client(client_id, client.secret_hash.as_deref(), client.disabled).await? {
+    if let Some(uris) = &change.redirect_uris {
+        check_redirect_uris(uris, &client.grant_types)?;
+        client.redirect_uris = uris.join(" ");
+    }
+    if let Some(skip) = change.skip_consent {
+        client.skip_consent = skip;
+    }
+    if !storage.update_client(&client).await? {
         return Ok(None);
     }
     let updated = entry(events::CLIENT_UPDATED)
         .client(&client.client_id)
         .detail("disabled", client.disabled)
-        .detail("secret_rotated", secret.is_some());
+        .detail("secret_rotated", secret.is_some())
+        .detail("redirect_uris", client.redirect_uris.as_str())
+        .detail("skip_consent", client.skip_consent);
     Ok(Some((client, secret, updated)))
 }
 
@@ -294,6 +331,8 @@ pub fn client_json(client: &Client, secret: Option<&Secret>) -> serde_json::Valu
         "created_at": crate::clock::rfc3339(client.created_at),
         "disabled": client.disabled,
         "resource_server": client.resource_server,
+        "redirect_uris": client.redirect_uri_list().collect::<Vec<_>>(),
+        "skip_consent": client.skip_consent,
         "created_by": client.created_by,
     })
 }

@@ -8,6 +8,7 @@ pub mod ratelimit;
 pub mod roles;
 pub mod secrets;
 pub mod sessions;
+pub mod sign_in;
 pub mod tokens;
 pub mod webhooks;
 

@@ -16,8 +16,8 @@ use super::secrets::{Secret, VerifyGate, verify_password};
 use crate::clock::{Clock, Millis, rfc3339};
 use crate::metrics::Metrics;
 use crate::storage::{
-    Admission, Client, LockoutPolicy, Login, Rotation, RotationOutcome, Session, Storage, User,
-    revoke_reason,
+    Admission, Client, CodeTaken, LockoutPolicy, Login, Rotation, RotationOutcome, Session,
+    Storage, User, revoke_reason,
 };
 
 /// Why a token request failed, in the domain's words; the HTTP layer answers each with its
@@ -46,7 +46,8 @@ pub enum TokenError {
 const MAX_REVOCATION_MS: Millis = 7 * 24 * 3600 * 1000;
 
 /// The grant types the token endpoint knows.
-pub const GRANT_TYPES: [&str; 3] = ["password", "client_credentials", "refresh_token"];
+pub const GRANT_TYPES: [&str; 4] =
+    ["authorization_code", "password", "client_credentials", "refresh_token"];
 
 /// Claims of an access token (RFC 9068 §2.2).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,7 +175,10 @@ impl TokenService {
 
     /// A registered client. Found clients are cached for a short while so the token hot
     /// paths stay at one storage operation; unknown ids are always looked up.
-    async fn client(&self, client_id: &str) -> Result<Option<Client>, TokenError> {
+    pub async fn find_client(&self, client_id: &str) -> Result<Option<Client>, TokenError> {
+        if client_id.len() > MAX_CLIENT_ID_LEN {
+            return Ok(None);
+        }
         if let Some(client) = self.clients.get(client_id).await {
             self.metrics.cache("clients", true);
             return Ok(Some(client));
@@ -196,7 +200,7 @@ impl TokenService {
         if client_id.len() > MAX_CLIENT_ID_LEN {
             return Err(TokenError::InvalidClient);
         }
-        let client = self.client(client_id).await?.ok_or(TokenError::InvalidClient)?;
+        let client = self.find_client(client_id).await?.ok_or(TokenError::InvalidClient)?;
         if client.disabled {
             return Err(TokenError::InvalidClient);
         }
@@ -219,12 +223,28 @@ impl TokenService {
     ) -> Result<TokenResponse, TokenError> {
         require_grant(client, "password")?;
         let scope = resolve_scope(scope, client.scope_list())?;
-        let user = self.verify_login(client, username, password, device.ip.as_deref()).await?;
+        let user =
+            self.verify_login(Some(client), username, password, device.ip.as_deref()).await?;
+        let (tokens, _) = self.open_session(client, &user.id, scope, device, "password").await?;
+        Ok(tokens)
+    }
+
+    /// Opens a session of the user on the device `device` describes, as a login does: the
+    /// device is recognised or registered, the least recently used session beyond the limit
+    /// is evicted, and each step is audited. Returns the tokens and the session's id.
+    async fn open_session(
+        &self,
+        client: &Client,
+        user_id: &str,
+        scope: String,
+        device: DeviceHints,
+        grant_type: &'static str,
+    ) -> Result<(TokenResponse, String), TokenError> {
         let now = self.clock.now_ms();
         let expires_at = now + self.policy.session_lifetime_ms;
         let session = Session {
             id: super::id_text(Uuid::now_v7()),
-            user_id: user.id.clone(),
+            user_id: user_id.to_owned(),
             client_id: client.client_id.clone(),
             scope: scope.clone(),
             created_at: now,
@@ -238,7 +258,7 @@ impl TokenService {
             device_id: None,
             access_jti: Some(new_jti()),
         };
-        let (seen, named) = devices::sighting(&user.id, &device, now);
+        let (seen, named) = devices::sighting(user_id, &device, now);
         let refresh = Secret::generate();
         let login = Login {
             session: &session,
@@ -248,9 +268,12 @@ impl TokenService {
             max_sessions: self.policy.max_sessions,
         };
         let outcome = self.storage.create_session(&login).await?;
-        let actor = format!("user:{}", user.id);
-        let by_user = |event| entry(event).actor(&actor).user(&user.id).client(&client.client_id);
-        self.audit.record(by_user(events::LOGIN_SUCCEEDED).session(&session.id)).await?;
+        let actor = format!("user:{user_id}");
+        let by_user = |event| entry(event).actor(&actor).user(user_id).client(&client.client_id);
+        if grant_type == "password" {
+            // The password was checked by this request: its login is this session's.
+            self.audit.record(by_user(events::LOGIN_SUCCEEDED).session(&session.id)).await?;
+        }
         if outcome.new_device {
             let d = &outcome.device;
             let registered = by_user(events::DEVICE_REGISTERED)
@@ -273,11 +296,96 @@ impl TokenService {
         let refresh = client.allows_grant("refresh_token").then_some(refresh);
         let issued = by_user(events::TOKEN_ISSUED)
             .session(&session.id)
-            .detail("grant_type", "password")
+            .detail("grant_type", grant_type)
             .detail("scope", scope.as_str());
         self.audit.record(issued).await?;
         let jti = session.access_jti.clone().unwrap_or_else(new_jti);
-        self.respond(&user.id, client, scope, Some(&session.id), refresh, jti)
+        let tokens = self.respond(user_id, client, scope, Some(&session.id), refresh, jti)?;
+        Ok((tokens, session.id))
+    }
+
+    /// The `authorization_code` grant (RFC 6749 §4.1.3, OAuth 2.1 §4.1.3) with PKCE: takes
+    /// the code once, checks what it is bound to, and opens a session on the browser's device.
+    /// A code presented again is refused, and the session its first exchange opened ends.
+    pub async fn authorization_code_grant(
+        &self,
+        client: &Client,
+        code: &Secret,
+        redirect_uri: Option<&str>,
+        verifier: &str,
+    ) -> Result<TokenResponse, TokenError> {
+        require_grant(client, "authorization_code")?;
+        let hash = code.sha256();
+        let now = self.clock.now_ms();
+        let invalid =
+            TokenError::InvalidGrant("the authorization code is invalid, expired or used");
+        let code = match self.storage.take_code(&hash, now).await? {
+            CodeTaken::First(code) => code,
+            CodeTaken::Again { session_id } => {
+                self.code_replayed(client, session_id.as_deref()).await?;
+                return Err(invalid);
+            }
+            CodeTaken::Unknown => return Err(invalid),
+        };
+        if code.client_id != client.client_id || code.expires_at <= now {
+            return Err(invalid);
+        }
+        // The request must name the redirect URI the code was sent to; a client with one
+        // registered URI may leave it out, as it could at the authorization endpoint.
+        let redirect_uri = match redirect_uri {
+            Some(uri) => uri == code.redirect_uri,
+            None => client.redirect_uri_list().count() == 1,
+        };
+        if !redirect_uri {
+            return Err(TokenError::InvalidGrant(
+                "redirect_uri differs from the authorization request",
+            ));
+        }
+        if !super::sign_in::verifier_matches(verifier, &code.code_challenge) {
+            return Err(TokenError::InvalidGrant("the code_verifier does not match the challenge"));
+        }
+        let device = DeviceHints {
+            device_id: None,
+            name: None,
+            platform: None,
+            user_agent: code.user_agent.clone(),
+            ip: code.ip.clone(),
+        };
+        let (tokens, session_id) = self
+            .open_session(client, &code.user_id, code.scope.clone(), device, "authorization_code")
+            .await?;
+        if !self.storage.bind_code_session(&hash, &session_id).await? {
+            // Presented again while this exchange ran: what it opened ends as well.
+            self.code_replayed(client, Some(&session_id)).await?;
+            return Err(invalid);
+        }
+        Ok(tokens)
+    }
+
+    /// A code presented again: audited as reuse, and the session it opened (if it got so far)
+    /// ends with its tokens.
+    async fn code_replayed(
+        &self,
+        client: &Client,
+        session_id: Option<&str>,
+    ) -> Result<(), TokenError> {
+        let mut reuse = entry(events::TOKEN_REUSE_DETECTED)
+            .actor(format!("client:{}", client.client_id))
+            .client(&client.client_id)
+            .detail("token", "authorization_code");
+        if let Some(id) = session_id {
+            let now = self.clock.now_ms();
+            if let Some(ended) =
+                self.storage.revoke_session(id, now, revoke_reason::CODE_REPLAYED).await?
+            {
+                reuse = reuse.user(&ended.user_id).session(&ended.id);
+                self.audit.record(reuse).await?;
+                self.audit.record(session_revoked(&ended, "system")).await?;
+                return Ok(());
+            }
+        }
+        self.audit.record(reuse).await?;
+        Ok(())
     }
 
     /// Checks a username and password, with the lockout: the attempt is counted (per account
@@ -285,9 +393,10 @@ impl TokenService {
     /// pass the threshold. Every path costs the same: one user read, one attempt write, one
     /// argon2 verification (against a dummy hash for an unknown or locked account), and one
     /// more write for an admitted attempt; so timing tells nothing of which accounts exist.
+    /// `client` is the client the user signs in to (none for the account page).
     pub async fn verify_login(
         &self,
-        client: &Client,
+        client: Option<&Client>,
         username: &str,
         password: String,
         ip: Option<&str>,
@@ -329,13 +438,19 @@ impl TokenService {
             None
         };
         let failed = |reason: &str| {
-            let mut e = entry(events::LOGIN_FAILED)
-                .client(&client.client_id)
-                .actor(format!("client:{}", client.client_id))
-                .detail("username", username.chars().take(256).collect::<String>())
-                .detail("reason", reason);
+            let mut e =
+                entry(events::LOGIN_FAILED)
+                    .actor(client.map_or_else(
+                        || "browser".to_owned(),
+                        |c| format!("client:{}", c.client_id),
+                    ))
+                    .detail("username", username.chars().take(256).collect::<String>())
+                    .detail("reason", reason);
             if let Some(u) = &user {
                 e = e.user(&u.id);
+            }
+            if let Some(c) = client {
+                e = e.client(&c.client_id);
             }
             e
         };
@@ -349,13 +464,15 @@ impl TokenService {
             self.audit.record(failed(reason)).await?;
             if let (Some(until), Some(u)) = (locked, &user) {
                 tracing::warn!(user_id = %u.id, "account locked after repeated login failures");
-                let locked = entry(events::USER_LOCKED)
+                let mut locked = entry(events::USER_LOCKED)
                     .actor("system")
                     .user(&u.id)
-                    .client(&client.client_id)
                     .detail("username", u.username.as_str())
                     .detail("failures", policy.threshold)
                     .detail("locked_until", rfc3339(until));
+                if let Some(c) = client {
+                    locked = locked.client(&c.client_id);
+                }
                 self.audit.record(locked).await?;
             }
             return Err(invalid);

@@ -155,6 +155,13 @@ struct NewClientBody {
     /// May introspect the tokens of every client.
     #[serde(default)]
     resource_server: bool,
+    /// Where the authorization endpoint may send the browser back (required with the
+    /// `authorization_code` grant): https, loopback http, or a native app's private-use scheme.
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    /// A first-party client: its users are not asked for consent.
+    #[serde(default)]
+    skip_consent: bool,
 }
 
 /// Registers a client; the answer shows its secret this once.
@@ -175,6 +182,8 @@ async fn create_client(
         scopes: body.scopes,
         resource_server: body.resource_server,
         created_by: admin.user_id.clone(),
+        redirect_uris: body.redirect_uris,
+        skip_consent: body.skip_consent,
     };
     let (client, secret) = state.accounts.register_client(new, &admin.actor()).await?;
     let mut response =
@@ -203,10 +212,14 @@ struct ClientChangeBody {
     /// Issue a new secret; the old one stops working at once.
     #[serde(default)]
     rotate_secret: bool,
+    /// Replace the redirect URIs.
+    redirect_uris: Option<Vec<String>>,
+    /// Ask (false) or stop asking (true) the client's users for consent.
+    skip_consent: Option<bool>,
 }
 
 /// Disables or enables a client, or rotates its secret (shown once).
-#[utoipa::path(patch, path = "/admin/clients/{id}", tag = "admin", summary = "Disable, enable or re-key a client", params(("id" = String, Path, description = "Client id")), request_body = ClientChangeBody, security(("bearer" = [])),
+#[utoipa::path(patch, path = "/admin/clients/{id}", tag = "admin", summary = "Disable, enable or re-key a client; change its redirect URIs or consent setting", params(("id" = String, Path, description = "Client id")), request_body = ClientChangeBody, security(("bearer" = [])),
     responses((status = 200, description = "The client, with its new secret when rotated", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all, fields(admin = %admin.claims.sub, client_id = %id))]
 async fn change_client(
@@ -216,8 +229,12 @@ async fn change_client(
     ApiJson(body): ApiJson<ClientChangeBody>,
 ) -> Result<Response, ApiError> {
     admin.require(Permission::ChangeClients)?;
-    let change =
-        accounts::ClientChange { disabled: body.disabled, rotate_secret: body.rotate_secret };
+    let change = accounts::ClientChange {
+        disabled: body.disabled,
+        rotate_secret: body.rotate_secret,
+        redirect_uris: body.redirect_uris,
+        skip_consent: body.skip_consent,
+    };
     let changed = state.accounts.change_client(&id, change, &admin.actor()).await?;
     let (client, secret) = changed.ok_or(ApiError::NotFound("no such client"))?;
     state.tokens.forget_client(&id).await;

@@ -8,6 +8,7 @@ mod extract;
 mod oauth;
 pub(crate) mod openapi;
 mod ops;
+mod pages;
 pub mod server;
 pub(crate) use ops::{metrics_router, refresh_health};
 mod wellknown;
@@ -41,6 +42,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .merge(admin::router())
         .merge(wellknown::router())
         .merge(ops::router())
+        .merge(pages::router())
         .routes(routes!(openapi::document))
 }
 

@@ -32,6 +32,11 @@ struct TokenForm {
     username: Option<String>,
     password: Option<String>,
     refresh_token: Option<String>,
+    /// The `authorization_code` grant's code, the redirect URI it was sent to, and the PKCE
+    /// verifier.
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
     scope: Option<String>,
     device_id: Option<String>,
     device_name: Option<String>,
@@ -77,7 +82,7 @@ async fn authenticate(
 }
 
 /// Charges one limit; a refusal is the error.
-async fn limited(
+pub(super) async fn limited(
     state: &AppState,
     route: &'static str,
     scope: Scope,
@@ -100,7 +105,7 @@ fn answer(mut response: Response, verdict: Option<Verdict>) -> Response {
     response
 }
 
-#[utoipa::path(post, path = "/auth/token", tag = "oauth", summary = "Issue tokens: password, client_credentials or refresh_token grant", request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"), security(("client" = [])),
+#[utoipa::path(post, path = "/auth/token", tag = "oauth", summary = "Issue tokens: authorization_code (with PKCE), password, client_credentials or refresh_token grant", request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"), security(("client" = [])),
     responses((status = 200, description = "Tokens", body = crate::domain::tokens::TokenResponse, headers(("ratelimit-limit" = u32, description = "Burst of the tightest limit"), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the allowance is whole"))), crate::http::openapi::OAuthErrors))]
 #[tracing::instrument(skip_all, fields(grant_type))]
 async fn token(
@@ -140,6 +145,12 @@ async fn token(
             tokens.password_grant(&client, &username, password, scope, device).await?
         }
         "client_credentials" => tokens.client_credentials_grant(&client, scope).await?,
+        "authorization_code" => {
+            let code = Secret::from_client(required(form.code, "code")?);
+            let verifier = required(form.code_verifier, "code_verifier")?;
+            let redirect_uri = form.redirect_uri.as_deref().filter(|u| !u.is_empty());
+            tokens.authorization_code_grant(&client, &code, redirect_uri, &verifier).await?
+        }
         _ => {
             let refresh = Secret::from_client(required(form.refresh_token, "refresh_token")?);
             tokens.refresh_grant(&client, &refresh, scope, ip.as_deref()).await?

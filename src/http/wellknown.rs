@@ -27,12 +27,16 @@ async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
     let algs = ["EdDSA", "ES256", "RS256"];
     Json(json!({
         "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/auth/authorize"),
         "token_endpoint": format!("{issuer}/auth/token"),
         "revocation_endpoint": format!("{issuer}/auth/revoke"),
         "introspection_endpoint": format!("{issuer}/auth/introspect"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "grant_types_supported": GRANT_TYPES,
-        "response_types_supported": [],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
         "token_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

@@ -48,7 +48,7 @@ timed! {
     ClientStore {
         fn create_client(&self, client: &Client) -> ();
         fn client(&self, client_id: &str) -> Option<Client>;
-        fn update_client(&self, client_id: &str, secret_hash: Option<&str>, disabled: bool) -> bool;
+        fn update_client(&self, client: &Client) -> bool;
         fn delete_client(&self, client_id: &str) -> bool;
     }
     KeyStore {
@@ -91,6 +91,17 @@ timed! {
         fn finish_attempt(&self, result: &AttemptResult<'_>) -> ();
         fn deliveries(&self, subscription_id: &str, limit: u32) -> Vec<(WebhookDelivery, Vec<WebhookAttempt>)>;
         fn webhook_backlog(&self) -> WebhookBacklog;
+    }
+    SignInStore {
+        fn create_browser_session(&self, session: &BrowserSession) -> ();
+        fn touch_browser_session(&self, hash: &[u8], now: Millis, idle_until: Millis) -> Option<BrowserSession>;
+        fn end_browser_session(&self, hash: &[u8]) -> ();
+        fn end_user_browser_sessions(&self, user_id: UserId<'_>) -> u64;
+        fn consent(&self, user_id: UserId<'_>, client_id: &str) -> Option<String>;
+        fn save_consent(&self, user_id: UserId<'_>, client_id: &str, scopes: &str, now: Millis) -> ();
+        fn create_code(&self, code: &AuthorizationCode) -> ();
+        fn take_code(&self, hash: &[u8], now: Millis) -> CodeTaken;
+        fn bind_code_session(&self, hash: &[u8], session_id: &str) -> bool;
     }
     RevocationStore {
         fn revoke_access_token(&self, jti: &str, expires_at: Millis) -> ();

@@ -67,13 +67,9 @@ pub trait UserStore {
 pub trait ClientStore {
     async fn create_client(&self, client: &Client) -> StorageResult<()>;
     async fn client(&self, client_id: &str) -> StorageResult<Option<Client>>;
-    /// Replaces a client's secret hash and disabled flag; false when there is no such client.
-    async fn update_client(
-        &self,
-        client_id: &str,
-        secret_hash: Option<&str>,
-        disabled: bool,
-    ) -> StorageResult<bool>;
+    /// Replaces what can change of a client (its secret hash, disabled flag, redirect URIs
+    /// and consent setting); false when there is no such client.
+    async fn update_client(&self, client: &Client) -> StorageResult<bool>;
     /// Deletes a client; false when there was none. Its sessions stay until they end.
     async fn delete_client(&self, client_id: &str) -> StorageResult<bool>;
 }
@@ -163,6 +159,41 @@ pub trait DeviceStore {
         id: DeviceId<'_>,
         now: Millis,
     ) -> StorageResult<Option<Vec<Session>>>;
+}
+
+/// Browser sign-in: the browsers signed in at the authorization endpoint, the consents users
+/// gave, and authorization codes.
+#[async_trait]
+pub trait SignInStore {
+    async fn create_browser_session(&self, session: &BrowserSession) -> StorageResult<()>;
+    /// The browser session with this hash when it is active at `now`; its idle expiry moves
+    /// to `idle_until` (never past its absolute expiry).
+    async fn touch_browser_session(
+        &self,
+        hash: &[u8],
+        now: Millis,
+        idle_until: Millis,
+    ) -> StorageResult<Option<BrowserSession>>;
+    /// Ends a browser session (sign-out); no effect when there is none.
+    async fn end_browser_session(&self, hash: &[u8]) -> StorageResult<()>;
+    /// Ends every browser session of a user; returns how many there were.
+    async fn end_user_browser_sessions(&self, user_id: UserId<'_>) -> StorageResult<u64>;
+    /// The scopes the user allowed the client, space separated.
+    async fn consent(&self, user_id: UserId<'_>, client_id: &str) -> StorageResult<Option<String>>;
+    /// Remembers the scopes the user allowed the client (replacing what was remembered).
+    async fn save_consent(
+        &self,
+        user_id: UserId<'_>,
+        client_id: &str,
+        scopes: &str,
+        now: Millis,
+    ) -> StorageResult<()>;
+    async fn create_code(&self, code: &AuthorizationCode) -> StorageResult<()>;
+    /// Takes a code, atomically: the first taker gets it; any later one marks it replayed.
+    async fn take_code(&self, hash: &[u8], now: Millis) -> StorageResult<CodeTaken>;
+    /// Records the session that the code's exchange opened. Returns false when the code was
+    /// replayed meanwhile (so the session must end).
+    async fn bind_code_session(&self, hash: &[u8], session_id: &str) -> StorageResult<bool>;
 }
 
 /// Housekeeping.
@@ -267,6 +298,7 @@ pub trait Storage:
     + KeyStore
     + SessionStore
     + DeviceStore
+    + SignInStore
     + RevocationStore
     + LockoutStore
     + AuditStore

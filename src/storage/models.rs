@@ -55,6 +55,12 @@ pub struct Client {
     /// A resource server may introspect tokens issued to any client.
     #[serde(default)]
     pub resource_server: bool,
+    /// Where the authorization endpoint may send the browser back, space separated.
+    #[serde(default)]
+    pub redirect_uris: String,
+    /// A first-party client: its users are not asked for consent.
+    #[serde(default)]
+    pub skip_consent: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -84,6 +90,66 @@ impl Client {
     pub fn scope_list(&self) -> std::str::SplitWhitespace<'_> {
         self.scopes.split_whitespace()
     }
+
+    /// The registered redirect URIs.
+    pub fn redirect_uri_list(&self) -> std::str::SplitWhitespace<'_> {
+        self.redirect_uris.split_whitespace()
+    }
+}
+
+/// A browser signed in at the authorization endpoint. Its cookie holds a secret; storage
+/// keeps the secret's SHA-256. It is not an OAuth session: each authorization code it leads
+/// to opens one of those when it is exchanged.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize, Deserialize)]
+pub struct BrowserSession {
+    pub hash: Vec<u8>,
+    pub user_id: String,
+    pub created_at: Millis,
+    pub idle_expires_at: Millis,
+    pub expires_at: Millis,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl BrowserSession {
+    /// Whether the sign-in still holds at `now`.
+    pub fn is_active(&self, now: Millis) -> bool {
+        self.expires_at > now && self.idle_expires_at > now
+    }
+}
+
+/// An authorization code, stored by the SHA-256 of the code, with everything it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize, Deserialize)]
+pub struct AuthorizationCode {
+    pub hash: Vec<u8>,
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// The PKCE S256 challenge: base64url of the SHA-256 of the verifier.
+    pub code_challenge: String,
+    pub scope: String,
+    pub user_id: String,
+    /// The browser's address and user agent, which describe the device of the session the
+    /// code opens.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// How long an authorization code is remembered after it is made, far past its use: a
+/// replay within this time still ends what the code opened.
+pub const CODE_KEPT_MS: Millis = 3_600_000;
+
+/// What taking an authorization code found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeTaken {
+    /// The code, taken now for the first time.
+    First(AuthorizationCode),
+    /// The code was taken before; it is now marked replayed. The session its first exchange
+    /// opened, if that exchange got so far.
+    Again { session_id: Option<String> },
+    /// No such code (or it was purged).
+    Unknown,
 }
 
 /// A signing key as stored: PKCS#8 DER of the private key, encrypted when `encrypted`.
@@ -149,6 +215,8 @@ pub mod revoke_reason {
     pub const REVOKED_BY_USER: &str = "revoked_by_user";
     pub const DEVICE_REMOVED: &str = "device_removed";
     pub const USER_REVOKED: &str = "user_revoked";
+    /// The authorization code that opened the session was presented again.
+    pub const CODE_REPLAYED: &str = "authorization_code_replayed";
 }
 
 /// A device a user signs in from.
@@ -210,42 +278,43 @@ pub struct PurgeReport {
     pub revocations: u64,
     pub audit_events: u64,
     pub webhook_deliveries: u64,
+    /// Timed-out browser sessions and forgotten authorization codes.
+    pub sign_ins: u64,
     /// The deleted sessions that ended by a timeout rather than a revocation.
     #[serde(skip)]
     pub expired: Vec<Session>,
 }
 
 impl PurgeReport {
-    /// Whether any kind reached a full batch (so another pass may find more).
-    pub fn full(&self, batch: u32) -> bool {
-        let batch = u64::from(batch);
+    /// The count of each kind.
+    fn counts(&self) -> [u64; 6] {
         [
             self.sessions,
             self.refresh_tokens,
             self.revocations,
             self.audit_events,
             self.webhook_deliveries,
+            self.sign_ins,
         ]
-        .iter()
-        .any(|n| *n >= batch)
     }
 
-    /// Adds another pass.
+    /// Whether any kind reached a full batch (so another pass may find more).
+    pub fn full(&self, batch: u32) -> bool {
+        self.counts().iter().any(|n| *n >= u64::from(batch))
+    }
+
     pub fn add(&mut self, other: PurgeReport) {
         self.sessions += other.sessions;
         self.refresh_tokens += other.refresh_tokens;
         self.revocations += other.revocations;
         self.audit_events += other.audit_events;
         self.webhook_deliveries += other.webhook_deliveries;
+        self.sign_ins += other.sign_ins;
         self.expired.extend(other.expired);
     }
 
     pub fn total(&self) -> u64 {
-        self.sessions
-            + self.refresh_tokens
-            + self.revocations
-            + self.audit_events
-            + self.webhook_deliveries
+        self.counts().iter().sum()
     }
 }
 

@@ -50,6 +50,8 @@ async fn every_event_type_is_recorded_with_its_context(backend: Backend) {
             ],
             scopes: vec!["read".into()],
             resource_server: false,
+            redirect_uris: Vec::new(),
+            skip_consent: false,
             created_by: None,
         },
     )
@@ -82,6 +84,10 @@ async fn every_event_type_is_recorded_with_its_context(backend: Backend) {
     app.bearer("POST", "/auth/logout", &second.str("access_token"), None).await;
     app.state.keys.rotate().await.expect("rotate");
     app.login(&client, "alice", PASSWORD).await;
+    let web = crate::sign_in::browser_client(&app, crate::sign_in::REDIRECT, false).await;
+    let mut browser = crate::sign_in::Browser::new(&app);
+    let allowed = crate::sign_in::sign_in_and_allow(&mut browser, &web, "alice", PASSWORD).await;
+    assert_eq!(allowed.status, 303, "{}", allowed.html);
     app.clock.advance_secs(8 * 24 * 3600 + 24 * 3600 + 1);
     app.state.sessions.purge().await.expect("purge");
 

@@ -58,6 +58,8 @@ async fn users_and_clients_round_trip_and_conflict(backend: Backend) {
         disabled: false,
         created_by: None,
         resource_server: false,
+        redirect_uris: String::new(),
+        skip_consent: false,
     };
     storage.create_client(&client).await.expect("client");
     assert_eq!(storage.client("app").await.expect("get"), Some(client.clone()));
@@ -630,6 +632,8 @@ async fn upgrading_gives_password_clients_the_account_scope(backend: Backend) {
         disabled: false,
         created_by: None,
         resource_server: false,
+        redirect_uris: String::new(),
+        skip_consent: false,
     };
     let machine = Client {
         client_id: "machine".into(),

@@ -276,6 +276,8 @@ impl TestApp {
             disabled: false,
             created_by: None,
             resource_server: false,
+            redirect_uris: String::new(),
+            skip_consent: false,
         };
         self.storage().create_client(&client).await.expect("create client");
         TestClient { id: client.client_id, secret: secret.map(|s| s.expose().to_owned()) }

@@ -13,4 +13,5 @@ mod ops;
 mod receiver;
 mod roles;
 mod security;
+mod sign_in;
 mod webhooks;

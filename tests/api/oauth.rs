@@ -284,7 +284,7 @@ async fn discovery_documents_describe_the_server(backend: Backend) {
         assert_eq!(meta.str("issuer"), "http://atoms-auth.test");
         assert_eq!(meta.str("token_endpoint"), "http://atoms-auth.test/auth/token");
         assert_eq!(meta.str("jwks_uri"), "http://atoms-auth.test/.well-known/jwks.json");
-        assert_eq!(meta.body["grant_types_supported"].as_array().map(Vec::len), Some(3));
+        assert_eq!(meta.body["grant_types_supported"].as_array().map(Vec::len), Some(4));
     }
     let jwks = app.get("/.well-known/jwks.json").await;
     let keys = jwks.body["keys"].as_array().expect("keys");

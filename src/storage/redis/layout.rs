@@ -11,7 +11,7 @@ use super::{RedisStorage, events};
 use crate::storage::*;
 
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Members per command when a layout change walks the audit indexes.
 const LAYOUT_PAGE: usize = 1000;
@@ -49,6 +49,8 @@ const LAYOUT: &[(i64, &str, &[&str])] = &[
     (5, "audit records inside their indexes", &[]),
     // Login attempts counted per account name and address; the `account` scope.
     (6, "security review", &["login_attempts"]),
+    // Browser sign-in: signed-in browsers, consents and authorization codes.
+    (7, "browser sign-in", &["browser", "user_browsers", "consents", "code"]),
 ];
 
 /// Where a walk over an event index stands: the lexicographic bound of the next page.

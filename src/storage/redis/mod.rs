@@ -18,6 +18,7 @@ use super::*;
 mod events;
 mod layout;
 mod sessions;
+mod sign_in;
 
 /// Redis storage.
 #[derive(Clone)]
@@ -44,6 +45,9 @@ struct Scripts {
     delete_webhook: Script,
     purge_events: Script,
     login_attempt: Script,
+    touch_browser_session: Script,
+    take_code: Script,
+    bind_code_session: Script,
 }
 
 impl RedisStorage {
@@ -73,6 +77,9 @@ impl RedisStorage {
                 delete_webhook: Script::new(include_str!("delete_webhook.lua")),
                 purge_events: Script::new(include_str!("purge_events.lua")),
                 login_attempt: Script::new(include_str!("login_attempt.lua")),
+                touch_browser_session: Script::new(include_str!("touch_browser_session.lua")),
+                take_code: Script::new(include_str!("take_code.lua")),
+                bind_code_session: Script::new(include_str!("bind_code_session.lua")),
             }),
         })
     }
@@ -191,19 +198,8 @@ impl ClientStore for RedisStorage {
         self.get_json(&self.key("client", client_id)).await
     }
 
-    async fn update_client(
-        &self,
-        client_id: &str,
-        secret_hash: Option<&str>,
-        disabled: bool,
-    ) -> StorageResult<bool> {
-        let key = self.key("client", client_id);
-        let Some(mut client) = self.get_json::<Client>(&key).await? else {
-            return Ok(false);
-        };
-        client.secret_hash = secret_hash.map(str::to_owned);
-        client.disabled = disabled;
-        self.put_client(&client, "XX").await
+    async fn update_client(&self, client: &Client) -> StorageResult<bool> {
+        self.put_client(client, "XX").await
     }
 
     async fn delete_client(&self, client_id: &str) -> StorageResult<bool> {

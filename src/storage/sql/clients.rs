@@ -10,8 +10,8 @@ impl<D: Dialect> ClientStore for SqlStorage<D> {
     async fn create_client(&self, client: &Client) -> StorageResult<()> {
         sqlx::query(
             "INSERT INTO clients (client_id, name, secret_hash, grant_types, scopes, \
-             created_at, disabled, created_by, resource_server) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             created_at, disabled, created_by, resource_server, redirect_uris, skip_consent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .arg(&client.client_id)
         .arg(&client.name)
@@ -22,6 +22,8 @@ impl<D: Dialect> ClientStore for SqlStorage<D> {
         .arg(client.disabled)
         .arg(&client.created_by)
         .arg(client.resource_server)
+        .arg(&client.redirect_uris)
+        .arg(client.skip_consent)
         .run(self.writer())
         .await
         .map_err(unique("client"))?;
@@ -35,19 +37,18 @@ impl<D: Dialect> ClientStore for SqlStorage<D> {
             .await
     }
 
-    async fn update_client(
-        &self,
-        client_id: &str,
-        secret_hash: Option<&str>,
-        disabled: bool,
-    ) -> StorageResult<bool> {
-        let changed =
-            sqlx::query("UPDATE clients SET secret_hash = $1, disabled = $2 WHERE client_id = $3")
-                .arg(secret_hash)
-                .arg(disabled)
-                .arg(client_id)
-                .run(self.writer())
-                .await?;
+    async fn update_client(&self, client: &Client) -> StorageResult<bool> {
+        let changed = sqlx::query(
+            "UPDATE clients SET secret_hash = $1, disabled = $2, redirect_uris = $3, \
+             skip_consent = $4 WHERE client_id = $5",
+        )
+        .arg(&client.secret_hash)
+        .arg(client.disabled)
+        .arg(&client.redirect_uris)
+        .arg(client.skip_consent)
+        .arg(&client.client_id)
+        .run(self.writer())
+        .await?;
         Ok(changed > 0)
     }
 

@@ -19,8 +19,8 @@ use sqlx::query::Query;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilder, Type};
 
 use super::super::{
-    AuditRecord, Client, Device, Session, StorageError, StorageResult, StoredKey, User,
-    WebhookAttempt, WebhookDelivery, WebhookSubscription,
+    AuditRecord, AuthorizationCode, BrowserSession, Client, Device, Session, StorageError,
+    StorageResult, StoredKey, User, WebhookAttempt, WebhookDelivery, WebhookSubscription,
 };
 use crate::clock::Millis;
 
@@ -85,6 +85,9 @@ pub trait SqlDb:
     + Reads<WebhookSubscription>
     + Reads<WebhookDelivery>
     + Reads<WebhookAttempt>
+    + Reads<BrowserSession>
+    + Reads<AuthorizationCode>
+    + Reads<(Option<String>,)>
     + Reads<(String,)>
     + Reads<(bool,)>
     + Reads<(Millis,)>

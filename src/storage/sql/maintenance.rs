@@ -6,7 +6,7 @@ use sqlx::AssertSqlSafe;
 
 use super::{Dialect, SqlStorage, Statement};
 use crate::clock::Millis;
-use crate::storage::{Maintenance, PurgePolicy, PurgeReport, Session, StorageResult};
+use crate::storage::{CODE_KEPT_MS, Maintenance, PurgePolicy, PurgeReport, Session, StorageResult};
 
 #[async_trait]
 impl<D: Dialect> Maintenance for SqlStorage<D> {
@@ -53,12 +53,25 @@ impl<D: Dialect> Maintenance for SqlStorage<D> {
             p.audit_before,
         )
         .await?;
+        let browser_sessions = delete(
+            "DELETE FROM browser_sessions WHERE hash IN (SELECT hash FROM browser_sessions \
+             WHERE expires_at <= $1 OR idle_expires_at <= $1 LIMIT $2)",
+            p.now,
+        )
+        .await?;
+        let codes = delete(
+            "DELETE FROM authorization_codes WHERE hash IN (SELECT hash FROM \
+             authorization_codes WHERE created_at <= $1 LIMIT $2)",
+            p.now - CODE_KEPT_MS,
+        )
+        .await?;
         Ok(PurgeReport {
             sessions: deleted.len() as u64,
             refresh_tokens,
             revocations,
             audit_events,
             webhook_deliveries,
+            sign_ins: browser_sessions + codes,
             expired: deleted.into_iter().filter(|s| s.revoked_at.is_none()).collect(),
         })
     }

@@ -15,6 +15,7 @@ mod maintenance;
 pub mod migrate;
 mod revocations;
 mod sessions;
+mod sign_in;
 mod users;
 mod webhooks;
 

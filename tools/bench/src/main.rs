@@ -410,6 +410,8 @@ async fn seed(
         disabled: false,
         created_by: None,
         resource_server: false,
+        redirect_uris: String::new(),
+        skip_consent: false,
     };
     storage.create_client(&client).await?;
     let password_hash = hash_password(PASSWORD.into()).await?;
