@@ -1,5 +1,5 @@
-//! Encoding helpers for the writers that build text by hand (the audit record's JSON, SQLite's
-//! packed audit row, PostgreSQL's COPY rows): a leaf any layer may use.
+//! Encoding helpers for the writers that build text by hand (the audit record's JSON,
+//! PostgreSQL's COPY rows): a leaf any layer may use.
 
 /// Whether any byte of `text` is `special`: one branchless pass, which the compiler
 /// vectorises, for the encoders whose text nearly never has one.

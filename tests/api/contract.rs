@@ -838,10 +838,10 @@ async fn sqlite_audit_log_moves_into_a_file_of_its_own_and_back() {
     assert_eq!(listed().await, sorted);
 }
 
-/// SQLite keeps each audit record as its id, event, user and one JSON object of the rest
-/// (migration 11), under a view with the eleven columns. Every field comes back as written,
-/// whether the record was written packed, unpacked by migrating down or packed by migrating
-/// up; the filters and the purge work on the packed table.
+/// SQLite keeps each audit record as one row of eleven columns (migration 14); migration 11
+/// had packed it into its id, event, user and one JSON object of the rest, under a view.
+/// Every field comes back as written, whether the record was written in columns, packed by
+/// migrating down or unpacked by migrating up; the filters and the purge work on the table.
 #[tokio::test]
 async fn sqlite_audit_records_keep_every_field_packed_and_unpacked() {
     let db = TestDb::new(Backend::Sqlite).await;
@@ -861,23 +861,23 @@ async fn sqlite_audit_records_keep_every_field_packed_and_unpacked() {
     let named = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
         pairs.iter().map(|(n, k)| (n.to_string(), k.to_string())).collect()
     };
-    let packed = named(&[("audit_events", "view"), ("audit_log", "table")]);
+    let columns = named(&[("audit_events", "table")]);
     let every = AuditQuery { limit: 1000, ascending: true, ..Default::default() };
     let listed = || async { storage.query_audit(&every).await.expect("query") };
 
     let mut records = [full_audit_records(20), mixed_audit_records(12)].concat();
     records.sort_by(|a, b| a.id.cmp(&b.id));
     storage.append_audit(records.clone().into()).await.expect("append");
-    assert_eq!(kinds().await, packed);
-    assert_eq!(listed().await, records, "written packed");
+    assert_eq!(kinds().await, columns);
+    assert_eq!(listed().await, records, "written in columns");
 
-    migrate_down_before(storage.as_ref(), 11).await;
-    assert_eq!(kinds().await, named(&[("audit_events", "table")]));
-    assert_eq!(listed().await, records, "unpacked into columns");
+    migrate_down_before(storage.as_ref(), 14).await;
+    assert_eq!(kinds().await, named(&[("audit_events", "view"), ("audit_log", "table")]));
+    assert_eq!(listed().await, records, "packed by migrating down");
 
     storage.migrate_up().await.expect("up");
-    assert_eq!(kinds().await, packed);
-    assert_eq!(listed().await, records, "packed by the migration");
+    assert_eq!(kinds().await, columns);
+    assert_eq!(listed().await, records, "unpacked by the migration");
     for query in [
         AuditQuery { user_id: Some("user-1".into()), ..every.clone() },
         AuditQuery { event: Some(records[3].event.clone()), ..every.clone() },

@@ -52,7 +52,6 @@ impl Dialect for PgBackend {
     const SESSION_ROWS: &'static str = "jsonb_array_elements($1::jsonb) AS q(value) \
          JOIN LATERAL (SELECT * FROM sessions WHERE user_id = (q.value ->> 'user') OFFSET 0) s \
          ON true";
-    const AUDIT_TABLE: &'static str = "audit_events";
 
     fn reader(&self) -> &PgPool {
         &self.pool

@@ -2,7 +2,6 @@
 //! lock for long.
 
 use async_trait::async_trait;
-use sqlx::AssertSqlSafe;
 
 use super::{Dialect, SqlStorage, Statement};
 use crate::clock::Millis;
@@ -36,17 +35,15 @@ impl<D: Dialect> Maintenance for SqlStorage<D> {
             p.now,
         )
         .await?;
-        // Ids are UUIDv7 and start with their time: the id order is the time order. The
-        // table's name is a constant of the dialect.
-        let purge_audit = format!(
-            "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE id < $1 LIMIT $2)",
-            table = D::AUDIT_TABLE,
-        );
-        let audit_events = sqlx::query(AssertSqlSafe(purge_audit))
-            .arg(crate::audit_event::id_floor(p.audit_before))
-            .arg(batch)
-            .run(self.dialect.audit_writer())
-            .await?;
+        // Ids are UUIDv7 and start with their time: the id order is the time order.
+        let audit_events = sqlx::query(
+            "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
+             WHERE id < $1 LIMIT $2)",
+        )
+        .arg(crate::audit_event::id_floor(p.audit_before))
+        .arg(batch)
+        .run(self.dialect.audit_writer())
+        .await?;
         let webhook_deliveries = delete(
             "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries \
              WHERE finished_at < $1 LIMIT $2)",

@@ -55,8 +55,6 @@ pub trait Dialect: Send + Sync + 'static {
     /// The table of a batch of session-list lookups: the elements of `$1` as `q`, each
     /// joined to the sessions (as `s`) of its `user`.
     const SESSION_ROWS: &'static str;
-    /// The audit log's table, which the purge deletes from.
-    const AUDIT_TABLE: &'static str;
 
     /// Connections for reads.
     fn reader(&self) -> &Pool<Self::Db>;

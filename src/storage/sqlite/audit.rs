@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sqlx::sqlite::SqlitePoolOptions;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, SqliteConnection, SqlitePool};
 
-use crate::encoding::json_string;
+use crate::storage::sql::AUDIT_COLUMNS;
 use crate::storage::{AuditRecord, StorageResult};
 
 /// One transaction of the audit log's own writer per batch.
@@ -51,82 +51,35 @@ pub(super) fn attaching(pool: SqlitePoolOptions, audit: &Path) -> SqlitePoolOpti
     })
 }
 
-/// Multi-row inserts in chunks whose sizes are powers of two: at most seven distinct
-/// statements, each built and prepared once, and few enough calls that the driver's worker
-/// thread is woken a handful of times per batch, not per record.
-async fn insert_audit(tx: &mut SqliteConnection, records: &[AuditRecord]) -> StorageResult<()> {
-    let mut rest = records;
-    while !rest.is_empty() {
-        let (sql, size) = insert_audit_statement(rest.len());
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let mut insert = sqlx::query(sql).persistent(true);
-        // In the order of `AUDIT_LOG_COLUMNS`.
-        for r in chunk {
-            insert = insert.bind(&r.id).bind(&r.event).bind(&r.user_id).bind(packed_record(r));
-        }
-        insert.execute(&mut *tx).await?;
-    }
-    Ok(())
-}
+/// Records per insert statement: few enough calls that the driver's worker thread is woken a
+/// handful of times per batch, not per record, and 11 values each stays far below SQLite's
+/// limit of bound values. sqlx keeps each distinct statement prepared.
+const ROWS_PER_INSERT: usize = 64;
 
-/// The columns of `audit_log`, the table under the `audit_events` view (migration 11).
-const AUDIT_LOG_COLUMNS: &str = "id, event, user_id, record";
-
-/// What `audit_log` keeps of a record beside its id, event and user: one JSON object, with
-/// the details object inside it and no key for a field the record lacks. Built here, it is
-/// handed to the driver without a copy.
-fn packed_record(r: &AuditRecord) -> String {
-    // Each key as it is written, with its separators: the keys are fixed names that JSON
-    // needs no escape for, so only the values go through `json_string`.
-    let optional = [
-        (",\"actor\":", &r.actor),
-        (",\"session_id\":", &r.session_id),
-        (",\"client_id\":", &r.client_id),
-        (",\"ip\":", &r.ip),
-        (",\"user_agent\":", &r.user_agent),
-        (",\"request_id\":", &r.request_id),
-    ];
-    let length: usize = optional.iter().filter_map(|(_, v)| v.as_ref()).map(|v| v.len() + 16).sum();
-    let mut out = Vec::with_capacity(length + r.details.len() + 40);
-    out.extend_from_slice(b"{\"at\":");
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, &r.at);
-    for (key, value) in optional {
-        if let Some(value) = value {
-            out.extend_from_slice(key.as_bytes());
-            json_string(&mut out, value);
-        }
-    }
-    // The details are a JSON object already (`AuditRecord::details`): they go in as they
-    // are, not escaped into a string, which cost more than the rest of the record.
-    out.extend_from_slice(b",\"details\":");
-    out.extend_from_slice(r.details.as_bytes());
-    out.push(b'}');
-    // Only text and JSON escapes of text were written.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// The statement inserting the largest power of two up to 64 of `rows` records, and that
-/// count. The seven statements are built once rather than for every chunk of every batch.
+/// Multi-row inserts of whole batches.
 ///
 /// `OR IGNORE`, not `ON CONFLICT (id) DO NOTHING`: both skip a record already stored (a batch
 /// written again), but the latter leaves the NOT NULL checks able to abort a multi-row
 /// statement halfway, so SQLite keeps a statement journal, a copy of every page the statement
-/// changes in a temporary file, about a fifth of the audit writer's time. Every NOT NULL
-/// column is a field the record always has.
-fn insert_audit_statement(rows: usize) -> (&'static str, usize) {
-    static STATEMENTS: std::sync::OnceLock<[String; 7]> = std::sync::OnceLock::new();
-    let statements = STATEMENTS.get_or_init(|| {
-        let placeholders: Vec<&str> = AUDIT_LOG_COLUMNS.split(", ").map(|_| "?").collect();
-        let row = format!("({})", placeholders.join(", "));
-        std::array::from_fn(|power| {
-            format!(
-                "INSERT OR IGNORE INTO audit_log ({AUDIT_LOG_COLUMNS}) VALUES {}",
-                vec![row.as_str(); 1 << power].join(", ")
-            )
-        })
-    });
-    let power = rows.max(1).ilog2().min(6) as usize;
-    (&statements[power], 1 << power)
+/// changes in a temporary file. Every NOT NULL column is a field the record always has.
+async fn insert_audit(tx: &mut SqliteConnection, records: &[AuditRecord]) -> StorageResult<()> {
+    for chunk in records.chunks(ROWS_PER_INSERT) {
+        let mut insert =
+            QueryBuilder::new(format!("INSERT OR IGNORE INTO audit_events ({AUDIT_COLUMNS}) "));
+        insert.push_values(chunk, |mut row, r| {
+            row.push_bind(&r.id)
+                .push_bind(r.at)
+                .push_bind(&r.event)
+                .push_bind(&r.actor)
+                .push_bind(&r.user_id)
+                .push_bind(&r.session_id)
+                .push_bind(&r.client_id)
+                .push_bind(&r.ip)
+                .push_bind(&r.user_agent)
+                .push_bind(&r.request_id)
+                .push_bind(&r.details);
+        });
+        insert.build().persistent(true).execute(&mut *tx).await?;
+    }
+    Ok(())
 }

@@ -116,8 +116,6 @@ impl Dialect for SqliteBackend {
         "json_each($1) AS q LEFT JOIN sessions s ON s.id = (q.value ->> 'sid')";
     const SESSION_ROWS: &'static str =
         "json_each($1) AS q JOIN sessions s ON s.user_id = (q.value ->> 'user')";
-    /// The table under the `audit_events` view.
-    const AUDIT_TABLE: &'static str = "audit_log";
 
     fn reader(&self) -> &SqlitePool {
         &self.reader
