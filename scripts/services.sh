@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL (127.0.0.1:5432, user postgres without password, database "test") and
 # Redis (127.0.0.1:6379) are up, starting them when stopped and installing them on a fresh
-# Debian machine, and that promtool is installed. Needs root for installing and starting.
+# Debian machine, and that promtool and a headless browser (chromium, chromedriver) are
+# installed. Needs root for installing and starting.
 set -euo pipefail
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -77,6 +78,16 @@ ensure_promtool() {
   apt_install prometheus
 }
 
+# A real browser for the sign-in test: Debian's Chromium and its WebDriver.
+ensure_browser() {
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    return
+  fi
+  log "installing chromium and chromium-driver"
+  apt_install chromium chromium-driver
+}
+
 ensure_postgres
 ensure_redis
 ensure_promtool
+ensure_browser

@@ -105,6 +105,9 @@ fn page(status: StatusCode, html: String, form_target: Option<&str>) -> Response
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Not `no-referrer` (the default elsewhere): a form post under it carries `Origin: null`,
+    // which hides where it came from; `same-origin` still sends nothing to other sites.
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     if let Ok(csp) = HeaderValue::from_str(&csp) {
         headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     }
@@ -211,8 +214,11 @@ fn csrf_token(jar: CookieJar, cookies: &Cookies) -> (CookieJar, String) {
 fn form_is_ours(jar: &CookieJar, cookies: &Cookies, headers: &HeaderMap, csrf: &str) -> bool {
     let cookie = jar.get(cookies.name("csrf")).map(|c| c.value().to_owned()).unwrap_or_default();
     let token_ok = !cookie.is_empty() && bool::from(cookie.as_bytes().ct_eq(csrf.as_bytes()));
+    // A browser sends `Origin: null` where a referrer policy hides the page it posts from:
+    // the pages use `same-origin`, so only a browser that overrides it does, and the token
+    // still decides.
     let origin_ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        None => true,
+        None | Some("null") => true,
         Some(origin) => {
             let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
             let origin_host = url::Url::parse(origin).ok().map(|u| match u.port() {
@@ -532,6 +538,8 @@ async fn authorize_form(
 struct SessionRow {
     id: String,
     client_id: String,
+    /// The client's registered name, when it is still registered.
+    client_name: Option<String>,
     scope: String,
     device: String,
     ip: String,
@@ -601,9 +609,18 @@ async fn account_page(
     };
     let agent = user_agent(&headers);
     let here = |ua: &Option<String>| agent.is_some() && *ua == agent;
+    // Each session's application by its registered name (clients are cached).
+    let mut names = std::collections::HashMap::new();
+    for s in &sessions {
+        if !names.contains_key(&s.client_id) {
+            let client = state.tokens.find_client(&s.client_id).await.ok().flatten();
+            names.insert(s.client_id.clone(), client.map(|c| c.name));
+        }
+    }
     let sessions = sessions
         .into_iter()
         .map(|s| SessionRow {
+            client_name: names.get(&s.client_id).cloned().flatten(),
             this_device: s.device.as_ref().is_some_and(|d| here(&d.user_agent)),
             device: s
                 .device

@@ -2,6 +2,7 @@
 
 mod account;
 mod audit;
+mod browser;
 mod cli;
 mod contract;
 mod contract_sessions;
