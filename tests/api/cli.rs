@@ -88,6 +88,33 @@ async fn cli_walkthrough(backend: Backend) {
     let (ok, _, _) = atoms_auth(&db, &["clients", "delete", id], None);
     assert!(!ok, "deleting it twice fails");
 
+    // A browser client: redirect URIs and the first-party switch.
+    let browser = |uris: &str| {
+        let args = [
+            "clients",
+            "create",
+            "--name",
+            "desktop",
+            "--public",
+            "--grant-types",
+            "authorization_code,refresh_token",
+            "--redirect-uris",
+            uris,
+            "--skip-consent",
+        ];
+        atoms_auth(&db, &args, None)
+    };
+    let (ok, out, err) = browser("http://127.0.0.1/callback,com.example.notes:/cb");
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let uris = serde_json::json!(["http://127.0.0.1/callback", "com.example.notes:/cb"]);
+    assert_eq!(created["redirect_uris"], uris);
+    assert_eq!(created["skip_consent"], true);
+    let (ok, _, err) = browser("http://notes.example/callback");
+    assert!(!ok && err.contains("http is only for localhost"), "{err}");
+    let (ok, _, err) = browser("");
+    assert!(!ok && err.contains("at least one redirect URI"), "{err}");
+
     let (ok, out, err) = atoms_auth(&db, &["migrate", "down"], None);
     assert!(ok && out.contains("pending"), "{out}{err}");
 }

@@ -579,6 +579,126 @@ async fn the_metadata_announces_the_code_flow(backend: Backend) {
     assert!(grants.iter().any(|g| g == "authorization_code"));
 }
 
+/// A standard OAuth client library (the `oauth2` crate) runs the flow with its own PKCE and
+/// state, with the browser part done by [`Browser`], then refreshes.
+async fn a_standard_oauth_client_runs_the_code_flow(backend: Backend) {
+    use oauth2::basic::BasicClient;
+    use oauth2::{
+        AuthUrl, AuthorizationCode, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope,
+        TokenResponse, TokenUrl,
+    };
+
+    let app = spawn_app(backend).await;
+    app.create_user("alice", PASSWORD).await;
+    let registered = browser_client(&app, REDIRECT, true).await;
+    let client = BasicClient::new(ClientId::new(registered.id.clone()))
+        .set_auth_uri(AuthUrl::new(format!("{}/auth/authorize", app.base)).expect("auth url"))
+        .set_token_uri(TokenUrl::new(format!("{}/auth/token", app.base)).expect("token url"))
+        .set_redirect_uri(RedirectUrl::new("http://127.0.0.1:8765/callback".into()).expect("uri"));
+    // The library's requests go through reqwest as this suite builds it.
+    let http = reqwest::Client::new();
+    let send = |request: oauth2::HttpRequest| {
+        let http = http.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let response = http
+                .request(parts.method, parts.uri.to_string())
+                .headers(parts.headers)
+                .body(body)
+                .send()
+                .await?;
+            let mut answer = oauth2::http::Response::builder().status(response.status());
+            for (name, value) in response.headers() {
+                answer = answer.header(name, value);
+            }
+            let body = response.bytes().await?.to_vec();
+            Ok::<_, reqwest::Error>(answer.body(body).expect("response"))
+        }
+    };
+
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, state) = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scope(Scope::new("read".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+    let mut browser = Browser::new(&app);
+    let path = &url.as_str()[app.base.len()..];
+    let login = browser.get(path).await;
+    assert_eq!(login.status, 200, "{}", login.html);
+    let fields =
+        form_fields(&login, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)]);
+    let back = post_fields(&mut browser, "/auth/authorize", &fields).await;
+    let params = back.redirect_params();
+    assert_eq!(&params["state"], state.secret(), "the library's state comes back");
+
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(params["code"].clone()))
+        .set_pkce_verifier(verifier)
+        .request_async(&send)
+        .await
+        .expect("the library accepts the token response");
+    assert_eq!(tokens.scopes().map(|s| s.len()), Some(1));
+    let refresh = tokens.refresh_token().expect("a refresh token");
+    let refreshed =
+        client.exchange_refresh_token(refresh).request_async(&send).await.expect("refresh");
+    assert_ne!(refreshed.access_token().secret(), tokens.access_token().secret());
+}
+
+/// The admin API registers browser clients and changes their redirect URIs and consent
+/// setting; the authorization endpoint follows the change at once on this instance.
+async fn admins_manage_redirect_uris_and_consent(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create_user("alice", PASSWORD).await;
+    let token = app.admin_token().await;
+    let new = |uris: serde_json::Value| {
+        serde_json::json!({
+            "name": "Notes", "public": true, "scopes": ["read"],
+            "grant_types": ["authorization_code", "refresh_token"], "redirect_uris": uris,
+        })
+    };
+    for bad in [
+        serde_json::json!([]),
+        serde_json::json!(["http://notes.example/cb"]),
+        serde_json::json!(["/cb"]),
+    ] {
+        let refused = app.bearer("POST", "/admin/clients", &token, Some(new(bad.clone()))).await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.body);
+    }
+    let created = app
+        .bearer("POST", "/admin/clients", &token, Some(new(serde_json::json!([REDIRECT]))))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["redirect_uris"], serde_json::json!([REDIRECT]));
+    assert_eq!(created.body["skip_consent"], false);
+    let id = created.str("client_id");
+    let path = format!("/admin/clients/{id}");
+
+    let other = "https://notes.example/callback";
+    let patch = serde_json::json!({ "redirect_uris": [other], "skip_consent": true });
+    let changed = app.bearer("PATCH", &path, &token, Some(patch)).await;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    let read = app.bearer("GET", &path, &token, None).await;
+    assert_eq!(read.body["redirect_uris"], serde_json::json!([other]));
+    assert_eq!(read.body["skip_consent"], true);
+
+    let mut browser = Browser::new(&app);
+    let old = browser.get(&authorize_query(&id, REDIRECT, &[])).await;
+    assert_eq!(old.status, 400, "the old redirect URI is no longer registered");
+    let login = browser.get(&authorize_query(&id, other, &[])).await;
+    assert_eq!(login.status, 200);
+    assert!(
+        login
+            .header("content-security-policy")
+            .is_some_and(|c| c.contains("https://notes.example"))
+    );
+    let fields =
+        form_fields(&login, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)]);
+    let back = post_fields(&mut browser, "/auth/authorize", &fields).await;
+    assert_eq!(back.status, 303, "no consent for a first-party client");
+    assert!(back.header("location").is_some_and(|l| l.starts_with(other)));
+}
+
 backend_tests!(
     the_whole_flow_signs_in_once_and_then_skips_the_password,
     a_replayed_code_is_refused_and_ends_what_it_opened,
@@ -591,4 +711,6 @@ backend_tests!(
     the_login_form_locks_like_the_password_grant,
     the_account_page_lists_and_ends_sessions,
     the_metadata_announces_the_code_flow,
+    a_standard_oauth_client_runs_the_code_flow,
+    admins_manage_redirect_uris_and_consent,
 );
