@@ -19,8 +19,8 @@ use anyhow::{Context, anyhow};
 use atoms_auth::clock::{Clock, SystemClock};
 use atoms_auth::domain::secrets::{Secret, hash_password};
 use atoms_auth::storage::{
-    self, BulkImport, Client, ConnectOptions, Device, ImportedSession, Rotation, RotationOutcome,
-    Session, Storage, User,
+    self, BrowserSession, BulkImport, Client, ConnectOptions, Device, ImportedSession, Rotation,
+    RotationOutcome, Session, Storage, User,
 };
 use clap::Parser;
 use serde_json::{Value, json};
@@ -49,7 +49,7 @@ struct Args {
     /// Scenarios, comma separated.
     #[arg(
         long,
-        default_value = "refresh,client_credentials,introspect,sessions,password,health,metrics"
+        default_value = "refresh,client_credentials,introspect,sessions,authorization_code,password,health,metrics"
     )]
     scenarios: String,
     /// Connections of the closed loop.
@@ -230,6 +230,12 @@ struct Fixture {
     access_token: String,
     /// Refresh-token chains, one per worker (a chain is always used by one request at once).
     chains: Arc<Mutex<VecDeque<String>>>,
+    /// The browser client of the authorization_code scenario, and its signed-in browser's
+    /// session cookie.
+    browser_client_id: String,
+    browser_cookie: String,
+    /// A client that follows no redirect, as an application's browser hands the redirect on.
+    no_redirects: reqwest::Client,
     /// The processes that serve the requests, for their CPU time.
     processes: Processes,
 }
@@ -422,10 +428,14 @@ async fn seed(
         .map(|i| member(format!("bench-{i}-{}", Uuid::new_v4().simple()), &password_hash, now))
         .collect();
     import.import_sessions(&users, &[]).await?;
+    let users_by_name: HashMap<String, String> =
+        users.iter().map(|u| (u.username.clone(), u.id.clone())).collect();
     let mut usernames: Vec<String> = users.into_iter().map(|u| u.username).collect();
     let chains =
         seed_sessions(import, &client.client_id, &password_hash, args.connections.max(256)).await?;
     let token_user = usernames.pop().ok_or_else(|| anyhow!("no users"))?;
+    let (browser_client_id, browser_cookie) =
+        seed_browser(&storage, &users_by_name, &usernames).await?;
     let http = reqwest::Client::new();
     let login: Value = http
         .post(format!("{base}/auth/token"))
@@ -448,8 +458,106 @@ async fn seed(
         usernames,
         access_token,
         chains: Arc::new(Mutex::new(chains.into())),
+        browser_client_id,
+        browser_cookie,
+        no_redirects: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(args.connections.max(256))
+            .build()?,
         processes,
     })
+}
+
+/// The PKCE verifier of every authorization in the authorization_code scenario.
+const VERIFIER: &str = "bench-verifier-bench-verifier-bench-verifier-0123";
+const REDIRECT_URI: &str = "http://127.0.0.1/callback";
+
+/// A public browser client, and a browser signed in as one of the password users, who
+/// allowed it the scope `read` before: each authorization then skips the password and the
+/// consent, as a returning user's does. Returns the client id and the session cookie.
+async fn seed_browser(
+    storage: &Arc<dyn Storage>,
+    ids: &HashMap<String, String>,
+    usernames: &[String],
+) -> anyhow::Result<(String, String)> {
+    let client = Client {
+        client_id: format!("bench-web-{}", Uuid::new_v4().simple()),
+        name: "bench browser client".into(),
+        secret_hash: None,
+        grant_types: "authorization_code refresh_token".into(),
+        scopes: "read".into(),
+        created_at: SystemClock.now_ms(),
+        disabled: false,
+        created_by: None,
+        resource_server: false,
+        redirect_uris: REDIRECT_URI.into(),
+        skip_consent: false,
+    };
+    storage.create_client(&client).await?;
+    let user =
+        usernames.first().and_then(|name| ids.get(name)).ok_or_else(|| anyhow!("no users"))?;
+    let user_id = atoms_auth::ids::UserId::new(user);
+    let now = SystemClock.now_ms();
+    storage.save_consent(user_id, &client.client_id, "read", now).await?;
+    let cookie = Secret::generate();
+    let session = BrowserSession {
+        hash: cookie.sha256().to_vec(),
+        user_id: user.clone(),
+        created_at: now,
+        idle_expires_at: now + DAY_MS,
+        expires_at: now + DAY_MS,
+        ip: None,
+        user_agent: None,
+    };
+    storage.create_browser_session(&session).await?;
+    Ok((client.client_id, cookie.expose().to_owned()))
+}
+
+/// One authorization by the signed-in browser and the exchange of its code.
+async fn authorize_and_exchange(f: &Fixture) -> anyhow::Result<bool> {
+    let challenge = {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(VERIFIER.as_bytes()))
+    };
+    let query = [
+        ("response_type", "code"),
+        ("client_id", f.browser_client_id.as_str()),
+        ("redirect_uri", REDIRECT_URI),
+        ("scope", "read"),
+        ("state", "bench"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    // Both cookie names: the server's depends on whether its issuer is served over https.
+    let cookie = format!("atoms-session={0}; __Host-atoms-session={0}", f.browser_cookie);
+    let url = url::Url::parse_with_params(&format!("{}/auth/authorize", f.base), &query)?;
+    let redirect = f.no_redirects.get(url).header(reqwest::header::COOKIE, cookie).send().await?;
+    let location = redirect.headers().get(reqwest::header::LOCATION).cloned();
+    let _ = redirect.bytes().await?;
+    let Some(location) = location.and_then(|l| url::Url::parse(l.to_str().ok()?).ok()) else {
+        return Ok(false);
+    };
+    let Some(code) = location.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned())
+    else {
+        return Ok(false);
+    };
+    let response = f
+        .no_redirects
+        .post(format!("{}/auth/token", f.base))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", f.browser_client_id.as_str()),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT_URI),
+            ("code_verifier", VERIFIER),
+        ])
+        .send()
+        .await?;
+    let ok = response.status().is_success();
+    let _ = response.bytes().await?;
+    Ok(ok)
 }
 
 /// One request of `scenario`; Ok(false) when the server answered an error.
@@ -505,6 +613,7 @@ async fn one(
                 .send()
                 .await?
         }
+        "authorization_code" => return authorize_and_exchange(f).await,
         "health" => http.get(format!("{}/health", f.base)).send().await?,
         "metrics" => http.get(format!("{}/metrics", f.base)).send().await?,
         other => return Err(anyhow!("unknown scenario {other}")),

@@ -17,7 +17,8 @@ fn redis_base() -> String {
 /// the storage floors with their CPU time, and the run's database removed.
 async fn bench_reports_every_scenario_and_the_storage_floor(backend: &str) {
     let report = tempfile::NamedTempFile::new().expect("temp file");
-    let scenarios = "refresh,client_credentials,introspect,sessions,password,health,metrics";
+    let scenarios =
+        "refresh,client_credentials,introspect,sessions,authorization_code,password,health,metrics";
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bench"))
         .args(["--backend", backend, "-c", "4", "-d", "1", "--warmup", "0"])
         .args(["--rate", "50"])
