@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod contract;
 mod contract_sessions;
+mod contract_sign_in;
 mod fixtures;
 mod helpers;
 mod oauth;
