@@ -230,10 +230,10 @@ struct Fixture {
     access_token: String,
     /// Refresh-token chains, one per worker (a chain is always used by one request at once).
     chains: Arc<Mutex<VecDeque<String>>>,
-    /// The browser client of the authorization_code scenario, and its signed-in browser's
-    /// session cookie.
+    /// The browser client of the authorization_code scenario, and the session cookies of
+    /// its signed-in browsers, one per password user.
     browser_client_id: String,
-    browser_cookie: String,
+    browser_cookies: Vec<String>,
     /// A client that follows no redirect, as an application's browser hands the redirect on.
     no_redirects: reqwest::Client,
     /// The processes that serve the requests, for their CPU time.
@@ -434,8 +434,8 @@ async fn seed(
     let chains =
         seed_sessions(import, &client.client_id, &password_hash, args.connections.max(256)).await?;
     let token_user = usernames.pop().ok_or_else(|| anyhow!("no users"))?;
-    let (browser_client_id, browser_cookie) =
-        seed_browser(&storage, &users_by_name, &usernames).await?;
+    let (browser_client_id, browser_cookies) =
+        seed_browsers(&storage, &users_by_name, &usernames).await?;
     let http = reqwest::Client::new();
     let login: Value = http
         .post(format!("{base}/auth/token"))
@@ -459,7 +459,7 @@ async fn seed(
         access_token,
         chains: Arc::new(Mutex::new(chains.into())),
         browser_client_id,
-        browser_cookie,
+        browser_cookies,
         no_redirects: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(args.connections.max(256))
@@ -472,14 +472,14 @@ async fn seed(
 const VERIFIER: &str = "bench-verifier-bench-verifier-bench-verifier-0123";
 const REDIRECT_URI: &str = "http://127.0.0.1/callback";
 
-/// A public browser client, and a browser signed in as one of the password users, who
-/// allowed it the scope `read` before: each authorization then skips the password and the
-/// consent, as a returning user's does. Returns the client id and the session cookie.
-async fn seed_browser(
+/// A public browser client, and for each password user a browser signed in as them, who
+/// allowed the client the scope `read` before: each authorization then skips the password
+/// and the consent, as a returning user's does. Returns the client id and the cookies.
+async fn seed_browsers(
     storage: &Arc<dyn Storage>,
     ids: &HashMap<String, String>,
     usernames: &[String],
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<(String, Vec<String>)> {
     let client = Client {
         client_id: format!("bench-web-{}", Uuid::new_v4().simple()),
         name: "bench browser client".into(),
@@ -494,27 +494,32 @@ async fn seed_browser(
         skip_consent: false,
     };
     storage.create_client(&client).await?;
-    let user =
-        usernames.first().and_then(|name| ids.get(name)).ok_or_else(|| anyhow!("no users"))?;
-    let user_id = atoms_auth::ids::UserId::new(user);
     let now = SystemClock.now_ms();
-    storage.save_consent(user_id, &client.client_id, "read", now).await?;
-    let cookie = Secret::generate();
-    let session = BrowserSession {
-        hash: cookie.sha256().to_vec(),
-        user_id: user.clone(),
-        created_at: now,
-        idle_expires_at: now + DAY_MS,
-        expires_at: now + DAY_MS,
-        ip: None,
-        user_agent: None,
-    };
-    storage.create_browser_session(&session).await?;
-    Ok((client.client_id, cookie.expose().to_owned()))
+    let mut cookies = Vec::with_capacity(usernames.len());
+    for user in usernames.iter().filter_map(|name| ids.get(name)) {
+        let user_id = atoms_auth::ids::UserId::new(user);
+        storage.save_consent(user_id, &client.client_id, "read", now).await?;
+        let cookie = Secret::generate();
+        let session = BrowserSession {
+            hash: cookie.sha256().to_vec(),
+            user_id: user.clone(),
+            created_at: now,
+            idle_expires_at: now + DAY_MS,
+            expires_at: now + DAY_MS,
+            ip: None,
+            user_agent: None,
+        };
+        storage.create_browser_session(&session).await?;
+        cookies.push(cookie.expose().to_owned());
+    }
+    if cookies.is_empty() {
+        return Err(anyhow!("no users"));
+    }
+    Ok((client.client_id, cookies))
 }
 
-/// One authorization by the signed-in browser and the exchange of its code.
-async fn authorize_and_exchange(f: &Fixture) -> anyhow::Result<bool> {
+/// One authorization by a signed-in browser and the exchange of its code.
+async fn authorize_and_exchange(f: &Fixture, n: usize) -> anyhow::Result<bool> {
     let challenge = {
         use base64::Engine;
         use sha2::Digest;
@@ -531,7 +536,8 @@ async fn authorize_and_exchange(f: &Fixture) -> anyhow::Result<bool> {
         ("code_challenge_method", "S256"),
     ];
     // Both cookie names: the server's depends on whether its issuer is served over https.
-    let cookie = format!("atoms-session={0}; __Host-atoms-session={0}", f.browser_cookie);
+    let browser = &f.browser_cookies[n % f.browser_cookies.len()];
+    let cookie = format!("atoms-session={browser}; __Host-atoms-session={browser}");
     let url = url::Url::parse_with_params(&format!("{}/auth/authorize", f.base), &query)?;
     let redirect = f.no_redirects.get(url).header(reqwest::header::COOKIE, cookie).send().await?;
     let location = redirect.headers().get(reqwest::header::LOCATION).cloned();
@@ -613,7 +619,7 @@ async fn one(
                 .send()
                 .await?
         }
-        "authorization_code" => return authorize_and_exchange(f).await,
+        "authorization_code" => return authorize_and_exchange(f, n).await,
         "health" => http.get(format!("{}/health", f.base)).send().await?,
         "metrics" => http.get(format!("{}/metrics", f.base)).send().await?,
         other => return Err(anyhow!("unknown scenario {other}")),
