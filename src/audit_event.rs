@@ -23,9 +23,11 @@ pub mod events {
     pub const USER_ROLE_CHANGED: &str = "user.role_changed";
     pub const KEY_ROTATED: &str = "key.rotated";
     pub const CONSENT_GRANTED: &str = "consent.granted";
+    pub const RESOURCE_CREATED: &str = "resource.created";
+    pub const RESOURCE_DELETED: &str = "resource.deleted";
 
     /// Every event type.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
         USER_CREATED,
         LOGIN_SUCCEEDED,
         LOGIN_FAILED,
@@ -44,6 +46,8 @@ pub mod events {
         USER_ROLE_CHANGED,
         KEY_ROTATED,
         CONSENT_GRANTED,
+        RESOURCE_CREATED,
+        RESOURCE_DELETED,
     ];
 
     /// The per-request events, which are most of the log: the SQL event index leaves them

@@ -8,6 +8,7 @@ pub use crate::domain::accounts::NewClient;
 use crate::domain::accounts::{self, NewUser, client_json};
 use crate::domain::audit::record_json;
 use crate::domain::keys::key_rotated;
+use crate::domain::resources::{self, NewResource};
 use crate::domain::roles::Role;
 use crate::storage::{AuditQuery, MigrationStatus};
 use crate::{App, key_manager, open_storage};
@@ -67,6 +68,40 @@ pub async fn create_client(config: &Config, new: NewClient) -> anyhow::Result<se
     let (client, secret, created) = accounts::create_client(storage.as_ref(), new, now).await?;
     storage.append_audit(Arc::new([created.actor("cli").at(now)])).await?;
     Ok(client_json(&client, secret.as_ref()))
+}
+
+/// Registers a resource; returns it.
+pub async fn create_resource(
+    config: &Config,
+    new: NewResource,
+) -> anyhow::Result<serde_json::Value> {
+    let storage = open_storage(config).await?;
+    storage.migrate_up().await?;
+    let now = SystemClock.now_ms();
+    let (resource, created) = resources::create_resource(storage.as_ref(), new, now).await?;
+    storage.append_audit(Arc::new([created.actor("cli").at(now)])).await?;
+    Ok(resources::resource_json(&resource))
+}
+
+/// Every registered resource.
+pub async fn list_resources(config: &Config) -> anyhow::Result<serde_json::Value> {
+    let storage = open_storage(config).await?;
+    storage.migrate_up().await?;
+    let all = storage.resources().await?;
+    Ok(
+        serde_json::json!({ "resources": all.iter().map(resources::resource_json).collect::<Vec<_>>() }),
+    )
+}
+
+/// Removes a resource; an error when there is none.
+pub async fn delete_resource(config: &Config, uri: &str) -> anyhow::Result<()> {
+    let storage = open_storage(config).await?;
+    storage.migrate_up().await?;
+    let Some(deleted) = resources::delete_resource(storage.as_ref(), uri).await? else {
+        anyhow::bail!("no resource {uri}");
+    };
+    storage.append_audit(Arc::new([deleted.actor("cli").at(SystemClock.now_ms())])).await?;
+    Ok(())
 }
 
 /// Disables, enables or re-keys a client; returns it (with its new secret when rotated).

@@ -159,6 +159,9 @@ pub struct TokenConfig {
     /// instance within this time.
     #[serde(rename = "client_cache_ttl_secs", with = "secs")]
     pub client_cache_ttl: Duration,
+    /// Resources (RFC 8707) registered at start when they are not yet: entries
+    /// `URI=scope scope…`, e.g. `https://mcp.example.com/mcp=notes:read notes:write`.
+    pub resources: List,
 }
 
 impl Default for TokenConfig {
@@ -168,6 +171,7 @@ impl Default for TokenConfig {
             refresh_grace: Duration::from_secs(300),
             refresh_reuse_window: Duration::from_secs(7 * DAY),
             client_cache_ttl: Duration::from_secs(30),
+            resources: List::default(),
         }
     }
 }

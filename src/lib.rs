@@ -124,6 +124,13 @@ impl App {
         if config.storage.auto_migrate {
             storage.migrate_up().await?;
         }
+        let configured = crate::domain::resources::register_configured(
+            storage.as_ref(),
+            config.tokens.resources.iter(),
+            clock.now_ms(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let keys = Arc::new(key_manager(&config, storage.clone(), clock.clone())?);
         keys.ensure_active().await?;
         let policy = TokenPolicy {
@@ -156,6 +163,9 @@ impl App {
             &config.audit.exclude.0,
         ));
         keys.set_audit(audit.clone());
+        for record in configured {
+            audit.record(record).await?;
+        }
         let tokens = Arc::new(TokenService::new(
             storage.clone(),
             keys.clone(),

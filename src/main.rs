@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use atoms_auth::commands::{self, AuditExport, MigrateAction, NewClient};
 use atoms_auth::config::Config;
 use atoms_auth::domain::accounts::ClientChange;
+use atoms_auth::domain::resources::NewResource;
 use clap::{Parser, Subcommand};
 
 /// mimalloc returns freed memory to the system promptly, so the 19 MiB blocks of password
@@ -41,6 +42,11 @@ enum Command {
     Clients {
         #[command(subcommand)]
         action: Clients,
+    },
+    /// Manage the resources (MCP servers) tokens may be issued for.
+    Resources {
+        #[command(subcommand)]
+        action: Resources,
     },
     /// Manage signing keys.
     Keys {
@@ -115,6 +121,29 @@ enum Users {
         /// owner, admin, member or viewer (see the README's access matrix).
         #[arg(long, default_value = "member")]
         role: atoms_auth::domain::roles::Role,
+    },
+}
+
+#[derive(Subcommand)]
+enum Resources {
+    /// Register a resource (RFC 8707): an MCP server tokens may be issued for.
+    Create {
+        /// Its URI: absolute, no fragment; https, or http on localhost.
+        #[arg(long)]
+        uri: String,
+        /// A name people see (the URI by default).
+        #[arg(long)]
+        name: Option<String>,
+        /// The scopes it understands, space or comma separated.
+        #[arg(long)]
+        scopes: String,
+    },
+    /// List the registered resources.
+    List,
+    /// Remove a resource.
+    Delete {
+        #[arg(long)]
+        uri: String,
     },
 }
 
@@ -272,6 +301,17 @@ async fn main() -> anyhow::Result<()> {
             };
             let written = commands::export_audit(&config, export, out.as_mut()).await?;
             tracing::info!(records = written, "audit exported");
+        }
+        Command::Resources { action: Resources::Create { uri, name, scopes } } => {
+            let new = NewResource { uri, name, scopes: list(&scopes) };
+            println!("{}", commands::create_resource(&config, new).await?);
+        }
+        Command::Resources { action: Resources::List } => {
+            println!("{}", commands::list_resources(&config).await?);
+        }
+        Command::Resources { action: Resources::Delete { uri } } => {
+            commands::delete_resource(&config, &uri).await?;
+            println!("{}", serde_json::json!({ "uri": uri, "deleted": true }));
         }
         Command::Keys { action: Keys::Rotate } => {
             println!(

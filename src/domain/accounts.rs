@@ -6,12 +6,13 @@ use uuid::Uuid;
 use std::sync::Arc;
 
 use super::audit::{Audit, Entry, entry, events};
+use super::resources::{NewResource, create_resource, delete_resource};
 use super::roles::Role;
 use super::secrets::{Secret, hash_password};
 use super::sign_in::check_redirect_uri;
 use super::tokens::GRANT_TYPES;
 use crate::clock::{Clock, Millis};
-use crate::storage::{Client, Storage, StorageError, User};
+use crate::storage::{Client, Resource, Storage, StorageError, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -279,6 +280,31 @@ impl Accounts {
         };
         self.audit.record(changed.actor(actor)).await?;
         Ok(Some(before))
+    }
+
+    pub async fn resources(&self) -> Result<Vec<Resource>, AccountError> {
+        Ok(self.storage.resources().await?)
+    }
+
+    /// Registers a resource, recorded as done by `actor`.
+    pub async fn register_resource(
+        &self,
+        new: NewResource,
+        actor: &str,
+    ) -> Result<Resource, AccountError> {
+        let now = self.clock.now_ms();
+        let (resource, created) = create_resource(self.storage.as_ref(), new, now).await?;
+        self.audit.record(created.actor(actor)).await?;
+        Ok(resource)
+    }
+
+    /// Removes a resource; false when there was none.
+    pub async fn remove_resource(&self, uri: &str, actor: &str) -> Result<bool, AccountError> {
+        let Some(deleted) = delete_resource(self.storage.as_ref(), uri).await? else {
+            return Ok(false);
+        };
+        self.audit.record(deleted.actor(actor)).await?;
+        Ok(true)
     }
 
     /// Registers a client; returns it with its secret (shown once).

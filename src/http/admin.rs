@@ -18,6 +18,7 @@ use crate::AppState;
 use crate::clock::{Millis, rfc3339};
 use crate::domain::accounts::{self, NewClient, NewUser, client_json};
 use crate::domain::audit::record_json;
+use crate::domain::resources::{NewResource, resource_json};
 use crate::domain::roles::{Permission, Role};
 use crate::domain::webhooks::WebhookError;
 use crate::error::ApiError;
@@ -32,6 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_user))
         .routes(routes!(create_client))
         .routes(routes!(get_client, change_client, remove_client))
+        .routes(routes!(list_resources, create_resource, delete_resource))
         .routes(routes!(keys))
         .routes(routes!(rotate_keys))
         .routes(routes!(audit))
@@ -257,6 +259,64 @@ async fn remove_client(
         return Err(ApiError::NotFound("no such client"));
     }
     state.tokens.forget_client(&id).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewResourceBody {
+    /// The resource's URI (RFC 8707): absolute, no fragment; https, or http on localhost.
+    uri: String,
+    /// A name people see; the URI when absent.
+    name: Option<String>,
+    /// The scopes it understands.
+    scopes: Vec<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct ResourceParams {
+    /// The resource's URI.
+    uri: String,
+}
+
+/// The registered resources.
+#[utoipa::path(get, path = "/admin/resources", tag = "admin", summary = "The resources (RFC 8707) tokens may be issued for", security(("bearer" = [])),
+    responses((status = 200, description = "`{resources: [...]}`", body = Object), crate::http::openapi::AdminErrors))]
+async fn list_resources(State(state): State<AppState>, admin: Admin) -> Result<Response, ApiError> {
+    admin.require(Permission::ReadClients)?;
+    let resources = state.accounts.resources().await?;
+    let resources: Vec<_> = resources.iter().map(resource_json).collect();
+    Ok(Json(json!({ "resources": resources })).into_response())
+}
+
+/// Registers a resource.
+#[utoipa::path(post, path = "/admin/resources", tag = "admin", summary = "Register a resource (an MCP server) with its scopes", request_body = NewResourceBody, security(("bearer" = [])),
+    responses((status = 201, description = "The resource", body = Object), (status = 409, description = "The URI is registered already", body = crate::http::openapi::Problem, content_type = "application/problem+json"), crate::http::openapi::AdminErrors))]
+#[tracing::instrument(skip_all, fields(admin = %admin.claims.sub))]
+async fn create_resource(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiJson(body): ApiJson<NewResourceBody>,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::ChangeClients)?;
+    let new = NewResource { uri: body.uri, name: body.name, scopes: body.scopes };
+    let resource = state.accounts.register_resource(new, &admin.actor()).await?;
+    Ok((StatusCode::CREATED, Json(resource_json(&resource))).into_response())
+}
+
+/// Removes a resource.
+#[utoipa::path(delete, path = "/admin/resources", tag = "admin", summary = "Remove a resource", params(ResourceParams), security(("bearer" = [])),
+    responses((status = 204, description = "Removed"), crate::http::openapi::AdminErrors))]
+#[tracing::instrument(skip_all, fields(admin = %admin.claims.sub))]
+async fn delete_resource(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiQuery(p): ApiQuery<ResourceParams>,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::ChangeClients)?;
+    if !state.accounts.remove_resource(&p.uri, &admin.actor()).await? {
+        return Err(ApiError::NotFound("no such resource"));
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

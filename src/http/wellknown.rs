@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::domain::tokens::GRANT_TYPES;
+use crate::error::ApiError;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -21,11 +22,20 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "discovery", summary = "Server metadata (RFC 8414)",
     responses((status = 200, description = "The metadata", body = Object)))]
-async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
+async fn metadata(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let issuer = &state.tokens.policy().issuer;
+    // The scopes of the registered resources, each once.
+    let mut scopes: Vec<String> = Vec::new();
+    for resource in state.accounts.resources().await? {
+        for scope in resource.scopes.split_whitespace() {
+            if !scopes.iter().any(|s| s == scope) {
+                scopes.push(scope.to_owned());
+            }
+        }
+    }
     let auth_methods = ["client_secret_basic", "client_secret_post", "none"];
     let algs = ["EdDSA", "ES256", "RS256"];
-    Json(json!({
+    Ok(Json(json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/auth/authorize"),
         "token_endpoint": format!("{issuer}/auth/token"),
@@ -41,13 +51,14 @@ async fn metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "access_token_signing_alg_values_supported": algs,
-    }))
+        "scopes_supported": scopes,
+    })))
 }
 
 /// The same metadata where OpenID clients look for it.
 #[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "discovery", summary = "Server metadata at the OpenID path",
     responses((status = 200, description = "The metadata", body = Object)))]
-async fn openid_metadata(state: State<AppState>) -> Json<serde_json::Value> {
+async fn openid_metadata(state: State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     metadata(state).await
 }
 

@@ -92,6 +92,12 @@ timed! {
         fn deliveries(&self, subscription_id: &str, limit: u32) -> Vec<(WebhookDelivery, Vec<WebhookAttempt>)>;
         fn webhook_backlog(&self) -> WebhookBacklog;
     }
+    ResourceStore {
+        fn create_resource(&self, resource: &Resource) -> ();
+        fn resources(&self) -> Vec<Resource>;
+        fn resource(&self, uri: &str) -> Option<Resource>;
+        fn delete_resource(&self, uri: &str) -> bool;
+    }
     SignInStore {
         fn create_browser_session(&self, session: &BrowserSession) -> ();
         fn touch_browser_session(&self, hash: &[u8], now: Millis, idle_until: Millis) -> Option<BrowserSession>;

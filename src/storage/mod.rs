@@ -161,6 +161,18 @@ pub trait DeviceStore {
     ) -> StorageResult<Option<Vec<Session>>>;
 }
 
+/// The registered resources (RFC 8707).
+#[async_trait]
+pub trait ResourceStore {
+    /// Registers a resource; a URI registered already is a conflict.
+    async fn create_resource(&self, resource: &Resource) -> StorageResult<()>;
+    /// Every registered resource, by URI.
+    async fn resources(&self) -> StorageResult<Vec<Resource>>;
+    async fn resource(&self, uri: &str) -> StorageResult<Option<Resource>>;
+    /// Deletes a resource; false when there was none.
+    async fn delete_resource(&self, uri: &str) -> StorageResult<bool>;
+}
+
 /// Browser sign-in: the browsers signed in at the authorization endpoint, the consents users
 /// gave, and authorization codes.
 #[async_trait]
@@ -299,6 +311,7 @@ pub trait Storage:
     + SessionStore
     + DeviceStore
     + SignInStore
+    + ResourceStore
     + RevocationStore
     + LockoutStore
     + AuditStore

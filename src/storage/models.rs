@@ -97,6 +97,17 @@ impl Client {
     }
 }
 
+/// A resource server tokens may be issued for (RFC 8707): an MCP server of the platform, named
+/// by its URI, with the scopes it understands.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize, Deserialize)]
+pub struct Resource {
+    pub uri: String,
+    pub name: String,
+    /// Space separated.
+    pub scopes: String,
+    pub created_at: Millis,
+}
+
 /// A browser signed in at the authorization endpoint. Its cookie holds a secret; storage
 /// keeps the secret's SHA-256. It is not an OAuth session: each authorization code it leads
 /// to opens one of those when it is exchanged.

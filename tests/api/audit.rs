@@ -97,6 +97,10 @@ async fn every_event_type_is_recorded_with_its_context(backend: Backend) {
     let change = serde_json::json!({ "rotate_secret": true });
     assert_eq!(app.bearer("PATCH", &path, &token, Some(change)).await.status, 200);
     assert_eq!(app.bearer("DELETE", &path, &token, None).await.status, 204);
+    let resource = serde_json::json!({ "uri": "https://mcp.example.com/mcp", "scopes": ["a"] });
+    assert_eq!(app.bearer("POST", "/admin/resources", &token, Some(resource)).await.status, 201);
+    let path = "/admin/resources?uri=https%3A%2F%2Fmcp.example.com%2Fmcp";
+    assert_eq!(app.bearer("DELETE", path, &token, None).await.status, 204);
     let role = serde_json::json!({ "role": "viewer" });
     let path = format!("/admin/users/{user_id}");
     assert_eq!(app.bearer("PATCH", &path, &token, Some(role)).await.status, 200);

@@ -115,6 +115,24 @@ async fn cli_walkthrough(backend: Backend) {
     let (ok, _, err) = browser("");
     assert!(!ok && err.contains("at least one redirect URI"), "{err}");
 
+    // Resources (MCP servers) tokens may be issued for.
+    let mcp = "https://mcp.example.com/mcp";
+    let create = ["resources", "create", "--uri", mcp, "--scopes", "notes:read,notes:write"];
+    let (ok, out, err) = atoms_auth(&db, &create, None);
+    assert!(ok && out.contains("notes:write"), "{out}{err}");
+    let (ok, _, _) = atoms_auth(&db, &create, None);
+    assert!(!ok, "a URI registers once");
+    let fragment =
+        ["resources", "create", "--uri", "https://mcp.example.com/mcp#x", "--scopes", "a"];
+    let (ok, _, err) = atoms_auth(&db, &fragment, None);
+    assert!(!ok && err.contains("fragment"), "{err}");
+    let (ok, out, err) = atoms_auth(&db, &["resources", "list"], None);
+    assert!(ok && out.contains(mcp), "{out}{err}");
+    let (ok, _, err) = atoms_auth(&db, &["resources", "delete", "--uri", mcp], None);
+    assert!(ok, "{err}");
+    let (ok, _, _) = atoms_auth(&db, &["resources", "delete", "--uri", mcp], None);
+    assert!(!ok, "deleting it twice fails");
+
     let (ok, out, err) = atoms_auth(&db, &["migrate", "down"], None);
     assert!(ok && out.contains("pending"), "{out}{err}");
 }

@@ -13,6 +13,7 @@ mod oauth;
 mod oauth_errors;
 mod ops;
 mod receiver;
+mod resources;
 mod roles;
 mod security;
 mod sign_in;

@@ -11,7 +11,7 @@ use super::{RedisStorage, events};
 use crate::storage::*;
 
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Members per command when a layout change walks the audit indexes.
 const LAYOUT_PAGE: usize = 1000;
@@ -51,6 +51,8 @@ const LAYOUT: &[(i64, &str, &[&str])] = &[
     (6, "security review", &["login_attempts"]),
     // Browser sign-in: signed-in browsers, consents and authorization codes.
     (7, "browser sign-in", &["browser", "user_browsers", "consents", "code"]),
+    // The resources (RFC 8707) tokens may be issued for.
+    (8, "resources", &["resource", "resources"]),
 ];
 
 /// Where a walk over an event index stands: the lexicographic bound of the next page.

@@ -17,6 +17,7 @@ use super::*;
 
 mod events;
 mod layout;
+mod resources;
 mod sessions;
 mod sign_in;
 

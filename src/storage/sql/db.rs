@@ -19,8 +19,9 @@ use sqlx::query::Query;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilder, Type};
 
 use super::super::{
-    AuditRecord, AuthorizationCode, BrowserSession, Client, Device, Session, StorageError,
-    StorageResult, StoredKey, User, WebhookAttempt, WebhookDelivery, WebhookSubscription,
+    AuditRecord, AuthorizationCode, BrowserSession, Client, Device, Resource, Session,
+    StorageError, StorageResult, StoredKey, User, WebhookAttempt, WebhookDelivery,
+    WebhookSubscription,
 };
 use crate::clock::Millis;
 
@@ -86,6 +87,7 @@ pub trait SqlDb:
     + Reads<WebhookDelivery>
     + Reads<WebhookAttempt>
     + Reads<BrowserSession>
+    + Reads<Resource>
     + Reads<AuthorizationCode>
     + Reads<(Option<String>,)>
     + Reads<(String,)>

@@ -13,6 +13,7 @@ mod keys;
 mod lockout;
 mod maintenance;
 pub mod migrate;
+mod resources;
 mod revocations;
 mod sessions;
 mod sign_in;
