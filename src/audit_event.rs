@@ -25,9 +25,10 @@ pub mod events {
     pub const CONSENT_GRANTED: &str = "consent.granted";
     pub const RESOURCE_CREATED: &str = "resource.created";
     pub const RESOURCE_DELETED: &str = "resource.deleted";
+    pub const CLIENT_REGISTERED: &str = "client.registered";
 
     /// Every event type.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         USER_CREATED,
         LOGIN_SUCCEEDED,
         LOGIN_FAILED,
@@ -48,6 +49,7 @@ pub mod events {
         CONSENT_GRANTED,
         RESOURCE_CREATED,
         RESOURCE_DELETED,
+        CLIENT_REGISTERED,
     ];
 
     /// The per-request events, which are most of the log: the SQL event index leaves them

@@ -39,6 +39,31 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     #[serde(flatten)]
     pub rate_limits: RateLimitConfig,
+    #[serde(flatten)]
+    pub registration: RegistrationConfig,
+}
+
+/// Dynamic client registration (RFC 7591) at `/auth/register`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegistrationConfig {
+    /// `off` (no endpoint), `open` (anyone may register), or `token` (registration needs the
+    /// initial access token).
+    #[serde(rename = "registration_policy")]
+    pub policy: RegistrationPolicy,
+    /// The initial access token of the `token` policy, sent as a bearer token.
+    #[serde(rename = "registration_initial_access_token", skip_serializing)]
+    pub initial_access_token: Option<SecretString>,
+}
+
+/// Who may register clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationPolicy {
+    #[default]
+    Off,
+    Open,
+    Token,
 }
 
 /// The HTTP listeners, the names the server goes by, and the limits on what clients send.

@@ -25,6 +25,14 @@ pub enum OAuthError {
     UnsupportedGrantType,
     #[error("{0}")]
     InvalidScope(String),
+    /// Dynamic registration (RFC 7591 §3.2.2).
+    #[error("{0}")]
+    InvalidRedirectUri(String),
+    #[error("{0}")]
+    InvalidClientMetadata(String),
+    /// A bearer token that is missing or wrong (RFC 6750 §3.1).
+    #[error("{0}")]
+    InvalidToken(&'static str),
     #[error("the request body is too large")]
     PayloadTooLarge,
     #[error("too many requests; retry later")]
@@ -48,6 +56,9 @@ impl OAuthError {
             Self::UnauthorizedClient(_) => "unauthorized_client",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
+            Self::InvalidRedirectUri(_) => "invalid_redirect_uri",
+            Self::InvalidClientMetadata(_) => "invalid_client_metadata",
+            Self::InvalidToken(_) => "invalid_token",
             Self::RateLimited(_) | Self::Overloaded => "temporarily_unavailable",
             Self::Storage(_) | Self::Internal(_) => "server_error",
         }
@@ -55,7 +66,7 @@ impl OAuthError {
 
     pub fn status_code(&self) -> StatusCode {
         match self {
-            Self::InvalidClient => StatusCode::UNAUTHORIZED,
+            Self::InvalidClient | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +118,12 @@ impl IntoResponse for OAuthError {
         if matches!(self, Self::Overloaded) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if matches!(self, Self::InvalidToken(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="atoms-auth", error="invalid_token""#),
+            );
+        }
         if matches!(self, Self::InvalidClient) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -114,6 +131,17 @@ impl IntoResponse for OAuthError {
             );
         }
         response
+    }
+}
+
+impl From<crate::domain::registration::RegistrationError> for OAuthError {
+    fn from(e: crate::domain::registration::RegistrationError) -> Self {
+        use crate::domain::registration::RegistrationError;
+        match e {
+            RegistrationError::InvalidRedirectUri(why) => Self::InvalidRedirectUri(why),
+            RegistrationError::InvalidClientMetadata(why) => Self::InvalidClientMetadata(why),
+            RegistrationError::Storage(e) => Self::Storage(e),
+        }
     }
 }
 

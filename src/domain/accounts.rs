@@ -286,6 +286,38 @@ impl Accounts {
         Ok(self.storage.resources().await?)
     }
 
+    /// The scopes of the registered resources, each once: what the metadata lists as
+    /// supported, and what a registering client may ask for.
+    pub async fn scopes_supported(&self) -> Result<Vec<String>, AccountError> {
+        let mut scopes: Vec<String> = Vec::new();
+        for resource in self.storage.resources().await? {
+            for scope in resource.scopes.split_whitespace() {
+                if !scopes.iter().any(|s| s == scope) {
+                    scopes.push(scope.to_owned());
+                }
+            }
+        }
+        Ok(scopes)
+    }
+
+    /// Registers a client from its own metadata (RFC 7591); returns the answer's JSON.
+    pub async fn register_dynamic(
+        &self,
+        metadata: &serde_json::Value,
+    ) -> Result<serde_json::Value, super::registration::RegistrationError> {
+        let scopes = self.scopes_supported().await.map_err(|e| match e {
+            AccountError::Storage(e) => super::registration::RegistrationError::Storage(e),
+            other => {
+                super::registration::RegistrationError::InvalidClientMetadata(other.to_string())
+            }
+        })?;
+        let now = self.clock.now_ms();
+        let (_, _, answer, registered) =
+            super::registration::register(self.storage.as_ref(), metadata, &scopes, now).await?;
+        self.audit.record(registered).await?;
+        Ok(answer)
+    }
+
     /// Registers a resource, recorded as done by `actor`.
     pub async fn register_resource(
         &self,

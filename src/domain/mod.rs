@@ -5,6 +5,7 @@ pub mod audit;
 pub mod devices;
 pub mod keys;
 pub mod ratelimit;
+pub mod registration;
 pub mod resources;
 pub mod roles;
 pub mod secrets;

@@ -21,7 +21,11 @@ use crate::net::address_key;
 use crate::storage::Client;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(token)).routes(routes!(revoke)).routes(routes!(introspect))
+    OpenApiRouter::new()
+        .routes(routes!(token))
+        .routes(routes!(revoke))
+        .routes(routes!(introspect))
+        .routes(routes!(register))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -216,4 +220,62 @@ async fn introspect(
     }
     let token = required(form.token, "token")?;
     Ok(answer(Json(state.tokens.introspect(&client, &token).await?).into_response(), verdict))
+}
+
+/// Client metadata (RFC 7591 §2): the fields read; others are ignored.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documents the body; the handler reads it as JSON to report wrong types
+struct ClientMetadata {
+    redirect_uris: Option<Vec<String>>,
+    /// `none` (public) or `client_secret_basic`.
+    token_endpoint_auth_method: Option<String>,
+    /// `authorization_code` and/or `refresh_token`.
+    grant_types: Option<Vec<String>>,
+    response_types: Option<Vec<String>>,
+    client_name: Option<String>,
+    /// Space separated; among the metadata's `scopes_supported`.
+    scope: Option<String>,
+    /// `native` (loopback or private-use redirect URIs) or `web` (https).
+    application_type: Option<String>,
+}
+
+#[utoipa::path(post, path = "/auth/register", tag = "oauth", summary = "Dynamic client registration (RFC 7591), when the registration policy allows it", request_body(content = ClientMetadata, content_type = "application/json"),
+    responses((status = 201, description = "The client: `client_id`, `client_secret` (confidential only), `client_id_issued_at` and its metadata", body = Object), (status = 400, description = "`invalid_redirect_uri` or `invalid_client_metadata`", body = Object), (status = 401, description = "The initial access token is missing or wrong (`token` policy)", body = Object), (status = 404, description = "Registration is off"), (status = 429, description = "Too many registrations from this address", body = Object)))]
+#[tracing::instrument(skip_all)]
+async fn register(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, OAuthError> {
+    use crate::config::RegistrationPolicy;
+    let settings = &state.config.registration;
+    if settings.policy == RegistrationPolicy::Off {
+        return Ok(crate::error::problem(axum::http::StatusCode::NOT_FOUND, "no such resource"));
+    }
+    let verdict = match ip.as_deref().map(address_key) {
+        Some(address) => limited(&state, "/auth/register", Scope::Ip, &address).await?,
+        None => None,
+    };
+    if settings.policy == RegistrationPolicy::Token {
+        use secrecy::ExposeSecret;
+        use subtle::ConstantTimeEq;
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(OAuthError::InvalidToken("an initial access token is required"))?;
+        let expected = settings.initial_access_token.as_ref().map(|t| t.expose_secret());
+        let matches =
+            expected.is_some_and(|t| bool::from(t.as_bytes().ct_eq(presented.trim().as_bytes())));
+        if !matches {
+            return Err(OAuthError::InvalidToken("the initial access token is wrong"));
+        }
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        OAuthError::InvalidClientMetadata(format!("the body is not JSON client metadata: {e}"))
+    })?;
+    let answer = state.accounts.register_dynamic(&metadata).await?;
+    let response = (axum::http::StatusCode::CREATED, Json(answer)).into_response();
+    Ok(self::answer(response, verdict))
 }

@@ -10,6 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::config::RegistrationPolicy;
 use crate::domain::tokens::GRANT_TYPES;
 use crate::error::ApiError;
 
@@ -24,18 +25,11 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses((status = 200, description = "The metadata", body = Object)))]
 async fn metadata(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let issuer = &state.tokens.policy().issuer;
-    // The scopes of the registered resources, each once.
-    let mut scopes: Vec<String> = Vec::new();
-    for resource in state.accounts.resources().await? {
-        for scope in resource.scopes.split_whitespace() {
-            if !scopes.iter().any(|s| s == scope) {
-                scopes.push(scope.to_owned());
-            }
-        }
-    }
+    let scopes = state.accounts.scopes_supported().await?;
+    let registration = state.config.registration.policy != RegistrationPolicy::Off;
     let auth_methods = ["client_secret_basic", "client_secret_post", "none"];
     let algs = ["EdDSA", "ES256", "RS256"];
-    Ok(Json(json!({
+    let mut metadata = json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/auth/authorize"),
         "token_endpoint": format!("{issuer}/auth/token"),
@@ -52,7 +46,11 @@ async fn metadata(State(state): State<AppState>) -> Result<Json<serde_json::Valu
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "access_token_signing_alg_values_supported": algs,
         "scopes_supported": scopes,
-    })))
+    });
+    if registration {
+        metadata["registration_endpoint"] = json!(format!("{issuer}/auth/register"));
+    }
+    Ok(Json(metadata))
 }
 
 /// The same metadata where OpenID clients look for it.

@@ -32,7 +32,11 @@ fn event_names(page: &Answer) -> Vec<String> {
 }
 
 async fn every_event_type_is_recorded_with_its_context(backend: Backend) {
-    let app = spawn_app_with(backend, |c| c.lockout.threshold = 2).await;
+    let app = spawn_app_with(backend, |c| {
+        c.lockout.threshold = 2;
+        c.registration.policy = atoms_auth::config::RegistrationPolicy::Open;
+    })
+    .await;
     let config = app.db.config();
     let user_id =
         commands::create_user(&config, "alice", PASSWORD.into(), Role::Member).await.expect("user");
@@ -97,6 +101,9 @@ async fn every_event_type_is_recorded_with_its_context(backend: Backend) {
     let change = serde_json::json!({ "rotate_secret": true });
     assert_eq!(app.bearer("PATCH", &path, &token, Some(change)).await.status, 200);
     assert_eq!(app.bearer("DELETE", &path, &token, None).await.status, 204);
+    let metadata = serde_json::json!({ "redirect_uris": ["https://app.example/cb"] });
+    let registered = app.http.post(format!("{}/auth/register", app.base)).json(&metadata).send();
+    assert_eq!(registered.await.expect("register").status(), 201);
     let resource = serde_json::json!({ "uri": "https://mcp.example.com/mcp", "scopes": ["a"] });
     assert_eq!(app.bearer("POST", "/admin/resources", &token, Some(resource)).await.status, 201);
     let path = "/admin/resources?uri=https%3A%2F%2Fmcp.example.com%2Fmcp";

@@ -13,6 +13,7 @@ mod oauth;
 mod oauth_errors;
 mod ops;
 mod receiver;
+mod registration;
 mod resources;
 mod roles;
 mod security;

@@ -8,7 +8,7 @@
 all_events=user.created,user.login.succeeded,user.login.failed,user.locked,token.issued
 all_events=$all_events,token.refreshed,token.revoked,token.reuse_detected,session.created
 all_events=$all_events,session.revoked,session.expired,device.registered,client.created,key.rotated
-all_events=$all_events,consent.granted,resource.created,resource.deleted
+all_events=$all_events,consent.granted,resource.created,resource.deleted,client.registered
 all_events=$all_events,client.updated,client.deleted,user.role_changed
 
 server=""
