@@ -251,7 +251,8 @@ async fn register(
     use crate::config::RegistrationPolicy;
     let settings = &state.config.registration;
     if settings.policy == RegistrationPolicy::Off {
-        return Ok(crate::error::problem(axum::http::StatusCode::NOT_FOUND, "no such resource"));
+        let off = "client registration is not enabled on this server";
+        return Ok(crate::error::problem(axum::http::StatusCode::NOT_FOUND, off));
     }
     let verdict = match ip.as_deref().map(address_key) {
         Some(address) => limited(&state, "/auth/register", Scope::Ip, &address).await?,
