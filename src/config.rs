@@ -98,6 +98,10 @@ pub struct ServerConfig {
     /// A connection that moves no byte for this long is closed.
     #[serde(rename = "idle_timeout_secs", with = "secs")]
     pub idle_timeout: Duration,
+    /// Serve HTTPS on `listen` with this PEM certificate chain and key (both or neither);
+    /// the files are read again when they change.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +118,8 @@ impl Default for ServerConfig {
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct App {
     pub tokens: Arc<TokenService>,
     /// Browser sign-in: the authorization endpoint's pages and the account page.
     pub sign_in: SignIn,
+    /// The certificate `listen` serves HTTPS with, when one is configured.
+    pub tls: Option<Arc<http::tls::TlsFiles>>,
     pub sessions: SessionService,
     pub accounts: crate::domain::accounts::Accounts,
     pub audit: Arc<Audit>,
@@ -118,6 +120,13 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<AppState> {
         let config = config.sanitized();
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                http::tls::TlsFiles::load(cert.clone(), key.clone()).map_err(anyhow::Error::msg)?,
+            )),
+            (None, None) => None,
+            _ => anyhow::bail!("ATOMS_AUTH_TLS_CERT and ATOMS_AUTH_TLS_KEY go together"),
+        };
         let storage = open_storage(&config).await?;
         let metrics = Arc::new(Metrics::new(storage.backend())?);
         let storage = storage::Instrumented::wrap(storage, metrics.clone());
@@ -206,6 +215,7 @@ impl App {
             keys,
             tokens,
             sign_in,
+            tls,
             sessions,
             accounts,
             audit,
@@ -243,14 +253,16 @@ pub async fn run(
             let listener = TcpListener::bind(addr).await?;
             let mut stopped = stopped.clone();
             let router = http::metrics_router(state.clone());
-            Some(tokio::spawn(http::server::serve(listener, router, limits, async move {
+            // Plain HTTP: the monitoring network's port.
+            Some(tokio::spawn(http::server::serve(listener, router, limits, None, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })))
         }
         None => None,
     };
     let mut stopped_main = stopped;
-    let served = http::server::serve(listener, router(state.clone()), limits, async move {
+    let tls = state.tls.clone();
+    let served = http::server::serve(listener, router(state.clone()), limits, tls, async move {
         tokio::select! {
             () = shutdown => {}
             _ = stopped_main.wait_for(|s| *s) => {}

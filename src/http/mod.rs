@@ -10,6 +10,7 @@ pub(crate) mod openapi;
 mod ops;
 mod pages;
 pub mod server;
+pub mod tls;
 pub(crate) use ops::{metrics_router, refresh_health};
 mod wellknown;
 

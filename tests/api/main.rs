@@ -18,4 +18,5 @@ mod resources;
 mod roles;
 mod security;
 mod sign_in;
+mod tls;
 mod webhooks;
