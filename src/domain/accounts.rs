@@ -140,6 +140,7 @@ pub async fn create_client(
         resource_server: new.resource_server,
         redirect_uris: new.redirect_uris.join(" "),
         skip_consent: new.skip_consent,
+        registered: false,
     };
     storage.create_client(&client).await?;
     let created = entry(events::CLIENT_CREATED)
@@ -258,6 +259,10 @@ impl Accounts {
 
     pub async fn client(&self, client_id: &str) -> Result<Option<Client>, AccountError> {
         Ok(self.storage.client(client_id).await?)
+    }
+
+    pub async fn clients(&self) -> Result<Vec<Client>, AccountError> {
+        Ok(self.storage.clients().await?)
     }
 
     /// Creates a user, recorded as done by `actor`.
@@ -391,6 +396,7 @@ pub fn client_json(client: &Client, secret: Option<&Secret>) -> serde_json::Valu
         "resource_server": client.resource_server,
         "redirect_uris": client.redirect_uri_list().collect::<Vec<_>>(),
         "skip_consent": client.skip_consent,
+        "registered": client.registered,
         "created_by": client.created_by,
     })
 }

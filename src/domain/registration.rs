@@ -149,6 +149,7 @@ pub async fn register(
         resource_server: false,
         redirect_uris: redirect_uris.join(" "),
         skip_consent: false,
+        registered: true,
     };
     storage.create_client(&client).await?;
     let answer = json!({

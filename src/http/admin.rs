@@ -31,7 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_user, update_user))
         .routes(routes!(user_sessions))
         .routes(routes!(revoke_user))
-        .routes(routes!(create_client))
+        .routes(routes!(create_client, list_clients))
         .routes(routes!(get_client, change_client, remove_client))
         .routes(routes!(list_resources, create_resource, delete_resource))
         .routes(routes!(keys))
@@ -192,6 +192,30 @@ async fn create_client(
         (StatusCode::CREATED, Json(client_json(&client, secret.as_ref()))).into_response();
     crate::error::no_store(&mut response);
     Ok(response)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct ClientsParams {
+    /// Only clients that registered themselves (true) or that an operator registered (false).
+    registered: Option<bool>,
+}
+
+/// Every client, without secrets.
+#[utoipa::path(get, path = "/admin/clients", tag = "admin", summary = "List the clients (those that registered themselves with ?registered=true)", params(ClientsParams), security(("bearer" = [])),
+    responses((status = 200, description = "`{clients: [...]}`", body = Object), crate::http::openapi::AdminErrors))]
+async fn list_clients(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiQuery(p): ApiQuery<ClientsParams>,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::ReadClients)?;
+    let clients = state.accounts.clients().await?;
+    let listed: Vec<_> = clients
+        .iter()
+        .filter(|c| p.registered.is_none_or(|registered| c.registered == registered))
+        .map(|c| client_json(c, None))
+        .collect();
+    Ok(Json(json!({ "clients": listed })).into_response())
 }
 
 #[utoipa::path(get, path = "/admin/clients/{id}", tag = "admin", summary = "Read a client", params(("id" = String, Path, description = "Client id")), security(("bearer" = [])),

@@ -48,6 +48,7 @@ timed! {
     ClientStore {
         fn create_client(&self, client: &Client) -> ();
         fn client(&self, client_id: &str) -> Option<Client>;
+        fn clients(&self) -> Vec<Client>;
         fn update_client(&self, client: &Client) -> bool;
         fn delete_client(&self, client_id: &str) -> bool;
     }

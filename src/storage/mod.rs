@@ -67,6 +67,8 @@ pub trait UserStore {
 pub trait ClientStore {
     async fn create_client(&self, client: &Client) -> StorageResult<()>;
     async fn client(&self, client_id: &str) -> StorageResult<Option<Client>>;
+    /// Every client, by id.
+    async fn clients(&self) -> StorageResult<Vec<Client>>;
     /// Replaces what can change of a client (its secret hash, disabled flag, redirect URIs
     /// and consent setting); false when there is no such client.
     async fn update_client(&self, client: &Client) -> StorageResult<bool>;

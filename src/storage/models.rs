@@ -61,6 +61,9 @@ pub struct Client {
     /// A first-party client: its users are not asked for consent.
     #[serde(default)]
     pub skip_consent: bool,
+    /// The client registered itself (RFC 7591) rather than being registered by an operator.
+    #[serde(default)]
+    pub registered: bool,
 }
 
 impl std::fmt::Debug for Client {

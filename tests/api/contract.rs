@@ -60,6 +60,7 @@ async fn users_and_clients_round_trip_and_conflict(backend: Backend) {
         resource_server: false,
         redirect_uris: String::new(),
         skip_consent: false,
+        registered: false,
     };
     storage.create_client(&client).await.expect("client");
     assert_eq!(storage.client("app").await.expect("get"), Some(client.clone()));
@@ -634,6 +635,7 @@ async fn upgrading_gives_password_clients_the_account_scope(backend: Backend) {
         resource_server: false,
         redirect_uris: String::new(),
         skip_consent: false,
+        registered: false,
     };
     let machine = Client {
         client_id: "machine".into(),

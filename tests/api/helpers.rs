@@ -278,6 +278,7 @@ impl TestApp {
             resource_server: false,
             redirect_uris: String::new(),
             skip_consent: false,
+            registered: false,
         };
         self.storage().create_client(&client).await.expect("create client");
         TestClient { id: client.client_id, secret: secret.map(|s| s.expose().to_owned()) }

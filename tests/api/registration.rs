@@ -67,6 +67,34 @@ async fn a_native_client_registers_and_signs_a_user_in(backend: Backend) {
     let token = app.admin_token().await;
     let audit = app.bearer("GET", "/admin/audit?event=client.registered", &token, None).await;
     assert_eq!(audit.body["events"].as_array().map(Vec::len), Some(2), "{}", audit.body);
+
+    // Admins list the clients that registered themselves, and delete one.
+    let listed = app.bearer("GET", "/admin/clients?registered=true", &token, None).await;
+    let mut ids: Vec<&str> = listed.body["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .filter_map(|c| c["client_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    let mut expected = [client_id.as_str(), confidential.body["client_id"].as_str().expect("id")];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    assert!(listed.body["clients"][0].get("client_secret").is_none_or(Value::is_null));
+    let all = app.bearer("GET", "/admin/clients", &token, None).await;
+    assert!(all.body["clients"].as_array().is_some_and(|c| c.len() > 2), "the admin's client too");
+    let operators = app.bearer("GET", "/admin/clients?registered=false", &token, None).await;
+    assert!(
+        operators.body["clients"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|c| c["registered"] == false)
+    );
+    let path = format!("/admin/clients/{client_id}");
+    assert_eq!(app.bearer("DELETE", &path, &token, None).await.status, 204);
+    let listed = app.bearer("GET", "/admin/clients?registered=true", &token, None).await;
+    assert_eq!(listed.body["clients"].as_array().map(Vec::len), Some(1));
 }
 
 async fn bad_metadata_is_refused_with_its_error(backend: Backend) {

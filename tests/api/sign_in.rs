@@ -169,6 +169,7 @@ pub async fn browser_client(app: &TestApp, redirect_uris: &str, skip_consent: bo
         resource_server: false,
         redirect_uris: redirect_uris.into(),
         skip_consent,
+        registered: false,
     };
     app.storage().create_client(&client).await.expect("client");
     TestClient { id: client.client_id, secret: None }

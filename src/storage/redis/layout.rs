@@ -233,7 +233,7 @@ impl RedisStorage {
     }
 
     /// Every key matching `pattern`, a page at a time so no command blocks Redis.
-    async fn scan(&self, pattern: &str) -> StorageResult<Vec<String>> {
+    pub(super) async fn scan(&self, pattern: &str) -> StorageResult<Vec<String>> {
         let mut conn = self.conn();
         let mut cursor = 0u64;
         let mut keys = Vec::new();

@@ -199,6 +199,18 @@ impl ClientStore for RedisStorage {
         self.get_json(&self.key("client", client_id)).await
     }
 
+    /// Clients have no index of their own: the keys are walked, a page at a time (an admin
+    /// listing, not a request path).
+    async fn clients(&self) -> StorageResult<Vec<Client>> {
+        let mut keys = self.scan(&format!("{}client:*", self.script_prefix())).await?;
+        keys.sort();
+        let mut clients = Vec::with_capacity(keys.len());
+        for key in keys {
+            clients.extend(self.get_json::<Client>(&key).await?);
+        }
+        Ok(clients)
+    }
+
     async fn update_client(&self, client: &Client) -> StorageResult<bool> {
         self.put_client(client, "XX").await
     }

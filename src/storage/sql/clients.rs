@@ -10,8 +10,8 @@ impl<D: Dialect> ClientStore for SqlStorage<D> {
     async fn create_client(&self, client: &Client) -> StorageResult<()> {
         sqlx::query(
             "INSERT INTO clients (client_id, name, secret_hash, grant_types, scopes, \
-             created_at, disabled, created_by, resource_server, redirect_uris, skip_consent) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             created_at, disabled, created_by, resource_server, redirect_uris, skip_consent, \
+             registered) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .arg(&client.client_id)
         .arg(&client.name)
@@ -24,6 +24,7 @@ impl<D: Dialect> ClientStore for SqlStorage<D> {
         .arg(client.resource_server)
         .arg(&client.redirect_uris)
         .arg(client.skip_consent)
+        .arg(client.registered)
         .run(self.writer())
         .await
         .map_err(unique("client"))?;
@@ -35,6 +36,10 @@ impl<D: Dialect> ClientStore for SqlStorage<D> {
             .arg(client_id)
             .optional(self.reader())
             .await
+    }
+
+    async fn clients(&self) -> StorageResult<Vec<Client>> {
+        sqlx::query("SELECT * FROM clients ORDER BY client_id").all(self.reader()).await
     }
 
     async fn update_client(&self, client: &Client) -> StorageResult<bool> {

@@ -418,6 +418,7 @@ async fn seed(
         resource_server: false,
         redirect_uris: String::new(),
         skip_consent: false,
+        registered: false,
     };
     storage.create_client(&client).await?;
     let password_hash = hash_password(PASSWORD.into()).await?;
@@ -492,6 +493,7 @@ async fn seed_browsers(
         resource_server: false,
         redirect_uris: REDIRECT_URI.into(),
         skip_consent: false,
+        registered: false,
     };
     storage.create_client(&client).await?;
     let now = SystemClock.now_ms();
