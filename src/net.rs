@@ -44,6 +44,20 @@ pub fn address_key(ip: &str) -> String {
     }
 }
 
+/// Whether a URL's host is a loopback address (`127.0.0.0/8`, `::1`).
+pub fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
+/// Whether a URL's host is this machine: a loopback address or the name `localhost`.
+pub fn is_local_host(url: &url::Url) -> bool {
+    is_loopback_host(url) || url.host_str() == Some("localhost")
+}
+
 /// Whether an address is an ordinary public unicast address: none of RFC 6890's
 /// special-purpose ranges (and their later additions) that an outbound request must not
 /// reach without the development switch.

@@ -55,15 +55,12 @@ fn texts(metadata: &Value, name: &str) -> Result<Option<Vec<String>>, Registrati
 fn suits(uri: &str, native: bool) -> Result<(), String> {
     check_redirect_uri(uri)?;
     let url = url::Url::parse(uri).map_err(|e| e.to_string())?;
-    let loopback_ip = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
-        || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback());
+    // check_redirect_uri has refused http on any other host already.
     let ok = match (native, url.scheme()) {
-        (true, "http") => loopback_ip,
+        (true, "http") => crate::net::is_loopback_host(&url),
         (true, "https") => false,
         (true, _) => true,
-        (false, "https") => true,
-        (false, "http") => url.host_str() == Some("localhost") || loopback_ip,
-        (false, _) => false,
+        (false, scheme) => scheme == "https" || scheme == "http",
     };
     if ok {
         Ok(())

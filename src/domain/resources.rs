@@ -20,15 +20,9 @@ pub fn check_resource_uri(uri: &str) -> Result<(), String> {
     if url.fragment().is_some() || uri.contains('#') {
         return Err(format!("{uri} has a fragment"));
     }
-    let local = match url.host() {
-        Some(url::Host::Domain(host)) => host == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
     match url.scheme() {
         "https" => Ok(()),
-        "http" if local => Ok(()),
+        "http" if crate::net::is_local_host(&url) => Ok(()),
         _ => Err(format!("{uri}: a resource is https (http only on localhost)")),
     }
 }

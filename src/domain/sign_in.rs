@@ -332,14 +332,7 @@ pub fn redirect_matches(registered: &str, asked: &str) -> bool {
     let (Ok(registered), Ok(asked)) = (url::Url::parse(registered), url::Url::parse(asked)) else {
         return false;
     };
-    let loopback = |u: &url::Url| {
-        u.scheme() == "http"
-            && match u.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                _ => false,
-            }
-    };
+    let loopback = |u: &url::Url| u.scheme() == "http" && crate::net::is_loopback_host(u);
     loopback(&registered)
         && loopback(&asked)
         && registered.scheme() == asked.scheme()
@@ -357,15 +350,9 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
     if url.fragment().is_some() {
         return Err(format!("{uri} has a fragment"));
     }
-    let local = match url.host() {
-        Some(url::Host::Domain(host)) => host == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
     match url.scheme() {
         "https" => Ok(()),
-        "http" if local => Ok(()),
+        "http" if crate::net::is_local_host(&url) => Ok(()),
         "http" => Err(format!("{uri}: http is only for localhost and loopback addresses")),
         scheme if scheme.contains('.') => Ok(()),
         _ => Err(format!("{uri}: use https, a loopback http URI, or a private-use scheme")),

@@ -51,16 +51,9 @@ struct Cookies {
 
 impl Cookies {
     fn of(state: &AppState) -> Self {
-        let issuer = url::Url::parse(&state.config.issuer()).ok();
-        let local_http = issuer.is_some_and(|u| {
-            u.scheme() == "http"
-                && match u.host() {
-                    Some(url::Host::Domain(host)) => host == "localhost",
-                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                    None => false,
-                }
-        });
+        let issuer = url::Url::parse(&state.tokens.policy().issuer).ok();
+        let local_http =
+            issuer.is_some_and(|u| u.scheme() == "http" && crate::net::is_local_host(&u));
         Self { secure: !local_http }
     }
 
@@ -209,9 +202,15 @@ fn csrf_token(jar: CookieJar, cookies: &Cookies) -> (CookieJar, String) {
     (jar, token)
 }
 
-/// Whether a form post is one of this site's own forms: its CSRF field equals the CSRF
-/// cookie, and its `Origin`, when the browser sends one, is this host.
-fn form_is_ours(jar: &CookieJar, cookies: &Cookies, headers: &HeaderMap, csrf: &str) -> bool {
+/// The refusal of a form post that is not one of this site's own forms: its CSRF field must
+/// equal the CSRF cookie, and its `Origin`, when the browser sends one, must be this host.
+fn foreign_form(
+    jar: &CookieJar,
+    cookies: &Cookies,
+    headers: &HeaderMap,
+    csrf: Option<&str>,
+) -> Option<Response> {
+    let csrf = csrf.unwrap_or_default();
     let cookie = jar.get(cookies.name("csrf")).map(|c| c.value().to_owned()).unwrap_or_default();
     let token_ok = !cookie.is_empty() && bool::from(cookie.as_bytes().ct_eq(csrf.as_bytes()));
     // A browser sends `Origin: null` where a referrer policy hides the page it posts from:
@@ -228,7 +227,8 @@ fn form_is_ours(jar: &CookieJar, cookies: &Cookies, headers: &HeaderMap, csrf: &
             host.is_some() && origin_host.as_deref() == host
         }
     };
-    token_ok && origin_ok
+    let refused = "This form has expired. Go back and reload it.";
+    (!(token_ok && origin_ok)).then(|| error_page(StatusCode::FORBIDDEN, refused))
 }
 
 fn user_agent(headers: &HeaderMap) -> Option<String> {
@@ -264,7 +264,7 @@ fn refused(state: &AppState, e: AuthorizeError) -> Response {
             redirect(state, &to, &[("error", error), ("error_description", &description)])
         }
         AuthorizeError::Storage(e) => internal(e),
-        AuthorizeError::Token(e) => internal(crate::error::ApiError::Internal(e.into())),
+        AuthorizeError::Token(e) => internal(e),
     }
 }
 
@@ -428,7 +428,40 @@ async fn login_limited(state: &AppState, ip: Option<&str>) -> Result<(), Respons
             StatusCode::TOO_MANY_REQUESTS,
             "Too many sign-in attempts from your address. Wait a minute and try again.",
         )),
-        Err(e) => Err(internal(crate::error::ApiError::Internal(anyhow::anyhow!(e.to_string())))),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// Signs the browser in with a login form's username and password, under the address's login
+/// limit: the jar with the session cookie, and the user; or the page to answer with instead
+/// (the login page again with the refusal, of `request` when the form was an authorization
+/// request's).
+#[allow(clippy::too_many_arguments)]
+async fn sign_in_form(
+    state: &AppState,
+    jar: CookieJar,
+    cookies: &Cookies,
+    request: Option<&Authorization>,
+    username: Option<String>,
+    password: Option<String>,
+    ip: Option<&str>,
+    agent: Option<&str>,
+) -> Result<(CookieJar, crate::storage::User), Response> {
+    login_limited(state, ip).await?;
+    let username = username.unwrap_or_default();
+    let client = request.map(|r| &r.client);
+    let password = password.unwrap_or_default();
+    match state.sign_in.sign_in(client, username.trim(), password, ip, agent).await {
+        Ok((secret, user)) => {
+            let lifetime = state.sign_in.cookie_lifetime_secs();
+            Ok((jar.add(cookies.cookie("session", secret.expose().to_owned(), lifetime)), user))
+        }
+        Err(e) => Err(match login_refusal(&e) {
+            Some((status, message)) => {
+                login_page(jar, cookies, status, request, &username, Some(message))
+            }
+            None => internal(e),
+        }),
     }
 }
 
@@ -443,8 +476,8 @@ async fn authorize_form(
     Form(form): Form<AuthorizeForm>,
 ) -> Response {
     let cookies = Cookies::of(&state);
-    if !form_is_ours(&jar, &cookies, &headers, form.csrf.as_deref().unwrap_or_default()) {
-        return error_page(StatusCode::FORBIDDEN, "This form has expired. Go back and reload it.");
+    if let Some(refused) = foreign_form(&jar, &cookies, &headers, form.csrf.as_deref()) {
+        return refused;
     }
     let params = AuthorizeParams::from(form.request);
     let request = match state.sign_in.check(&params).await {
@@ -454,43 +487,16 @@ async fn authorize_form(
     let agent = user_agent(&headers);
     match form.action.as_deref() {
         Some("login") => {
-            if let Err(response) = login_limited(&state, ip.as_deref()).await {
-                return response;
-            }
-            let username = form.username.unwrap_or_default();
-            let password = form.password.unwrap_or_default();
-            let signed = state
-                .sign_in
-                .sign_in(
-                    Some(&request.client),
-                    username.trim(),
-                    password,
-                    ip.as_deref(),
-                    agent.as_deref(),
-                )
-                .await;
+            let (ip, agent) = (ip.as_deref(), agent.as_deref());
+            let (username, password) = (form.username, form.password);
+            let signed =
+                sign_in_form(&state, jar, &cookies, Some(&request), username, password, ip, agent)
+                    .await;
             match signed {
-                Ok((secret, user)) => {
-                    let lifetime = state.sign_in.cookie_lifetime_secs();
-                    let jar =
-                        jar.add(cookies.cookie("session", secret.expose().to_owned(), lifetime));
-                    continue_signed_in(
-                        &state,
-                        jar,
-                        &cookies,
-                        &user,
-                        &request,
-                        ip.as_deref(),
-                        agent.as_deref(),
-                    )
-                    .await
+                Ok((jar, user)) => {
+                    continue_signed_in(&state, jar, &cookies, &user, &request, ip, agent).await
                 }
-                Err(e) => match login_refusal(&e) {
-                    Some((status, message)) => {
-                        login_page(jar, &cookies, status, Some(&request), &username, Some(message))
-                    }
-                    None => internal(crate::error::ApiError::Internal(e.into())),
-                },
+                Err(page) => page,
             }
         }
         Some(choice @ ("allow" | "deny")) => {
@@ -678,8 +684,8 @@ where
     Fut: std::future::Future<Output = Result<&'static str, Response>>,
 {
     let cookies = Cookies::of(state);
-    if !form_is_ours(jar, &cookies, headers, form.csrf.as_deref().unwrap_or_default()) {
-        return error_page(StatusCode::FORBIDDEN, "This form has expired. Go back and reload it.");
+    if let Some(refused) = foreign_form(jar, &cookies, headers, form.csrf.as_deref()) {
+        return refused;
     }
     let user = match signed_in(state, jar, &cookies).await {
         Ok(Some((_, user))) => user,
@@ -703,31 +709,14 @@ async fn account_login(
     Form(form): Form<AccountForm>,
 ) -> Response {
     let cookies = Cookies::of(&state);
-    if !form_is_ours(&jar, &cookies, &headers, form.csrf.as_deref().unwrap_or_default()) {
-        return error_page(StatusCode::FORBIDDEN, "This form has expired. Go back and reload it.");
+    if let Some(refused) = foreign_form(&jar, &cookies, &headers, form.csrf.as_deref()) {
+        return refused;
     }
-    if let Err(response) = login_limited(&state, ip.as_deref()).await {
-        return response;
-    }
-    let username = form.username.unwrap_or_default();
-    let password = form.password.unwrap_or_default();
     let agent = user_agent(&headers);
-    let signed = state
-        .sign_in
-        .sign_in(None, username.trim(), password, ip.as_deref(), agent.as_deref())
-        .await;
-    match signed {
-        Ok((secret, _)) => {
-            let lifetime = state.sign_in.cookie_lifetime_secs();
-            let jar = jar.add(cookies.cookie("session", secret.expose().to_owned(), lifetime));
-            (jar, Found::to("/account?done=signed-in")).into_response()
-        }
-        Err(e) => match login_refusal(&e) {
-            Some((status, message)) => {
-                login_page(jar, &cookies, status, None, &username, Some(message))
-            }
-            None => internal(crate::error::ApiError::Internal(e.into())),
-        },
+    let (ip, agent) = (ip.as_deref(), agent.as_deref());
+    match sign_in_form(&state, jar, &cookies, None, form.username, form.password, ip, agent).await {
+        Ok((jar, _)) => (jar, Found::to("/account?done=signed-in")).into_response(),
+        Err(page) => page,
     }
 }
 
@@ -818,8 +807,8 @@ async fn sign_out(
     Form(form): Form<AccountForm>,
 ) -> Response {
     let cookies = Cookies::of(&state);
-    if !form_is_ours(&jar, &cookies, &headers, form.csrf.as_deref().unwrap_or_default()) {
-        return error_page(StatusCode::FORBIDDEN, "This form has expired. Go back and reload it.");
+    if let Some(refused) = foreign_form(&jar, &cookies, &headers, form.csrf.as_deref()) {
+        return refused;
     }
     if let Some(cookie) = jar.get(cookies.name("session")).map(|c| c.value().to_owned())
         && let Err(e) = state.sign_in.sign_out(&cookie).await

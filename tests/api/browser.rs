@@ -15,7 +15,9 @@ use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use serde_json::json;
 
 use crate::helpers::{Backend, TestApp, TestClient, spawn_app_with};
-use crate::sign_in::{PASSWORD, VERIFIER, authorize_query, browser_client};
+use crate::sign_in::{
+    PASSWORD, VERIFIER, authorize_query, browser_client, exchange_at, refresh_public,
+};
 
 /// A chromedriver on a free port, stopped on drop.
 struct Driver {
@@ -136,17 +138,7 @@ async fn exchange(
     code: &str,
     redirect: &str,
 ) -> crate::helpers::Answer {
-    app.post_raw(
-        "/auth/token",
-        &[
-            ("grant_type", "authorization_code"),
-            ("client_id", &client.id),
-            ("code", code),
-            ("redirect_uri", redirect),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await
+    exchange_at(app, client, code, redirect, VERIFIER).await
 }
 
 /// Signs `alice` in through `client`'s authorize URL at the current window size, taking the
@@ -208,16 +200,7 @@ async fn a_person_signs_in_with_a_real_browser_and_ends_the_session() {
     // End the session (the only one): its refresh token dies.
     click(&browser, "form[action^='/account/sessions/'] button").await;
     reached(&browser, &format!("{}/account?done=ended", app.base)).await;
-    let refresh = app
-        .post_raw(
-            "/auth/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("client_id", &client.id),
-                ("refresh_token", &tokens.str("refresh_token")),
-            ],
-        )
-        .await;
+    let refresh = refresh_public(&app, &client, &tokens.str("refresh_token")).await;
     assert_eq!(refresh.str("error"), "invalid_grant", "{}", refresh.body);
 
     // The same pages at phone width, for another application (so it asks for consent again).

@@ -150,6 +150,11 @@ fn unescape(html: &str) -> String {
         .replace("&amp;", "&")
 }
 
+/// The login form of `page` filled in as `alice`.
+pub fn alice_signs_in(page: &Page) -> Vec<(String, String)> {
+    form_fields(page, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)])
+}
+
 pub async fn post_fields(browser: &mut Browser, path: &str, fields: &[(String, String)]) -> Page {
     let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     browser.post(path, &pairs).await
@@ -200,17 +205,42 @@ pub async fn exchange(
     code: &str,
     verifier: &str,
 ) -> crate::helpers::Answer {
+    exchange_at(app, client, code, REDIRECT, verifier).await
+}
+
+/// Exchanges a code sent to `redirect_uri`, as a public client.
+pub async fn exchange_at(
+    app: &TestApp,
+    client: &TestClient,
+    code: &str,
+    redirect_uri: &str,
+    verifier: &str,
+) -> crate::helpers::Answer {
     app.post_raw(
         "/auth/token",
         &[
             ("grant_type", "authorization_code"),
             ("client_id", &client.id),
             ("code", code),
-            ("redirect_uri", REDIRECT),
+            ("redirect_uri", redirect_uri),
             ("code_verifier", verifier),
         ],
     )
     .await
+}
+
+/// Refreshes as a public client.
+pub async fn refresh_public(
+    app: &TestApp,
+    client: &TestClient,
+    refresh_token: &str,
+) -> crate::helpers::Answer {
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("client_id", &client.id),
+        ("refresh_token", refresh_token),
+    ];
+    app.post_raw("/auth/token", &form).await
 }
 
 async fn the_whole_flow_signs_in_once_and_then_skips_the_password(backend: Backend) {
@@ -239,16 +269,7 @@ async fn the_whole_flow_signs_in_once_and_then_skips_the_password(backend: Backe
     assert_eq!(tokens.status, 200, "{}", tokens.body);
     assert_eq!(tokens.body["scope"], "read");
     assert_eq!(tokens.header("cache-control"), Some("no-store"));
-    let refreshed = app
-        .post_raw(
-            "/auth/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("client_id", &client.id),
-                ("refresh_token", &tokens.str("refresh_token")),
-            ],
-        )
-        .await;
+    let refreshed = refresh_public(&app, &client, &tokens.str("refresh_token")).await;
     assert_eq!(refreshed.status, 200, "{}", refreshed.body);
 
     // The same browser again: no password, no consent, straight back with a new code.
@@ -271,8 +292,7 @@ async fn a_replayed_code_is_refused_and_ends_what_it_opened(backend: Backend) {
     let client = browser_client(&app, REDIRECT, true).await;
     let mut browser = Browser::new(&app);
     let login = browser.get(&authorize_query(&client.id, REDIRECT, &[])).await;
-    let fields =
-        form_fields(&login, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)]);
+    let fields = alice_signs_in(&login);
     // A first-party client: no consent page.
     let back = post_fields(&mut browser, "/auth/authorize", &fields).await;
     assert_eq!(back.status, 303, "{}", back.html);
@@ -284,16 +304,7 @@ async fn a_replayed_code_is_refused_and_ends_what_it_opened(backend: Backend) {
     assert_eq!(again.status, 400);
     assert_eq!(again.str("error"), "invalid_grant");
 
-    let refresh = app
-        .post_raw(
-            "/auth/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("client_id", &client.id),
-                ("refresh_token", &first.str("refresh_token")),
-            ],
-        )
-        .await;
+    let refresh = refresh_public(&app, &client, &first.str("refresh_token")).await;
     assert_eq!(refresh.str("error"), "invalid_grant", "the first exchange's tokens are dead");
     let rs = app.resource_server().await;
     assert_eq!(app.introspect(&rs, &first.str("access_token")).await["active"], false);
@@ -306,8 +317,7 @@ async fn codes_are_bound_to_verifier_redirect_client_and_time(backend: Backend) 
     let other = browser_client(&app, REDIRECT, true).await;
     let mut browser = Browser::new(&app);
     let login = browser.get(&authorize_query(&client.id, REDIRECT, &[])).await;
-    let fields =
-        form_fields(&login, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)]);
+    let fields = alice_signs_in(&login);
     let back = post_fields(&mut browser, "/auth/authorize", &fields).await;
     let code = |page: &Page| page.redirect_params()["code"].clone();
 
@@ -316,18 +326,8 @@ async fn codes_are_bound_to_verifier_redirect_client_and_time(backend: Backend) 
     assert_eq!((wrong.status, wrong.str("error").as_str()), (400, "invalid_grant"));
 
     let next = browser.get(&authorize_query(&client.id, REDIRECT, &[])).await;
-    let redirect_mismatch = app
-        .post_raw(
-            "/auth/token",
-            &[
-                ("grant_type", "authorization_code"),
-                ("client_id", &client.id),
-                ("code", &code(&next)),
-                ("redirect_uri", "http://127.0.0.1/other"),
-                ("code_verifier", VERIFIER),
-            ],
-        )
-        .await;
+    let redirect_mismatch =
+        exchange_at(&app, &client, &code(&next), "http://127.0.0.1/other", VERIFIER).await;
     assert_eq!(redirect_mismatch.str("error"), "invalid_grant");
 
     let next = browser.get(&authorize_query(&client.id, REDIRECT, &[])).await;
@@ -410,23 +410,12 @@ async fn a_loopback_redirect_may_use_any_port(backend: Backend) {
     let asked = "http://127.0.0.1:49152/callback";
     let login = browser.get(&authorize_query(&client.id, asked, &[])).await;
     assert_eq!(login.status, 200, "{}", login.html);
-    let fields =
-        form_fields(&login, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)]);
+    let fields = alice_signs_in(&login);
     let back = post_fields(&mut browser, "/auth/authorize", &fields).await;
     assert!(back.header("location").expect("redirect").starts_with(asked));
     // The exchange names the URI the code was sent to.
-    let tokens = app
-        .post_raw(
-            "/auth/token",
-            &[
-                ("grant_type", "authorization_code"),
-                ("client_id", &client.id),
-                ("code", &back.redirect_params()["code"]),
-                ("redirect_uri", asked),
-                ("code_verifier", VERIFIER),
-            ],
-        )
-        .await;
+    let code = &back.redirect_params()["code"];
+    let tokens = exchange_at(&app, &client, code, asked, VERIFIER).await;
     assert_eq!(tokens.status, 200, "{}", tokens.body);
 }
 
@@ -437,18 +426,14 @@ async fn forms_without_the_csrf_token_change_nothing(backend: Backend) {
     let mut browser = Browser::new(&app);
     let login = browser.get(&authorize_query(&client.id, REDIRECT, &[])).await;
     for csrf in ["", "forged-token"] {
-        let mut fields = form_fields(
-            &login,
-            &[("action", "login"), ("username", "alice"), ("password", PASSWORD)],
-        );
+        let mut fields = alice_signs_in(&login);
         fields[0].1 = csrf.to_owned();
         let refused = post_fields(&mut browser, "/auth/authorize", &fields).await;
         assert_eq!(refused.status, 403, "{}", refused.html);
         assert!(!browser.cookies.keys().any(|k| k.ends_with("atoms-session")));
     }
     // A post from another site's page.
-    let fields =
-        form_fields(&login, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)]);
+    let fields = alice_signs_in(&login);
     let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let cross = reqwest::Client::new()
@@ -472,8 +457,7 @@ async fn denying_consent_sends_access_denied(backend: Backend) {
     let client = browser_client(&app, REDIRECT, false).await;
     let mut browser = Browser::new(&app);
     let login = browser.get(&authorize_query(&client.id, REDIRECT, &[])).await;
-    let fields =
-        form_fields(&login, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)]);
+    let fields = alice_signs_in(&login);
     let consent = post_fields(&mut browser, "/auth/authorize", &fields).await;
     let denied =
         post_fields(&mut browser, "/auth/authorize", &form_fields(&consent, &[("action", "deny")]))
@@ -504,8 +488,7 @@ async fn the_login_form_locks_like_the_password_grant(backend: Backend) {
         assert_eq!(refused.status, 401);
         assert!(refused.html.contains("invalid username or password"), "{}", refused.html);
     }
-    let fields =
-        form_fields(&login, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)]);
+    let fields = alice_signs_in(&login);
     let locked = post_fields(&mut browser, "/auth/authorize", &fields).await;
     assert_eq!(locked.status, 401, "a locked account refuses even the right password");
     app.state.audit.flush().await;
@@ -528,8 +511,7 @@ async fn the_account_page_lists_and_ends_sessions(backend: Backend) {
     let client = browser_client(&app, REDIRECT, true).await;
     let mut browser = Browser::new(&app);
     let login = browser.get(&authorize_query(&client.id, REDIRECT, &[])).await;
-    let fields =
-        form_fields(&login, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)]);
+    let fields = alice_signs_in(&login);
     let back = post_fields(&mut browser, "/auth/authorize", &fields).await;
     let tokens = exchange(&app, &client, &back.redirect_params()["code"], VERIFIER).await;
     assert_eq!(tokens.status, 200);
@@ -549,16 +531,7 @@ async fn the_account_page_lists_and_ends_sessions(backend: Backend) {
     let ended =
         browser.post(&format!("/account/sessions/{session_id}/end"), &[("csrf", &csrf)]).await;
     assert_eq!(ended.status, 303);
-    let refresh = app
-        .post_raw(
-            "/auth/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("client_id", &client.id),
-                ("refresh_token", &tokens.str("refresh_token")),
-            ],
-        )
-        .await;
+    let refresh = refresh_public(&app, &client, &tokens.str("refresh_token")).await;
     assert_eq!(refresh.str("error"), "invalid_grant");
 
     // Signing out ends the browser session: the account page asks for a password again.
@@ -627,8 +600,7 @@ async fn a_standard_oauth_client_runs_the_code_flow(backend: Backend) {
     let path = &url.as_str()[app.base.len()..];
     let login = browser.get(path).await;
     assert_eq!(login.status, 200, "{}", login.html);
-    let fields =
-        form_fields(&login, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)]);
+    let fields = alice_signs_in(&login);
     let back = post_fields(&mut browser, "/auth/authorize", &fields).await;
     let params = back.redirect_params();
     assert_eq!(&params["state"], state.secret(), "the library's state comes back");
@@ -693,8 +665,7 @@ async fn admins_manage_redirect_uris_and_consent(backend: Backend) {
             .header("content-security-policy")
             .is_some_and(|c| c.contains("https://notes.example"))
     );
-    let fields =
-        form_fields(&login, &[("action", "login"), ("username", "alice"), ("password", PASSWORD)]);
+    let fields = alice_signs_in(&login);
     let back = post_fields(&mut browser, "/auth/authorize", &fields).await;
     assert_eq!(back.status, 303, "no consent for a first-party client");
     assert!(back.header("location").is_some_and(|l| l.starts_with(other)));

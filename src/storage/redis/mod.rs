@@ -102,6 +102,23 @@ impl RedisStorage {
         self.key("rt", &hex(hash))
     }
 
+    /// The records stored as JSON under `keys`, in their order, with one MGET; keys that are
+    /// gone are skipped.
+    async fn get_jsons<T: serde::de::DeserializeOwned>(
+        &self,
+        keys: &[String],
+    ) -> StorageResult<Vec<T>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raws: Vec<Option<String>> =
+            ::redis::cmd("MGET").arg(keys).query_async(&mut self.conn()).await?;
+        raws.iter()
+            .flatten()
+            .map(|r| serde_json::from_str(r).map_err(|e| StorageError::Corrupt(e.to_string())))
+            .collect()
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
@@ -204,11 +221,7 @@ impl ClientStore for RedisStorage {
     async fn clients(&self) -> StorageResult<Vec<Client>> {
         let mut keys = self.scan(&format!("{}client:*", self.script_prefix())).await?;
         keys.sort();
-        let mut clients = Vec::with_capacity(keys.len());
-        for key in keys {
-            clients.extend(self.get_json::<Client>(&key).await?);
-        }
-        Ok(clients)
+        self.get_jsons(&keys).await
     }
 
     async fn update_client(&self, client: &Client) -> StorageResult<bool> {

@@ -4,7 +4,6 @@ use ::redis::AsyncCommands;
 use async_trait::async_trait;
 
 use super::RedisStorage;
-use super::events::parse;
 use crate::storage::*;
 
 #[async_trait]
@@ -22,16 +21,12 @@ impl ResourceStore for RedisStorage {
     async fn resources(&self) -> StorageResult<Vec<Resource>> {
         let mut uris: Vec<String> = self.conn().smembers(self.key("resources", "all")).await?;
         uris.sort();
-        let mut found = Vec::with_capacity(uris.len());
-        for uri in uris {
-            found.extend(self.resource(&uri).await?);
-        }
-        Ok(found)
+        let keys: Vec<String> = uris.iter().map(|uri| self.key("resource", uri)).collect();
+        self.get_jsons(&keys).await
     }
 
     async fn resource(&self, uri: &str) -> StorageResult<Option<Resource>> {
-        let raw: Option<String> = self.conn().get(self.key("resource", uri)).await?;
-        raw.as_deref().map(parse).transpose()
+        self.get_json(&self.key("resource", uri)).await
     }
 
     async fn delete_resource(&self, uri: &str) -> StorageResult<bool> {
