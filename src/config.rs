@@ -43,8 +43,10 @@ pub struct Config {
     pub registration: RegistrationConfig,
 }
 
-/// Dynamic client registration (RFC 7591) at `/auth/register`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// How clients with no prior relationship identify themselves: dynamic client registration
+/// (RFC 7591) at `/auth/register`, and client ID metadata documents (a `client_id` that is an
+/// https URL).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RegistrationConfig {
     /// `off` (no endpoint), `open` (anyone may register), or `token` (registration needs the
@@ -54,6 +56,35 @@ pub struct RegistrationConfig {
     /// The initial access token of the `token` policy, sent as a bearer token.
     #[serde(rename = "registration_initial_access_token", skip_serializing)]
     pub initial_access_token: Option<SecretString>,
+    /// A registered client unused for this long is deleted by the purge job (0: never).
+    #[serde(rename = "registered_client_unused_ttl_secs", with = "secs")]
+    pub unused_client_ttl: Duration,
+    /// Accept client ID metadata documents.
+    #[serde(rename = "client_metadata_documents")]
+    pub metadata_documents: bool,
+    /// A fetched document is kept as its `Cache-Control` says, but at least and at most this.
+    #[serde(rename = "client_metadata_cache_min_secs", with = "secs")]
+    pub metadata_cache_min: Duration,
+    #[serde(rename = "client_metadata_cache_max_secs", with = "secs")]
+    pub metadata_cache_max: Duration,
+    /// Fetch documents from loopback, private and link-local addresses, and over http
+    /// (development, tests).
+    #[serde(rename = "client_metadata_allow_private")]
+    pub metadata_allow_private: bool,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            policy: RegistrationPolicy::Off,
+            initial_access_token: None,
+            unused_client_ttl: Duration::from_secs(90 * DAY),
+            metadata_documents: true,
+            metadata_cache_min: Duration::from_secs(300),
+            metadata_cache_max: Duration::from_secs(DAY),
+            metadata_allow_private: false,
+        }
+    }
 }
 
 /// Who may register clients.
@@ -575,6 +606,9 @@ impl Config {
         at_least(&mut webhooks.poll_interval, Duration::from_millis(10));
         webhooks.concurrency = webhooks.concurrency.max(1);
         webhooks.max_attempts = webhooks.max_attempts.max(1);
+        let registration = &mut self.registration;
+        registration.metadata_cache_max =
+            registration.metadata_cache_max.max(registration.metadata_cache_min);
         // A used token is remembered at least as long as it may still be presented.
         self.tokens.refresh_reuse_window =
             self.tokens.refresh_reuse_window.max(self.tokens.refresh_grace);

@@ -25,6 +25,9 @@ pub enum OAuthError {
     UnsupportedGrantType,
     #[error("{0}")]
     InvalidScope(String),
+    /// A resource (RFC 8707 §2) that is unknown, malformed or not for this client.
+    #[error("{0}")]
+    InvalidTarget(String),
     /// Dynamic registration (RFC 7591 §3.2.2).
     #[error("{0}")]
     InvalidRedirectUri(String),
@@ -56,6 +59,7 @@ impl OAuthError {
             Self::UnauthorizedClient(_) => "unauthorized_client",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
+            Self::InvalidTarget(_) => "invalid_target",
             Self::InvalidRedirectUri(_) => "invalid_redirect_uri",
             Self::InvalidClientMetadata(_) => "invalid_client_metadata",
             Self::InvalidToken(_) => "invalid_token",
@@ -153,6 +157,7 @@ impl From<crate::domain::tokens::TokenError> for OAuthError {
             TokenError::InvalidGrant(why) => Self::InvalidGrant(why),
             TokenError::UnauthorizedClient(why) => Self::UnauthorizedClient(why),
             TokenError::InvalidScope(why) => Self::InvalidScope(why),
+            TokenError::InvalidTarget(why) => Self::InvalidTarget(why),
             TokenError::Overloaded(_) => Self::Overloaded,
             TokenError::Storage(e) => Self::Storage(e),
             TokenError::Internal(e) => Self::Internal(e),

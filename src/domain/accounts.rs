@@ -141,6 +141,8 @@ pub async fn create_client(
         redirect_uris: new.redirect_uris.join(" "),
         skip_consent: new.skip_consent,
         registered: false,
+        last_used_at: None,
+        metadata_document: false,
     };
     storage.create_client(&client).await?;
     let created = entry(events::CLIENT_CREATED)

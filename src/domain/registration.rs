@@ -73,31 +73,48 @@ fn suits(uri: &str, native: bool) -> Result<(), String> {
     }
 }
 
-/// Registers a client from its metadata. `scopes_supported` are the scopes it may ask for
-/// (every one when it names none). Returns the client, its secret (for
-/// `client_secret_basic`), the answer's JSON and the `client.registered` record.
-pub async fn register(
-    storage: &dyn Storage,
+/// Client metadata (RFC 7591 §2) as read and checked: the same rules whether a client
+/// registers or publishes a client ID metadata document.
+#[derive(Debug, Clone)]
+pub struct Metadata {
+    pub application_type: &'static str,
+    pub token_endpoint_auth_method: &'static str,
+    pub grant_types: Vec<String>,
+    pub response_types: Vec<String>,
+    pub redirect_uris: Vec<String>,
+    /// The scopes asked for, if the metadata names any.
+    pub scope: Option<Vec<String>>,
+    pub client_name: Option<String>,
+}
+
+impl Metadata {
+    pub fn is_public(&self) -> bool {
+        self.token_endpoint_auth_method == "none"
+    }
+}
+
+/// Reads and checks client metadata. `default_auth_method` is the authentication method when
+/// the metadata names none.
+pub fn read_metadata(
     metadata: &Value,
-    scopes_supported: &[String],
-    now: Millis,
-) -> Result<(Client, Option<Secret>, Value, Entry), RegistrationError> {
+    default_auth_method: &'static str,
+) -> Result<Metadata, RegistrationError> {
     let invalid = |why: &str| RegistrationError::InvalidClientMetadata(why.to_owned());
     if !metadata.is_object() {
         return Err(invalid("the body must be a JSON object of client metadata"));
     }
-    let application_type = text(metadata, "application_type")?.unwrap_or("web");
-    let native = match application_type {
-        "native" => true,
-        "web" => false,
-        other => return Err(invalid(&format!("application_type {other} is not native or web"))),
+    let (application_type, native) = match text(metadata, "application_type")? {
+        None | Some("web") => ("web", false),
+        Some("native") => ("native", true),
+        Some(other) => {
+            return Err(invalid(&format!("application_type {other} is not native or web")));
+        }
     };
-    let auth_method =
-        text(metadata, "token_endpoint_auth_method")?.unwrap_or("client_secret_basic");
-    let public = match auth_method {
-        "none" => true,
-        "client_secret_basic" => false,
-        other => {
+    let auth_method = match text(metadata, "token_endpoint_auth_method")? {
+        None => default_auth_method,
+        Some("none") => "none",
+        Some("client_secret_basic") => "client_secret_basic",
+        Some(other) => {
             return Err(invalid(&format!(
                 "token_endpoint_auth_method {other} is not supported: use none or client_secret_basic"
             )));
@@ -119,34 +136,61 @@ pub async fn register(
     for uri in &redirect_uris {
         suits(uri, native).map_err(RegistrationError::InvalidRedirectUri)?;
     }
-    let scopes: Vec<String> = match text(metadata, "scope")? {
-        Some(asked) => {
-            let asked: Vec<String> = asked.split_whitespace().map(str::to_owned).collect();
-            if let Some(s) = asked.iter().find(|s| !scopes_supported.contains(s)) {
-                return Err(invalid(&format!("scope {s} is not supported")));
-            }
-            asked
-        }
-        None => scopes_supported.to_vec(),
-    };
+    let scope =
+        text(metadata, "scope")?.map(|s| s.split_whitespace().map(str::to_owned).collect());
     let name = text(metadata, "client_name")?.map(str::trim).filter(|n| !n.is_empty());
     if name.is_some_and(|n| n.chars().count() > 200 || n.contains('\0')) {
         return Err(invalid("client_name has at most 200 characters"));
     }
+    Ok(Metadata {
+        application_type,
+        token_endpoint_auth_method: auth_method,
+        grant_types,
+        response_types,
+        redirect_uris,
+        scope,
+        client_name: name.map(str::to_owned),
+    })
+}
+
+/// Registers a client from its metadata. `scopes_supported` are the scopes it may ask for
+/// (every one when it names none). Returns the client, its secret (for
+/// `client_secret_basic`), the answer's JSON and the `client.registered` record.
+pub async fn register(
+    storage: &dyn Storage,
+    metadata: &Value,
+    scopes_supported: &[String],
+    now: Millis,
+) -> Result<(Client, Option<Secret>, Value, Entry), RegistrationError> {
+    let m = read_metadata(metadata, "client_secret_basic")?;
+    let scopes: Vec<String> = match &m.scope {
+        Some(asked) => {
+            if let Some(s) = asked.iter().find(|s| !scopes_supported.contains(s)) {
+                return Err(RegistrationError::InvalidClientMetadata(format!(
+                    "scope {s} is not supported"
+                )));
+            }
+            asked.clone()
+        }
+        None => scopes_supported.to_vec(),
+    };
+    let public = m.is_public();
     let secret = (!public).then(Secret::generate);
     let client = Client {
         client_id: Uuid::new_v4().simple().to_string(),
-        name: name.unwrap_or("Unnamed application").to_owned(),
+        name: m.client_name.clone().unwrap_or_else(|| "Unnamed application".to_owned()),
         secret_hash: secret.as_ref().map(Secret::sha256_hex),
-        grant_types: grant_types.join(" "),
+        grant_types: m.grant_types.join(" "),
         scopes: scopes.join(" "),
         created_at: now,
         disabled: false,
         created_by: None,
         resource_server: false,
-        redirect_uris: redirect_uris.join(" "),
+        redirect_uris: m.redirect_uris.join(" "),
         skip_consent: false,
         registered: true,
+        last_used_at: None,
+        metadata_document: false,
     };
     storage.create_client(&client).await?;
     let answer = json!({
@@ -155,18 +199,18 @@ pub async fn register(
         "client_id_issued_at": now / 1000,
         "client_secret_expires_at": secret.as_ref().map(|_| 0),
         "client_name": client.name,
-        "redirect_uris": redirect_uris,
-        "grant_types": grant_types,
-        "response_types": response_types,
-        "token_endpoint_auth_method": auth_method,
-        "application_type": application_type,
+        "redirect_uris": m.redirect_uris,
+        "grant_types": m.grant_types,
+        "response_types": m.response_types,
+        "token_endpoint_auth_method": m.token_endpoint_auth_method,
+        "application_type": m.application_type,
         "scope": client.scopes,
     });
     let registered = entry(events::CLIENT_REGISTERED)
         .client(&client.client_id)
         .actor(format!("client:{}", client.client_id))
         .detail("name", client.name.as_str())
-        .detail("application_type", application_type)
+        .detail("application_type", m.application_type)
         .detail("public", public)
         .detail("redirect_uris", client.redirect_uris.as_str());
     Ok((client, secret, answer, registered))

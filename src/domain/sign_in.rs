@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::audit::{Audit, entry, events};
 use super::secrets::Secret;
-use super::tokens::{TokenError, TokenService, resolve_scope};
+use super::tokens::{TokenError, TokenService};
 use crate::clock::{Clock, Millis};
 use crate::ids::UserId;
 use crate::storage::{AuthorizationCode, BrowserSession, Client, Storage, StorageResult, User};
@@ -34,6 +34,8 @@ pub struct AuthorizeParams {
     pub state: Option<String>,
     pub code_challenge: Option<String>,
     pub code_challenge_method: Option<String>,
+    /// The resource (RFC 8707) the tokens are for.
+    pub resource: Option<String>,
 }
 
 /// A checked authorization request.
@@ -42,6 +44,8 @@ pub struct Authorization {
     pub client: Client,
     pub redirect_uri: String,
     pub scope: String,
+    /// The resource the tokens will be for, when the request named one.
+    pub resource: Option<String>,
     pub state: Option<String>,
     pub code_challenge: String,
 }
@@ -186,15 +190,18 @@ impl SignIn {
         if !is_challenge(&code_challenge) {
             return Err(refuse("invalid_request", "code_challenge is not a S256 challenge"));
         }
-        let scope = match resolve_scope(p.scope.as_deref(), client.scope_list()) {
-            Ok(scope) => scope,
+        let resource = p.resource.as_deref().filter(|r| !r.is_empty());
+        let grant = match self.tokens.resolve_grant(&client, resource, p.scope.as_deref()).await {
+            Ok(grant) => grant,
             Err(TokenError::InvalidScope(why)) => return Err(refuse("invalid_scope", &why)),
+            Err(TokenError::InvalidTarget(why)) => return Err(refuse("invalid_target", &why)),
             Err(e) => return Err(e.into()),
         };
         Ok(Authorization {
             client,
             redirect_uri: to.redirect_uri,
-            scope,
+            scope: grant.scope,
+            resource: grant.resource,
             state: to.state,
             code_challenge,
         })
@@ -271,7 +278,7 @@ impl SignIn {
         }
         let given = self.storage.consent(user_id, &a.client.client_id).await?;
         let given = given.unwrap_or_default();
-        Ok(!a.scope.split_whitespace().all(|s| given.split_whitespace().any(|g| g == s)))
+        Ok(!consent_items(a).iter().all(|s| given.split_whitespace().any(|g| g == s)))
     }
 
     /// Remembers that the user allowed the client the request's scopes (with any allowed
@@ -280,8 +287,9 @@ impl SignIn {
         let client_id = &a.client.client_id;
         let before = self.storage.consent(user_id, client_id).await?.unwrap_or_default();
         let mut scopes: Vec<&str> = before.split_whitespace().collect();
-        for scope in a.scope.split_whitespace() {
-            if !scopes.contains(&scope) {
+        let asked = consent_items(a);
+        for scope in &asked {
+            if !scopes.contains(&scope.as_str()) {
                 scopes.push(scope);
             }
         }
@@ -291,7 +299,8 @@ impl SignIn {
             .actor(format!("user:{user_id}"))
             .user(user_id.as_str())
             .client(client_id)
-            .detail("scope", a.scope.as_str());
+            .detail("scope", a.scope.as_str())
+            .detail("resource", a.resource.clone());
         self.audit.record(granted).await?;
         Ok(())
     }
@@ -312,6 +321,7 @@ impl SignIn {
             redirect_uri: a.redirect_uri.clone(),
             code_challenge: a.code_challenge.clone(),
             scope: a.scope.clone(),
+            resource: a.resource.clone(),
             user_id: user_id.as_str().to_owned(),
             ip: ip.map(str::to_owned),
             user_agent: user_agent.map(str::to_owned),
@@ -321,6 +331,19 @@ impl SignIn {
         self.storage.create_code(&stored).await?;
         Ok(code)
     }
+}
+
+/// What a user allows when allowing a request, as consent remembers it: each scope, and for a
+/// request bound to a resource each scope on that resource (`scope@uri`; a resource URI has
+/// no space), so that allowing one MCP server's scope does not allow another's of that name.
+fn consent_items(a: &Authorization) -> Vec<String> {
+    a.scope
+        .split_whitespace()
+        .map(|s| match &a.resource {
+            Some(resource) => format!("{s}@{resource}"),
+            None => s.to_owned(),
+        })
+        .collect()
 }
 
 /// Whether the redirect URI a request asks for is the registered one: exactly, except that a

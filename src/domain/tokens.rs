@@ -33,6 +33,9 @@ pub enum TokenError {
     UnauthorizedClient(&'static str),
     #[error("{0}")]
     InvalidScope(String),
+    /// The requested resource (RFC 8707) is unknown, malformed or not for this client.
+    #[error("{0}")]
+    InvalidTarget(String),
     /// Password hashing is saturated: retry later.
     #[error(transparent)]
     Overloaded(#[from] super::secrets::Overloaded),
@@ -73,6 +76,14 @@ pub struct TokenResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
     pub scope: String,
+}
+
+/// What a token request is granted: the scope, and the resource (RFC 8707) its access tokens
+/// are for (`None`: this server's own audience).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub scope: String,
+    pub resource: Option<String>,
 }
 
 /// Lifetimes and names the token rules use.
@@ -149,7 +160,9 @@ impl TokenService {
             validation.validate_exp = false;
             validation.leeway = 0;
             validation.set_issuer(&[&policy.issuer]);
-            validation.set_audience(&[&policy.audience]);
+            // The audience is this server's or a registered resource's: each use checks the
+            // one it accepts (`active_access_token`: this server's only).
+            validation.validate_aud = false;
             validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
             validation
         });
@@ -217,14 +230,46 @@ impl TokenService {
         username: &str,
         password: String,
         scope: Option<&str>,
+        resource: Option<&str>,
         device: DeviceHints,
     ) -> Result<TokenResponse, TokenError> {
         require_grant(client, "password")?;
-        let scope = resolve_scope(scope, client.scope_list())?;
+        let grant = self.resolve_grant(client, resource, scope).await?;
         let user =
             self.verify_login(Some(client), username, password, device.ip.as_deref()).await?;
-        let (tokens, _) = self.open_session(client, &user.id, scope, device, "password").await?;
+        let (tokens, _) = self.open_session(client, &user.id, grant, device, "password").await?;
         Ok(tokens)
+    }
+
+    /// The scope and resource a request is granted. Without a resource, as ever: the client's
+    /// scopes, for this server's audience. With one (RFC 8707): it must be an absolute URI
+    /// without a fragment, registered, and share at least one scope with the client (else
+    /// `invalid_target`); the scope granted is within both.
+    pub async fn resolve_grant(
+        &self,
+        client: &Client,
+        resource: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<Grant, TokenError> {
+        let Some(uri) = resource else {
+            return Ok(Grant { scope: resolve_scope(scope, client.scope_list())?, resource: None });
+        };
+        super::resources::check_resource_uri(uri).map_err(TokenError::InvalidTarget)?;
+        let registered = self.storage.resource(uri).await?;
+        let registered = registered
+            .ok_or_else(|| TokenError::InvalidTarget(format!("{uri} is not a known resource")))?;
+        let allowed: Vec<&str> = registered
+            .scopes
+            .split_whitespace()
+            .filter(|s| client.scope_list().any(|c| c == *s))
+            .collect();
+        if allowed.is_empty() {
+            return Err(TokenError::InvalidTarget(format!(
+                "the client may not ask for tokens for {uri}"
+            )));
+        }
+        let scope = resolve_scope(scope, allowed.iter().copied())?;
+        Ok(Grant { scope, resource: Some(registered.uri) })
     }
 
     /// Opens a session of the user on the device `device` describes, as a login does: the
@@ -234,10 +279,11 @@ impl TokenService {
         &self,
         client: &Client,
         user_id: &str,
-        scope: String,
+        grant: Grant,
         device: DeviceHints,
         grant_type: &'static str,
     ) -> Result<(TokenResponse, String), TokenError> {
+        let Grant { scope, resource } = grant;
         let now = self.clock.now_ms();
         let expires_at = now + self.policy.session_lifetime_ms;
         let session = Session {
@@ -255,6 +301,7 @@ impl TokenService {
             revoke_reason: None,
             device_id: None,
             access_jti: Some(new_jti()),
+            resource,
         };
         let (seen, named) = devices::sighting(user_id, &device, now);
         let refresh = Secret::generate();
@@ -295,10 +342,19 @@ impl TokenService {
         let issued = by_user(events::TOKEN_ISSUED)
             .session(&session.id)
             .detail("grant_type", grant_type)
-            .detail("scope", scope.as_str());
+            .detail("scope", scope.as_str())
+            .detail("resource", session.resource.clone());
         self.audit.record(issued).await?;
         let jti = session.access_jti.clone().unwrap_or_else(new_jti);
-        let tokens = self.respond(user_id, client, scope, Some(&session.id), refresh, jti)?;
+        let access = Access {
+            subject: user_id,
+            client,
+            scope,
+            session_id: Some(&session.id),
+            resource: session.resource.as_deref(),
+            jti,
+        };
+        let tokens = self.respond(access, refresh)?;
         Ok((tokens, session.id))
     }
 
@@ -311,6 +367,7 @@ impl TokenService {
         code: &Secret,
         redirect_uri: Option<&str>,
         verifier: &str,
+        resource: Option<&str>,
     ) -> Result<TokenResponse, TokenError> {
         require_grant(client, "authorization_code")?;
         let hash = code.sha256();
@@ -342,6 +399,12 @@ impl TokenService {
         if !super::sign_in::verifier_matches(verifier, &code.code_challenge) {
             return Err(TokenError::InvalidGrant("the code_verifier does not match the challenge"));
         }
+        // The tokens are for the resource the user authorized, and no other.
+        if resource.is_some_and(|r| code.resource.as_deref() != Some(r)) {
+            return Err(TokenError::InvalidTarget(
+                "the resource differs from the authorization request".into(),
+            ));
+        }
         let device = DeviceHints {
             device_id: None,
             name: None,
@@ -349,9 +412,9 @@ impl TokenService {
             user_agent: code.user_agent.clone(),
             ip: code.ip.clone(),
         };
-        let (tokens, session_id) = self
-            .open_session(client, &code.user_id, code.scope.clone(), device, "authorization_code")
-            .await?;
+        let grant = Grant { scope: code.scope.clone(), resource: code.resource.clone() };
+        let (tokens, session_id) =
+            self.open_session(client, &code.user_id, grant, device, "authorization_code").await?;
         if !self.storage.bind_code_session(&hash, &session_id).await? {
             // Presented again while this exchange ran: what it opened ends as well.
             self.code_replayed(client, Some(&session_id)).await?;
@@ -487,6 +550,7 @@ impl TokenService {
         &self,
         client: &Client,
         scope: Option<&str>,
+        resource: Option<&str>,
     ) -> Result<TokenResponse, TokenError> {
         if client.is_public() {
             return Err(TokenError::UnauthorizedClient(
@@ -494,14 +558,24 @@ impl TokenService {
             ));
         }
         require_grant(client, "client_credentials")?;
-        let scope = resolve_scope(scope, client.scope_list())?;
+        let Grant { scope, resource } = self.resolve_grant(client, resource, scope).await?;
         let issued = entry(events::TOKEN_ISSUED)
             .actor(format!("client:{}", client.client_id))
             .client(&client.client_id)
             .detail("grant_type", "client_credentials")
-            .detail("scope", scope.as_str());
+            .detail("scope", scope.as_str())
+            .detail("resource", resource.clone());
         self.audit.record(issued).await?;
-        self.respond(&client.client_id, client, scope, None, None, new_jti())
+        let jti = new_jti();
+        let access = Access {
+            subject: &client.client_id,
+            client,
+            scope,
+            session_id: None,
+            resource: resource.as_deref(),
+            jti,
+        };
+        self.respond(access, None)
     }
 
     /// The `refresh_token` grant (RFC 6749 §6) with rotation: one atomic storage operation and
@@ -511,6 +585,7 @@ impl TokenService {
         client: &Client,
         refresh_token: &Secret,
         scope: Option<&str>,
+        resource: Option<&str>,
         ip: Option<&str>,
     ) -> Result<TokenResponse, TokenError> {
         require_grant(client, "refresh_token")?;
@@ -564,6 +639,7 @@ impl TokenService {
             }
         };
         let scope = resolve_scope(scope, session.scope.split_whitespace())?;
+        self.check_session_resource(client, &session, resource).await?;
         let refreshed = entry(events::TOKEN_REFRESHED)
             .actor(format!("user:{}", session.user_id))
             .user(&session.user_id)
@@ -572,20 +648,46 @@ impl TokenService {
             .detail("grace_retry", grace)
             .detail("scope", scope.as_str());
         self.audit.record(refreshed).await?;
-        self.respond(&session.user_id, client, scope, Some(&session.id), Some(next), jti)
+        let access = Access {
+            subject: &session.user_id,
+            client,
+            scope,
+            session_id: Some(&session.id),
+            resource: session.resource.as_deref(),
+            jti,
+        };
+        self.respond(access, Some(next))
+    }
+
+    /// A refresh keeps the session's resource: asking for another one is `invalid_target`
+    /// (the audience may stay or narrow, never widen), as is a resource removed, or no longer
+    /// shared with the client, since the session began.
+    async fn check_session_resource(
+        &self,
+        client: &Client,
+        session: &Session,
+        asked: Option<&str>,
+    ) -> Result<(), TokenError> {
+        if asked.is_some_and(|r| session.resource.as_deref() != Some(r)) {
+            return Err(TokenError::InvalidTarget(
+                "a refresh keeps the resource the session was granted for".into(),
+            ));
+        }
+        if let Some(uri) = &session.resource {
+            self.resolve_grant(client, Some(uri), None).await?;
+        }
+        Ok(())
     }
 
     fn respond(
         &self,
-        subject: &str,
-        client: &Client,
-        scope: String,
-        session_id: Option<&str>,
+        access: Access<'_>,
         refresh: Option<Secret>,
-        jti: String,
     ) -> Result<TokenResponse, TokenError> {
+        let Access { subject, client, scope, session_id, resource, jti } = access;
+        let audience = resource.unwrap_or(&self.policy.audience);
         let access_token =
-            self.sign_access_token(subject, &client.client_id, &scope, session_id, jti)?;
+            self.sign_access_token(subject, &client.client_id, &scope, audience, session_id, jti)?;
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer",
@@ -601,6 +703,7 @@ impl TokenService {
         subject: &str,
         client_id: &str,
         scope: &str,
+        audience: &str,
         session_id: Option<&str>,
         jti: String,
     ) -> Result<String, TokenError> {
@@ -609,7 +712,7 @@ impl TokenService {
         let claims = AccessClaims {
             iss: self.policy.issuer.clone(),
             sub: subject.to_owned(),
-            aud: self.policy.audience.clone(),
+            aud: audience.to_owned(),
             exp: iat + self.policy.access_ttl_secs,
             iat,
             jti,
@@ -627,8 +730,8 @@ impl TokenService {
         Ok(token)
     }
 
-    /// Checks an access token's signature, type, issuer, audience and expiry (not its
-    /// revocation state).
+    /// Checks an access token's signature, type, issuer and expiry (not its audience, which is
+    /// this server's or a resource's, nor its revocation state).
     pub async fn verify_access_token(&self, token: &str) -> Option<AccessClaims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         if header.typ.as_deref() != Some("at+jwt") {
@@ -644,12 +747,20 @@ impl TokenService {
         (claims.exp * 1000 > self.clock.now_ms()).then_some(claims)
     }
 
-    /// Whether an access token is valid and neither revoked nor of an ended session: a
-    /// signature check and one storage read.
+    /// Whether an access token for this server's own APIs is valid (its audience is this
+    /// server's: one issued for a resource is not accepted here) and neither revoked nor of an
+    /// ended session: a signature check and one storage read.
     pub async fn active_access_token(
         &self,
         token: &str,
     ) -> Result<Option<AccessClaims>, TokenError> {
+        let claims = self.live_access_token(token).await?;
+        Ok(claims.filter(|c| c.aud == self.policy.audience))
+    }
+
+    /// Whether an access token of any audience is valid and neither revoked nor of an ended
+    /// session.
+    async fn live_access_token(&self, token: &str) -> Result<Option<AccessClaims>, TokenError> {
         let Some(claims) = self.verify_access_token(token).await else {
             return Ok(None);
         };
@@ -668,7 +779,7 @@ impl TokenService {
         let inactive = json!({ "active": false });
         let entitled = |client_id: &str| caller.resource_server || caller.client_id == client_id;
         if looks_like_jwt(token) {
-            let Some(c) = self.active_access_token(token).await? else {
+            let Some(c) = self.live_access_token(token).await? else {
                 return Ok(inactive);
             };
             if !entitled(&c.client_id) {
@@ -686,11 +797,15 @@ impl TokenService {
         let hash = Secret::from_client(token.to_owned()).sha256();
         match self.storage.session_by_refresh(&hash).await? {
             Some((s, true)) if s.is_active(self.clock.now_ms()) && entitled(&s.client_id) => {
-                Ok(json!({
+                let mut answer = json!({
                     "active": true, "token_type": "refresh_token", "scope": s.scope,
                     "client_id": s.client_id, "sub": s.user_id, "exp": s.expires_at / 1000,
                     "iat": s.last_used_at / 1000, "iss": self.policy.issuer, "sid": s.id,
-                }))
+                });
+                if let Some(resource) = s.resource {
+                    answer["aud"] = json!(resource);
+                }
+                Ok(answer)
             }
             _ => Ok(inactive),
         }
@@ -741,6 +856,17 @@ impl TokenService {
         }
         Ok(())
     }
+}
+
+/// An access token to sign: whom and what for.
+struct Access<'a> {
+    subject: &'a str,
+    client: &'a Client,
+    scope: String,
+    session_id: Option<&'a str>,
+    /// Its audience; `None`: this server's.
+    resource: Option<&'a str>,
+    jti: String,
 }
 
 /// The `session.revoked` record of a session that just ended.

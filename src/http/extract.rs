@@ -47,6 +47,10 @@ where
         if pairs.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
             return Err(OAuthError::InvalidRequest("form values must not contain NUL".into()));
         }
+        // RFC 8707 allows several resources in one request; tokens here have one audience.
+        if pairs.iter().filter(|(k, _)| k == "resource").count() > 1 {
+            return Err(OAuthError::InvalidTarget("one resource per request".into()));
+        }
         serde_urlencoded::from_bytes(&body)
             .map(Self)
             .map_err(|e| OAuthError::InvalidRequest(format!("malformed form: {e}")))

@@ -42,6 +42,8 @@ struct TokenForm {
     redirect_uri: Option<String>,
     code_verifier: Option<String>,
     scope: Option<String>,
+    /// The resource (RFC 8707) the access token is for: its `aud`. One per request.
+    resource: Option<String>,
     device_id: Option<String>,
     device_name: Option<String>,
     device_platform: Option<String>,
@@ -133,6 +135,7 @@ async fn token(
     )
     .await?;
     let scope = form.scope.as_deref();
+    let resource = form.resource.as_deref().filter(|r| !r.is_empty());
     let tokens = &state.tokens;
     let tokens_issued = match grant_type.as_str() {
         "password" => {
@@ -146,18 +149,20 @@ async fn token(
                 user_agent: bounded(user_agent.map(str::to_owned), 512),
                 ip,
             };
-            tokens.password_grant(&client, &username, password, scope, device).await?
+            tokens.password_grant(&client, &username, password, scope, resource, device).await?
         }
-        "client_credentials" => tokens.client_credentials_grant(&client, scope).await?,
+        "client_credentials" => tokens.client_credentials_grant(&client, scope, resource).await?,
         "authorization_code" => {
             let code = Secret::from_client(required(form.code, "code")?);
             let verifier = required(form.code_verifier, "code_verifier")?;
             let redirect_uri = form.redirect_uri.as_deref().filter(|u| !u.is_empty());
-            tokens.authorization_code_grant(&client, &code, redirect_uri, &verifier).await?
+            tokens
+                .authorization_code_grant(&client, &code, redirect_uri, &verifier, resource)
+                .await?
         }
         _ => {
             let refresh = Secret::from_client(required(form.refresh_token, "refresh_token")?);
-            tokens.refresh_grant(&client, &refresh, scope, ip.as_deref()).await?
+            tokens.refresh_grant(&client, &refresh, scope, resource, ip.as_deref()).await?
         }
     };
     state.metrics.tokens_issued.with_label_values(&[grant_type.as_str()]).inc();

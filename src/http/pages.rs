@@ -143,6 +143,7 @@ struct RequestFields {
     client_id: String,
     redirect_uri: String,
     scope: String,
+    resource: Option<String>,
     state: Option<String>,
     code_challenge: String,
 }
@@ -153,6 +154,7 @@ impl From<&Authorization> for RequestFields {
             client_id: a.client.client_id.clone(),
             redirect_uri: a.redirect_uri.clone(),
             scope: a.scope.clone(),
+            resource: a.resource.clone(),
             state: a.state.clone(),
             code_challenge: a.code_challenge.clone(),
         }
@@ -176,6 +178,8 @@ struct ConsentPage<'a> {
     client_name: &'a str,
     username: &'a str,
     scopes: Vec<(&'a str, &'static str)>,
+    /// The resource the tokens are for, when the request named one.
+    resource: Option<&'a str>,
     redirect_host: String,
     request: RequestFields,
     csrf: &'a str,
@@ -297,6 +301,7 @@ async fn continue_signed_in(
             client_name: &request.client.name,
             username: &user.username,
             scopes: request.scope.split_whitespace().map(|s| (s, scope_words(s))).collect(),
+            resource: request.resource.as_deref(),
             redirect_host: target.clone().unwrap_or_default(),
             request: RequestFields::from(request),
             csrf: &csrf,
@@ -335,7 +340,7 @@ fn login_page(
 }
 
 #[utoipa::path(get, path = "/auth/authorize", tag = "sign-in", summary = "Authorization endpoint (RFC 6749 §4.1, OAuth 2.1 with PKCE S256): the login page, the consent page, or the redirect back with a code",
-    params(("response_type" = String, Query, description = "`code`"), ("client_id" = String, Query), ("redirect_uri" = Option<String>, Query, description = "Exactly as registered; a loopback URI may use any port"), ("scope" = Option<String>, Query), ("state" = Option<String>, Query), ("code_challenge" = String, Query, description = "BASE64URL(SHA-256(code_verifier))"), ("code_challenge_method" = String, Query, description = "`S256`")),
+    params(("response_type" = String, Query, description = "`code`"), ("client_id" = String, Query), ("redirect_uri" = Option<String>, Query, description = "Exactly as registered; a loopback URI may use any port"), ("scope" = Option<String>, Query), ("state" = Option<String>, Query), ("code_challenge" = String, Query, description = "BASE64URL(SHA-256(code_verifier))"), ("code_challenge_method" = String, Query, description = "`S256`"), ("resource" = Option<String>, Query, description = "The resource (RFC 8707) the tokens are for; registered, without a fragment")),
     responses((status = 200, description = "Login or consent page", content_type = "text/html"), (status = 303, description = "Back to the client with `code` (or `error`), `state` and `iss`"), (status = 400, description = "Unknown client or redirect URI: an error page, never a redirect", content_type = "text/html")))]
 #[tracing::instrument(skip_all)]
 async fn authorize_page(
@@ -392,6 +397,7 @@ struct AuthorizeFields {
     state: Option<String>,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
+    resource: Option<String>,
 }
 
 impl From<AuthorizeFields> for AuthorizeParams {
@@ -404,6 +410,7 @@ impl From<AuthorizeFields> for AuthorizeParams {
             state: f.state,
             code_challenge: f.code_challenge,
             code_challenge_method: f.code_challenge_method,
+            resource: f.resource,
         }
     }
 }

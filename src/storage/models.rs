@@ -64,6 +64,15 @@ pub struct Client {
     /// The client registered itself (RFC 7591) rather than being registered by an operator.
     #[serde(default)]
     pub registered: bool,
+    /// When a registered client was last used (written at most once an hour); unused ones
+    /// expire.
+    #[serde(default)]
+    pub last_used_at: Option<Millis>,
+    /// The client is described by its client ID metadata document, fetched from its id; it is
+    /// never stored.
+    #[serde(skip)]
+    #[sqlx(skip)]
+    pub metadata_document: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -141,6 +150,9 @@ pub struct AuthorizationCode {
     /// The PKCE S256 challenge: base64url of the SHA-256 of the verifier.
     pub code_challenge: String,
     pub scope: String,
+    /// The resource (RFC 8707) the tokens are asked for.
+    #[serde(default)]
+    pub resource: Option<String>,
     pub user_id: String,
     /// The browser's address and user agent, which describe the device of the session the
     /// code opens.
@@ -211,6 +223,10 @@ pub struct Session {
     /// supersedes that pair revokes it.
     #[serde(default)]
     pub access_jti: Option<String>,
+    /// The resource (RFC 8707) the session's access tokens are for, their `aud`; `None`: this
+    /// server's own audience.
+    #[serde(default)]
+    pub resource: Option<String>,
 }
 
 impl Session {
@@ -512,6 +528,7 @@ mod tests {
             revoke_reason: None,
             device_id: None,
             access_jti: None,
+            resource: None,
         }
     }
 

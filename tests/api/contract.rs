@@ -61,6 +61,8 @@ async fn users_and_clients_round_trip_and_conflict(backend: Backend) {
         redirect_uris: String::new(),
         skip_consent: false,
         registered: false,
+        last_used_at: None,
+        metadata_document: false,
     };
     storage.create_client(&client).await.expect("client");
     assert_eq!(storage.client("app").await.expect("get"), Some(client.clone()));
@@ -636,6 +638,8 @@ async fn upgrading_gives_password_clients_the_account_scope(backend: Backend) {
         redirect_uris: String::new(),
         skip_consent: false,
         registered: false,
+        last_used_at: None,
+        metadata_document: false,
     };
     let machine = Client {
         client_id: "machine".into(),

@@ -35,6 +35,7 @@ fn code(user_id: &str, hash: u8, now: i64) -> AuthorizationCode {
         redirect_uri: "http://127.0.0.1/cb".into(),
         code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
         scope: "read".into(),
+        resource: Some("https://mcp.example.com/mcp".into()),
         user_id: user_id.into(),
         ip: None,
         user_agent: Some("agent/1".into()),

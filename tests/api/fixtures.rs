@@ -32,6 +32,7 @@ pub fn session(user_id: &str, now: i64) -> Session {
         revoke_reason: None,
         device_id: None,
         access_jti: None,
+        resource: Some("https://mcp.example.com/mcp".into()),
     }
 }
 

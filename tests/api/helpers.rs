@@ -279,6 +279,8 @@ impl TestApp {
             redirect_uris: String::new(),
             skip_consent: false,
             registered: false,
+            last_used_at: None,
+            metadata_document: false,
         };
         self.storage().create_client(&client).await.expect("create client");
         TestClient { id: client.client_id, secret: secret.map(|s| s.expose().to_owned()) }

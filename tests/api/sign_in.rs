@@ -135,6 +135,9 @@ pub fn form_fields<'a>(page: &Page, more: &[(&'a str, &'a str)]) -> Vec<(String,
     .iter()
     .map(|name| (name.to_string(), unescape(&page.hidden(name))))
     .collect();
+    if page.html.contains("name=\"resource\"") {
+        fields.push(("resource".into(), unescape(&page.hidden("resource"))));
+    }
     fields.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     fields
 }
@@ -175,6 +178,8 @@ pub async fn browser_client(app: &TestApp, redirect_uris: &str, skip_consent: bo
         redirect_uris: redirect_uris.into(),
         skip_consent,
         registered: false,
+        last_used_at: None,
+        metadata_document: false,
     };
     app.storage().create_client(&client).await.expect("client");
     TestClient { id: client.client_id, secret: None }

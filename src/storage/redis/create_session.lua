@@ -3,7 +3,7 @@
 -- ARGV: 1 key prefix, 2 max sessions, 3 now, 4 refresh hash, 5 device named by client (1/0),
 -- 6 new device id, 7 fingerprint, 8 device name, 9 platform, 10 user agent, 11 ip,
 -- 12 session id, 13 user id, 14 client id, 15 scope, 16 last used, 17 idle expiry,
--- 18 absolute expiry, 19 session ip, 20 session user agent, 21 access token id.
+-- 18 absolute expiry, 19 session ip, 20 session user agent, 21 access token id, 22 resource.
 -- '' means absent.
 local P = ARGV[1]
 local now = tonumber(ARGV[3])
@@ -62,6 +62,7 @@ redis.call('HSET', skey, 'id', sid, 'user_id', uid, 'client_id', ARGV[14], 'scop
 set_present(skey, 'ip', ARGV[19])
 set_present(skey, 'user_agent', ARGV[20])
 set_present(skey, 'access_jti', ARGV[21])
+set_present(skey, 'resource', ARGV[22])
 redis.call('PEXPIREAT', skey, ARGV[18])
 redis.call('SET', P .. 'rt:' .. ARGV[4], sid, 'PXAT', ARGV[18])
 redis.call('ZADD', ukey, ARGV[16], sid)

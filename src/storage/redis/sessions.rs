@@ -25,6 +25,7 @@ pub(super) fn session_from_map(map: &Fields) -> StorageResult<Session> {
         revoke_reason: optional(map, "revoke_reason"),
         device_id: optional(map, "device_id"),
         access_jti: optional(map, "access_jti"),
+        resource: optional(map, "resource"),
     })
 }
 
@@ -132,6 +133,7 @@ impl SessionStore for RedisStorage {
             .arg(or_empty(s.ip.as_deref()))
             .arg(or_empty(s.user_agent.as_deref()))
             .arg(or_empty(s.access_jti.as_deref()))
+            .arg(or_empty(s.resource.as_deref()))
             .invoke_async(&mut self.conn())
             .await?;
         if status != "ok" {

@@ -30,6 +30,7 @@ fn code_from_map(hash: &[u8], map: &Fields) -> StorageResult<AuthorizationCode> 
         redirect_uri: field(map, "redirect_uri")?,
         code_challenge: field(map, "code_challenge")?,
         scope: map.get("scope").cloned().unwrap_or_default(),
+        resource: optional(map, "resource"),
         user_id: field(map, "user_id")?,
         ip: optional(map, "ip"),
         user_agent: optional(map, "user_agent"),
@@ -149,7 +150,11 @@ impl SignInStore for RedisStorage {
             ("created_at", c.created_at.to_string()),
             ("expires_at", c.expires_at.to_string()),
         ];
-        for (name, value) in present_fields(&[("ip", &c.ip), ("user_agent", &c.user_agent)]) {
+        for (name, value) in present_fields(&[
+            ("ip", &c.ip),
+            ("user_agent", &c.user_agent),
+            ("resource", &c.resource),
+        ]) {
             fields.push((name, value.to_owned()));
         }
         let _: () = ::redis::pipe()

@@ -90,7 +90,7 @@ impl<D: Dialect> BulkImport for SqlStorage<D> {
             statement.build().run(&mut tx).await.map_err(unique("device"))?;
             let mut statement = insert(
                 "INSERT INTO sessions (id, user_id, client_id, scope, created_at, last_used_at, \
-                 idle_expires_at, expires_at, ip, user_agent, current_hash, device_id) ",
+                 idle_expires_at, expires_at, ip, user_agent, current_hash, device_id, resource) ",
                 chunk,
                 |row, i| {
                     let s = &i.session;
@@ -105,7 +105,8 @@ impl<D: Dialect> BulkImport for SqlStorage<D> {
                         .arg(&s.ip)
                         .arg(&s.user_agent)
                         .arg(&i.refresh_hash)
-                        .arg(&i.device.id);
+                        .arg(&i.device.id)
+                        .arg(&s.resource);
                 },
             );
             statement.build().run(&mut tx).await.map_err(unique("session"))?;

@@ -174,8 +174,9 @@ impl<D: Dialect> SessionStore for SqlStorage<D> {
         }
         let session: Session = sqlx::query(
             "INSERT INTO sessions (id, user_id, client_id, scope, created_at, last_used_at, \
-             idle_expires_at, expires_at, ip, user_agent, current_hash, device_id, access_jti) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING *",
+             idle_expires_at, expires_at, ip, user_agent, current_hash, device_id, access_jti, \
+             resource) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             RETURNING *",
         )
         .arg(&s.id)
         .arg(&s.user_id)
@@ -190,6 +191,7 @@ impl<D: Dialect> SessionStore for SqlStorage<D> {
         .arg(login.refresh_hash)
         .arg(&device.id)
         .arg(&s.access_jti)
+        .arg(&s.resource)
         .one(&mut tx)
         .await
         .map_err(unique("session"))?;

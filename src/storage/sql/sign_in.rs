@@ -95,8 +95,8 @@ impl<D: Dialect> SignInStore for SqlStorage<D> {
     async fn create_code(&self, c: &AuthorizationCode) -> StorageResult<()> {
         sqlx::query(
             "INSERT INTO authorization_codes (hash, client_id, redirect_uri, code_challenge, \
-             scope, user_id, ip, user_agent, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             scope, user_id, ip, user_agent, created_at, expires_at, resource) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .arg(&c.hash)
         .arg(&c.client_id)
@@ -108,6 +108,7 @@ impl<D: Dialect> SignInStore for SqlStorage<D> {
         .arg(&c.user_agent)
         .arg(c.created_at)
         .arg(c.expires_at)
+        .arg(&c.resource)
         .run(self.writer())
         .await?;
         Ok(())

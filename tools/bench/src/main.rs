@@ -285,6 +285,7 @@ fn new_session(user_id: &str, client_id: &str, now: i64) -> (Session, Device) {
         revoke_reason: None,
         device_id: None,
         access_jti: None,
+        resource: None,
     };
     let device = Device {
         id: Uuid::now_v7().to_string(),
@@ -419,6 +420,8 @@ async fn seed(
         redirect_uris: String::new(),
         skip_consent: false,
         registered: false,
+        last_used_at: None,
+        metadata_document: false,
     };
     storage.create_client(&client).await?;
     let password_hash = hash_password(PASSWORD.into()).await?;
@@ -494,6 +497,8 @@ async fn seed_browsers(
         redirect_uris: REDIRECT_URI.into(),
         skip_consent: false,
         registered: false,
+        last_used_at: None,
+        metadata_document: false,
     };
     storage.create_client(&client).await?;
     let now = SystemClock.now_ms();
