@@ -136,8 +136,7 @@ pub fn read_metadata(
     for uri in &redirect_uris {
         suits(uri, native).map_err(RegistrationError::InvalidRedirectUri)?;
     }
-    let scope =
-        text(metadata, "scope")?.map(|s| s.split_whitespace().map(str::to_owned).collect());
+    let scope = text(metadata, "scope")?.map(|s| s.split_whitespace().map(str::to_owned).collect());
     let name = text(metadata, "client_name")?.map(str::trim).filter(|n| !n.is_empty());
     if name.is_some_and(|n| n.chars().count() > 200 || n.contains('\0')) {
         return Err(invalid("client_name has at most 200 characters"));

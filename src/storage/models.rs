@@ -170,7 +170,7 @@ pub const CODE_KEPT_MS: Millis = 3_600_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeTaken {
     /// The code, taken now for the first time.
-    First(AuthorizationCode),
+    First(Box<AuthorizationCode>),
     /// The code was taken before; it is now marked replayed. The session its first exchange
     /// opened, if that exchange got so far.
     Again { session_id: Option<String> },

@@ -101,7 +101,10 @@ async fn a_code_is_taken_once_and_a_replay_finds_its_session(backend: Backend) {
     let now = SystemClock.now_ms();
     let stored = code(&alice, 7, now);
     storage.create_code(&stored).await.expect("create");
-    assert_eq!(storage.take_code(&[7; 32], now).await.expect("take"), CodeTaken::First(stored));
+    assert_eq!(
+        storage.take_code(&[7; 32], now).await.expect("take"),
+        CodeTaken::First(Box::new(stored))
+    );
     assert!(storage.bind_code_session(&[7; 32], "session-1").await.expect("bind"));
     assert_eq!(
         storage.take_code(&[7; 32], now).await.expect("again"),

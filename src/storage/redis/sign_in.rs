@@ -178,7 +178,7 @@ impl SignInStore for RedisStorage {
             .await?;
         Ok(match list.split_first() {
             Some((status, fields)) if status == "first" => {
-                CodeTaken::First(code_from_map(hash, &pairs(fields))?)
+                CodeTaken::First(Box::new(code_from_map(hash, &pairs(fields))?))
             }
             Some((status, rest)) if status == "again" => {
                 CodeTaken::Again { session_id: rest.first().filter(|id| !id.is_empty()).cloned() }

@@ -124,7 +124,7 @@ impl<D: Dialect> SignInStore for SqlStorage<D> {
         .optional(self.writer())
         .await?;
         if let Some(code) = taken {
-            return Ok(CodeTaken::First(code));
+            return Ok(CodeTaken::First(Box::new(code)));
         }
         let again: Option<(Option<String>,)> = sqlx::query(
             "UPDATE authorization_codes SET replayed = TRUE WHERE hash = $1 RETURNING session_id",
