@@ -133,6 +133,9 @@ pub struct ServerConfig {
     /// the files are read again when they change.
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// PEM certificates of further root authorities trusted by outbound requests (webhook
+    /// deliveries, client metadata documents), e.g. a company's own CA.
+    pub outbound_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -151,6 +154,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             tls_cert: None,
             tls_key: None,
+            outbound_ca_file: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::domain::client_documents::DocumentError;
 use crate::domain::ratelimit::Verdict;
 use crate::storage::StorageError;
 
@@ -158,6 +159,13 @@ impl From<crate::domain::tokens::TokenError> for OAuthError {
             TokenError::UnauthorizedClient(why) => Self::UnauthorizedClient(why),
             TokenError::InvalidScope(why) => Self::InvalidScope(why),
             TokenError::InvalidTarget(why) => Self::InvalidTarget(why),
+            TokenError::ClientDocument(DocumentError::Storage(e)) => {
+                Self::Internal(anyhow::anyhow!("storage: {e}"))
+            }
+            TokenError::ClientDocument(e) => {
+                tracing::info!(error = %e, "client metadata document refused");
+                Self::InvalidClient
+            }
             TokenError::Overloaded(_) => Self::Overloaded,
             TokenError::Storage(e) => Self::Storage(e),
             TokenError::Internal(e) => Self::Internal(e),

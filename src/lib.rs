@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use crate::clock::{Clock, Millis, SystemClock};
 use crate::config::Config;
 use crate::domain::audit::Audit;
+use crate::domain::client_documents::{ClientDocuments, DocumentPolicy};
 use crate::domain::keys::KeyManager;
 use crate::domain::ratelimit::{RateLimits, Rule};
 use crate::domain::sessions::{PurgeSettings, SessionService};
@@ -160,10 +161,15 @@ impl App {
             ended_retention_ms: millis(config.sessions.ended_retention),
             reuse_window_ms: policy.reuse_window_ms,
             audit_retention_ms: millis(config.audit.retention),
+            unused_client_ms: millis(config.registration.unused_client_ttl),
             batch: config.purge.batch,
         };
-        let webhooks =
-            Arc::new(Webhooks::new(storage.clone(), config.webhooks.clone(), metrics.clone())?);
+        let webhooks = Arc::new(Webhooks::new(
+            storage.clone(),
+            config.webhooks.clone(),
+            metrics.clone(),
+            config.server.outbound_ca_file.as_deref(),
+        )?);
         let audit = Arc::new(Audit::start(
             storage.clone(),
             clock.clone(),
@@ -175,14 +181,29 @@ impl App {
         for record in configured {
             audit.record(record).await?;
         }
-        let tokens = Arc::new(TokenService::new(
+        let mut tokens = TokenService::new(
             storage.clone(),
             keys.clone(),
             clock.clone(),
             policy,
             audit.clone(),
             metrics.clone(),
-        ));
+        );
+        let registration = &config.registration;
+        if registration.metadata_documents {
+            let policy = DocumentPolicy {
+                cache_min: registration.metadata_cache_min,
+                cache_max: registration.metadata_cache_max,
+                allow_private: registration.metadata_allow_private,
+                ca_file: config.server.outbound_ca_file.clone(),
+            };
+            tokens = tokens.with_documents(ClientDocuments::new(
+                policy,
+                storage.clone(),
+                metrics.clone(),
+            )?);
+        }
+        let tokens = Arc::new(tokens);
         let sign_in = SignIn::new(
             storage.clone(),
             clock.clone(),

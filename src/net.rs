@@ -179,12 +179,13 @@ pub async fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, U
 
 /// An HTTP client for outbound requests to URLs that outsiders choose: no redirects (one
 /// could lead anywhere), no proxy from the environment, and, unless `allow_private`, a
-/// resolver that connects only to public addresses.
+/// resolver that connects only to public addresses. `ca_file` adds trusted roots (PEM).
 pub fn outbound_client(
     timeout: Duration,
     user_agent: &str,
     allow_private: bool,
-) -> reqwest::Result<reqwest::Client> {
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
@@ -194,7 +195,14 @@ pub fn outbound_client(
     if !allow_private {
         builder = builder.dns_resolver(Arc::new(PublicOnly));
     }
-    builder.build()
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("outbound CA file {}: {e}", path.display()))?;
+        for root in reqwest::Certificate::from_pem_bundle(&pem)? {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 #[cfg(test)]
@@ -283,7 +291,7 @@ mod tests {
         let accepted = tokio::spawn(async move {
             tokio::time::timeout(Duration::from_millis(1500), listener.accept()).await.is_ok()
         });
-        let client = outbound_client(Duration::from_secs(1), "test", false).expect("client");
+        let client = outbound_client(Duration::from_secs(1), "test", false, None).expect("client");
         let sent = client.get(format!("http://localhost:{port}/")).send().await;
         assert!(sent.is_err(), "the guarded client must refuse a loopback address");
         assert!(!accepted.await.expect("join"), "no connection may reach the listener");

@@ -296,15 +296,7 @@ impl Accounts {
     /// The scopes of the registered resources, each once: what the metadata lists as
     /// supported, and what a registering client may ask for.
     pub async fn scopes_supported(&self) -> Result<Vec<String>, AccountError> {
-        let mut scopes: Vec<String> = Vec::new();
-        for resource in self.storage.resources().await? {
-            for scope in resource.scopes.split_whitespace() {
-                if !scopes.iter().any(|s| s == scope) {
-                    scopes.push(scope.to_owned());
-                }
-            }
-        }
-        Ok(scopes)
+        Ok(super::resources::scopes_supported(self.storage.as_ref()).await?)
     }
 
     /// Registers a client from its own metadata (RFC 7591); returns the answer's JSON.
@@ -399,6 +391,7 @@ pub fn client_json(client: &Client, secret: Option<&Secret>) -> serde_json::Valu
         "redirect_uris": client.redirect_uri_list().collect::<Vec<_>>(),
         "skip_consent": client.skip_consent,
         "registered": client.registered,
+        "last_used_at": client.last_used_at.map(crate::clock::rfc3339),
         "created_by": client.created_by,
     })
 }

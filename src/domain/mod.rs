@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod client_documents;
 pub mod devices;
 pub mod keys;
 pub mod ratelimit;

@@ -59,6 +59,19 @@ pub async fn register_configured(
     Ok(created)
 }
 
+/// The scopes of the registered resources, each once: what clients may ask for.
+pub async fn scopes_supported(storage: &dyn Storage) -> crate::storage::StorageResult<Vec<String>> {
+    let mut scopes: Vec<String> = Vec::new();
+    for resource in storage.resources().await? {
+        for scope in resource.scopes.split_whitespace() {
+            if !scopes.iter().any(|s| s == scope) {
+                scopes.push(scope.to_owned());
+            }
+        }
+    }
+    Ok(scopes)
+}
+
 /// Registers a resource; returns it and its `resource.created` record.
 pub async fn create_resource(
     storage: &dyn Storage,

@@ -72,6 +72,8 @@ pub struct PurgeSettings {
     pub reuse_window_ms: Millis,
     /// Audit records and finished webhook deliveries are kept this long.
     pub audit_retention_ms: Millis,
+    /// Registered clients unused this long are deleted (0: never).
+    pub unused_client_ms: Millis,
     pub batch: u32,
 }
 
@@ -232,7 +234,20 @@ impl SessionService {
             audit_before: now - self.purge.audit_retention_ms,
             batch: self.purge.batch,
         };
-        let report = self.storage.purge(&policy).await?;
+        let mut report = self.storage.purge(&policy).await?;
+        if self.purge.unused_client_ms > 0 {
+            let cutoff = now - self.purge.unused_client_ms;
+            let batch = i64::from(self.purge.batch);
+            let expired = self.storage.purge_unused_clients(cutoff, batch).await?;
+            report.clients = expired.len() as u64;
+            for client_id in &expired {
+                let deleted = entry(events::CLIENT_DELETED)
+                    .actor("system")
+                    .client(client_id)
+                    .detail("reason", "unused");
+                self.audit.record(deleted).await?;
+            }
+        }
         for s in &report.expired {
             let expired = entry(events::SESSION_EXPIRED)
                 .actor("system")

@@ -57,6 +57,9 @@ pub enum AuthorizeError {
     /// anywhere (RFC 6749 §4.1.2.1), so the endpoint cannot be an open redirector.
     #[error("{0}")]
     Page(&'static str),
+    /// The client's metadata document is not usable: shown to the user, as `Page`.
+    #[error("{0}")]
+    Document(String),
     /// After: sent back to the client's redirect URI.
     #[error("{error}: {description}")]
     Redirect { to: Box<Redirect>, error: &'static str, description: String },
@@ -134,7 +137,12 @@ impl SignIn {
     pub async fn check(&self, p: &AuthorizeParams) -> Result<Authorization, AuthorizeError> {
         let client_id = p.client_id.as_deref().filter(|id| !id.is_empty());
         let client_id = client_id.ok_or(AuthorizeError::Page("the request names no client"))?;
-        let client = self.tokens.find_client(client_id).await?;
+        let client = match self.tokens.find_client(client_id).await {
+            Err(TokenError::ClientDocument(e)) => {
+                return Err(AuthorizeError::Document(e.to_string()));
+            }
+            found => found?,
+        };
         let client = client
             .filter(|c| !c.disabled)
             .ok_or(AuthorizeError::Page("the client is not registered, or is disabled"))?;

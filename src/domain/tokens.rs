@@ -10,6 +10,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::audit::{Audit, Entry, entry, events};
+use super::client_documents::ClientDocuments;
 use super::devices::{self, DeviceHints};
 use super::keys::{KeyManager, b64};
 use super::secrets::{Secret, VerifyGate, verify_password};
@@ -36,6 +37,9 @@ pub enum TokenError {
     /// The requested resource (RFC 8707) is unknown, malformed or not for this client.
     #[error("{0}")]
     InvalidTarget(String),
+    /// The client id is a metadata document URL whose document is not usable.
+    #[error(transparent)]
+    ClientDocument(#[from] super::client_documents::DocumentError),
     /// Password hashing is saturated: retry later.
     #[error(transparent)]
     Overloaded(#[from] super::secrets::Overloaded),
@@ -118,6 +122,8 @@ pub struct TokenService {
     audit: Arc<Audit>,
     metrics: Arc<Metrics>,
     verifying: VerifyGate,
+    /// Client ID metadata documents, when they are accepted.
+    documents: Option<ClientDocuments>,
 }
 
 /// Password verifications of one account that may run at once in one process.
@@ -130,6 +136,10 @@ const ADMISSION_PAUSE: std::time::Duration = std::time::Duration::from_millis(50
 
 /// The longest client id the token endpoints look up.
 const MAX_CLIENT_ID_LEN: usize = 200;
+
+/// A registered client's last use is written at most this often: its expiry is counted in
+/// days, and a write per request would cost the token paths a storage operation.
+const CLIENT_USE_EVERY_MS: Millis = 3600 * 1000;
 
 /// What the lockout counts an attempt under: the account name as given (so an unknown one
 /// costs the same as a known one) with the client address, so nobody can keep an account
@@ -173,7 +183,29 @@ impl TokenService {
             )
             .build();
         let verifying = VerifyGate::new(VERIFICATIONS_PER_ACCOUNT);
-        Self { storage, keys, clock, policy, validations, clients, audit, metrics, verifying }
+        Self {
+            storage,
+            keys,
+            clock,
+            policy,
+            validations,
+            clients,
+            audit,
+            metrics,
+            verifying,
+            documents: None,
+        }
+    }
+
+    /// Accepts client ID metadata documents.
+    pub fn with_documents(mut self, documents: ClientDocuments) -> Self {
+        self.documents = Some(documents);
+        self
+    }
+
+    /// Whether client ID metadata documents are accepted.
+    pub fn accepts_documents(&self) -> bool {
+        self.documents.is_some()
     }
 
     pub fn policy(&self) -> &TokenPolicy {
@@ -186,9 +218,14 @@ impl TokenService {
         self.clients.invalidate(client_id).await;
     }
 
-    /// A registered client. Found clients are cached for a short while so the token hot
-    /// paths stay at one storage operation; unknown ids are always looked up.
+    /// A client: registered, or described by the metadata document its id names. Found
+    /// clients are cached for a short while so the token hot paths stay at one storage
+    /// operation; unknown ids are always looked up. A registered client's use is noted (at
+    /// most once an hour) when it is read from storage.
     pub async fn find_client(&self, client_id: &str) -> Result<Option<Client>, TokenError> {
+        if let Some(documents) = self.documents.as_ref().filter(|d| d.is_document_url(client_id)) {
+            return Ok(Some(documents.client(client_id, self.clock.now_ms()).await?));
+        }
         if client_id.len() > MAX_CLIENT_ID_LEN {
             return Ok(None);
         }
@@ -197,8 +234,15 @@ impl TokenService {
             return Ok(Some(client));
         }
         self.metrics.cache("clients", false);
-        let client = self.storage.client(client_id).await?;
-        if let Some(client) = &client {
+        let mut client = self.storage.client(client_id).await?;
+        if let Some(client) = &mut client {
+            let now = self.clock.now_ms();
+            if client.registered
+                && client.last_used_at.is_none_or(|at| at + CLIENT_USE_EVERY_MS <= now)
+            {
+                self.storage.touch_client(client_id, now).await?;
+                client.last_used_at = Some(now);
+            }
             self.clients.insert(client_id.to_owned(), client.clone()).await;
         }
         Ok(client)

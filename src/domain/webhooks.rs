@@ -74,11 +74,13 @@ impl Webhooks {
         storage: Arc<dyn Storage>,
         settings: WebhookConfig,
         metrics: Arc<Metrics>,
+        ca_file: Option<&std::path::Path>,
     ) -> anyhow::Result<Self> {
         let http = crate::net::outbound_client(
             settings.timeout,
             concat!("atoms-auth-webhooks/", env!("CARGO_PKG_VERSION")),
             settings.allow_private_targets,
+            ca_file,
         )?;
         Ok(Self { storage, settings, http, metrics })
     }

@@ -176,6 +176,9 @@ struct LoginPage<'a> {
 #[template(path = "consent.html")]
 struct ConsentPage<'a> {
     client_name: &'a str,
+    /// For a client known only by its metadata document: the host that published it, since
+    /// nobody checked the name it gives itself.
+    unverified_host: Option<String>,
     username: &'a str,
     scopes: Vec<(&'a str, &'static str)>,
     /// The resource the tokens are for, when the request named one.
@@ -264,6 +267,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 fn refused(state: &AppState, e: AuthorizeError) -> Response {
     match e {
         AuthorizeError::Page(message) => error_page(StatusCode::BAD_REQUEST, message),
+        AuthorizeError::Document(message) => error_page(StatusCode::BAD_REQUEST, &message),
         AuthorizeError::Redirect { to, error, description } => {
             redirect(state, &to, &[("error", error), ("error_description", &description)])
         }
@@ -299,6 +303,12 @@ async fn continue_signed_in(
         let target = origin_of(&request.redirect_uri);
         let consent = ConsentPage {
             client_name: &request.client.name,
+            unverified_host: request
+                .client
+                .metadata_document
+                .then(|| url::Url::parse(&request.client.client_id).ok())
+                .flatten()
+                .and_then(|u| u.host_str().map(str::to_owned)),
             username: &user.username,
             scopes: request.scope.split_whitespace().map(|s| (s, scope_words(s))).collect(),
             resource: request.resource.as_deref(),

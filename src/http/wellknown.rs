@@ -46,6 +46,7 @@ async fn metadata(State(state): State<AppState>) -> Result<Json<serde_json::Valu
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "access_token_signing_alg_values_supported": algs,
         "scopes_supported": scopes,
+        "client_id_metadata_document_supported": state.tokens.accepts_documents(),
     });
     if registration {
         metadata["registration_endpoint"] = json!(format!("{issuer}/auth/register"));

@@ -51,6 +51,8 @@ timed! {
         fn clients(&self) -> Vec<Client>;
         fn update_client(&self, client: &Client) -> bool;
         fn delete_client(&self, client_id: &str) -> bool;
+        fn touch_client(&self, client_id: &str, at: Millis) -> ();
+        fn purge_unused_clients(&self, cutoff: Millis, limit: i64) -> Vec<String>;
     }
     KeyStore {
         fn signing_keys(&self, now: Millis) -> Vec<StoredKey>;

@@ -74,6 +74,11 @@ pub trait ClientStore {
     async fn update_client(&self, client: &Client) -> StorageResult<bool>;
     /// Deletes a client; false when there was none. Its sessions stay until they end.
     async fn delete_client(&self, client_id: &str) -> StorageResult<bool>;
+    /// Notes that a registered client was used at `at`.
+    async fn touch_client(&self, client_id: &str, at: Millis) -> StorageResult<()>;
+    /// Deletes up to `limit` registered clients last used (or, never used, registered)
+    /// before `cutoff`; returns their ids.
+    async fn purge_unused_clients(&self, cutoff: Millis, limit: i64) -> StorageResult<Vec<String>>;
 }
 
 /// Signing keys. The active key is the newest one not retired.

@@ -310,6 +310,8 @@ pub struct PurgeReport {
     pub webhook_deliveries: u64,
     /// Timed-out browser sessions and forgotten authorization codes.
     pub sign_ins: u64,
+    /// Registered clients unused for too long.
+    pub clients: u64,
     /// The deleted sessions that ended by a timeout rather than a revocation.
     #[serde(skip)]
     pub expired: Vec<Session>,
@@ -317,7 +319,7 @@ pub struct PurgeReport {
 
 impl PurgeReport {
     /// The count of each kind.
-    fn counts(&self) -> [u64; 6] {
+    fn counts(&self) -> [u64; 7] {
         [
             self.sessions,
             self.refresh_tokens,
@@ -325,6 +327,7 @@ impl PurgeReport {
             self.audit_events,
             self.webhook_deliveries,
             self.sign_ins,
+            self.clients,
         ]
     }
 
@@ -340,6 +343,7 @@ impl PurgeReport {
         self.audit_events += other.audit_events;
         self.webhook_deliveries += other.webhook_deliveries;
         self.sign_ins += other.sign_ins;
+        self.clients += other.clients;
         self.expired.extend(other.expired);
     }
 

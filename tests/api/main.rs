@@ -7,6 +7,7 @@ mod cli;
 mod contract;
 mod contract_sessions;
 mod contract_sign_in;
+mod documents;
 mod fixtures;
 mod helpers;
 mod oauth;

@@ -177,7 +177,51 @@ async fn registration_is_rate_limited_per_address(backend: Backend) {
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "{statuses:?}");
 }
 
+async fn registered_clients_unused_for_long_expire(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.registration.policy = RegistrationPolicy::Open;
+        c.registration.unused_client_ttl = std::time::Duration::from_secs(24 * 3600);
+    })
+    .await;
+    let body = r#"{"redirect_uris":["http://127.0.0.1/cb"],"token_endpoint_auth_method":"none"}"#;
+    let used = post(&app, body, None).await.str("client_id");
+    let unused = post(&app, body, None).await.str("client_id");
+    let operators = app.create_client("client_credentials", "read", false).await;
+
+    // Half a day later one of them starts a sign-in.
+    app.clock.advance_secs(12 * 3600);
+    let mut browser = Browser::new(&app);
+    let page = browser.get(&authorize_query(&used, "http://127.0.0.1/cb", &[("scope", "")])).await;
+    assert_eq!(page.status, 200, "{}", page.html);
+
+    // A day and an hour after registration: only the unused one is past the limit.
+    app.clock.advance_secs(13 * 3600);
+    let report = app.state.sessions.purge().await.expect("purge");
+    assert_eq!(report.clients, 1);
+    let token = app.admin_token().await;
+    let listed = app.bearer("GET", "/admin/clients?registered=true", &token, None).await;
+    let ids: Vec<&str> = listed.body["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .filter_map(|c| c["client_id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![used.as_str()], "{}", listed.body);
+    let last_used = listed.body["clients"][0]["last_used_at"].as_str().unwrap_or_default();
+    assert!(!last_used.is_empty(), "the last use is shown: {}", listed.body);
+    let path = format!("/admin/clients/{}", operators.id);
+    assert_eq!(app.bearer("GET", &path, &token, None).await.status, 200, "operators' stay");
+    app.state.audit.flush().await;
+    let audit = app.bearer("GET", "/admin/audit?event=client.deleted", &token, None).await;
+    let events = audit.body["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1, "{}", audit.body);
+    assert_eq!(events[0]["client_id"], unused.as_str());
+    assert_eq!(events[0]["actor"], "system");
+    assert_eq!(events[0]["details"]["reason"], "unused");
+}
+
 backend_tests!(
+    registered_clients_unused_for_long_expire,
     registration_is_off_unless_configured,
     a_native_client_registers_and_signs_a_user_in,
     bad_metadata_is_refused_with_its_error,

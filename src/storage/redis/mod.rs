@@ -209,6 +209,10 @@ impl ClientStore for RedisStorage {
         if !self.put_client(client, "NX").await? {
             return Err(StorageError::Conflict("client"));
         }
+        if client.registered {
+            let used = client.last_used_at.unwrap_or(client.created_at);
+            let _: () = self.conn().zadd(self.unused_clients(), &client.client_id, used).await?;
+        }
         Ok(())
     }
 
@@ -221,7 +225,22 @@ impl ClientStore for RedisStorage {
     async fn clients(&self) -> StorageResult<Vec<Client>> {
         let mut keys = self.scan(&format!("{}client:*", self.script_prefix())).await?;
         keys.sort();
-        self.get_jsons(&keys).await
+        let mut clients: Vec<Client> = self.get_jsons(&keys).await?;
+        // A registered client's last use is kept in the index only.
+        let registered: Vec<&str> =
+            clients.iter().filter(|c| c.registered).map(|c| c.client_id.as_str()).collect();
+        if !registered.is_empty() {
+            let used: Vec<Option<f64>> = ::redis::cmd("ZMSCORE")
+                .arg(self.unused_clients())
+                .arg(&registered)
+                .query_async(&mut self.conn())
+                .await?;
+            let mut used = used.into_iter();
+            for client in clients.iter_mut().filter(|c| c.registered) {
+                client.last_used_at = used.next().flatten().map(|at| at as Millis);
+            }
+        }
+        Ok(clients)
     }
 
     async fn update_client(&self, client: &Client) -> StorageResult<bool> {
@@ -230,11 +249,46 @@ impl ClientStore for RedisStorage {
 
     async fn delete_client(&self, client_id: &str) -> StorageResult<bool> {
         let deleted: u64 = self.conn().del(self.key("client", client_id)).await?;
+        let _: () = self.conn().zrem(self.unused_clients(), client_id).await?;
         Ok(deleted > 0)
+    }
+
+    async fn touch_client(&self, client_id: &str, at: Millis) -> StorageResult<()> {
+        // XX: only a registered client is in the index.
+        let _: () = ::redis::cmd("ZADD")
+            .arg(self.unused_clients())
+            .arg("XX")
+            .arg(at)
+            .arg(client_id)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_unused_clients(&self, cutoff: Millis, limit: i64) -> StorageResult<Vec<String>> {
+        let index = self.unused_clients();
+        let ids: Vec<String> = self
+            .conn()
+            .zrangebyscore_limit(&index, "-inf", format!("({cutoff}"), 0, limit as isize)
+            .await?;
+        for id in &ids {
+            let _: () = ::redis::pipe()
+                .atomic()
+                .del(self.key("client", id))
+                .zrem(&index, id)
+                .query_async(&mut self.conn())
+                .await?;
+        }
+        Ok(ids)
     }
 }
 
 impl RedisStorage {
+    /// The registered clients by last use (or registration), for their expiry.
+    fn unused_clients(&self) -> String {
+        self.key("clients", "registered_by_use")
+    }
+
     /// Stores a client as JSON: `NX` creates, `XX` replaces. False when the condition failed.
     async fn put_client(&self, client: &Client, condition: &str) -> StorageResult<bool> {
         let json =

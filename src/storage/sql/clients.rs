@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 use super::{Dialect, SqlStorage, Statement, unique};
+use crate::clock::Millis;
 use crate::storage::{Client, ClientStore, StorageResult};
 
 #[async_trait]
@@ -63,5 +64,27 @@ impl<D: Dialect> ClientStore for SqlStorage<D> {
             .run(self.writer())
             .await?;
         Ok(deleted > 0)
+    }
+
+    async fn touch_client(&self, client_id: &str, at: Millis) -> StorageResult<()> {
+        sqlx::query("UPDATE clients SET last_used_at = $1 WHERE client_id = $2")
+            .arg(at)
+            .arg(client_id)
+            .run(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_unused_clients(&self, cutoff: Millis, limit: i64) -> StorageResult<Vec<String>> {
+        let ids: Vec<(String,)> = sqlx::query(
+            "DELETE FROM clients WHERE client_id IN (SELECT client_id FROM clients \
+             WHERE registered AND COALESCE(last_used_at, created_at) < $1 LIMIT $2) \
+             RETURNING client_id",
+        )
+        .arg(cutoff)
+        .arg(limit)
+        .all(self.writer())
+        .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 }

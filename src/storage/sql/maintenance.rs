@@ -69,6 +69,7 @@ impl<D: Dialect> Maintenance for SqlStorage<D> {
             audit_events,
             webhook_deliveries,
             sign_ins: browser_sessions + codes,
+            clients: 0,
             expired: deleted.into_iter().filter(|s| s.revoked_at.is_none()).collect(),
         })
     }
