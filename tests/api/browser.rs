@@ -20,13 +20,13 @@ use crate::sign_in::{
 };
 
 /// A chromedriver on a free port, stopped on drop.
-struct Driver {
+pub struct Driver {
     child: tokio::process::Child,
     url: String,
 }
 
 impl Driver {
-    async fn start() -> Option<Self> {
+    pub async fn start() -> Option<Self> {
         let found = |name: &str| {
             std::env::var_os("PATH").and_then(|paths| {
                 std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file())
@@ -61,7 +61,7 @@ impl Driver {
         panic!("chromedriver did not start");
     }
 
-    async fn browser(&self) -> Browser {
+    pub async fn browser(&self) -> Browser {
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".into(),
@@ -98,18 +98,18 @@ async fn screenshot(browser: &Browser, name: &str) {
     std::fs::write(screenshots().join(format!("{name}.png")), png).expect("write screenshot");
 }
 
-async fn fill(browser: &Browser, selector: &str, text: &str) {
+pub async fn fill(browser: &Browser, selector: &str, text: &str) {
     let field = browser.find(Locator::Css(selector)).await.expect(selector);
     field.clear().await.expect("clear");
     field.send_keys(text).await.expect("type");
 }
 
-async fn click(browser: &Browser, selector: &str) {
+pub async fn click(browser: &Browser, selector: &str) {
     browser.find(Locator::Css(selector)).await.expect(selector).click().await.expect("click");
 }
 
 /// Waits until the browser is at a URL starting with `prefix`; returns it.
-async fn reached(browser: &Browser, prefix: &str) -> url::Url {
+pub async fn reached(browser: &Browser, prefix: &str) -> url::Url {
     for _ in 0..100 {
         let url = browser.current_url().await.expect("url");
         if url.as_str().starts_with(prefix) {
@@ -121,7 +121,7 @@ async fn reached(browser: &Browser, prefix: &str) -> url::Url {
 }
 
 /// A page the client's redirect URI shows, so the browser lands on something real.
-async fn callback_server() -> String {
+pub async fn callback_server() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
     let app = axum::Router::new().route(

@@ -70,6 +70,44 @@ impl DocumentHost {
         Self { base, shelf, server }
     }
 
+    /// The same host over HTTPS, with a self-signed certificate for 127.0.0.1; returns the
+    /// host and the certificate's PEM (to trust it).
+    pub async fn start_tls() -> (Self, String) {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let generated = rcgen::generate_simple_self_signed(names).expect("certificate");
+        let pem = generated.cert.pem();
+        let chain = vec![CertificateDer::from_pem_slice(pem.as_bytes()).expect("cert")];
+        let key = PrivateKeyDer::from_pem_slice(generated.signing_key.serialize_pem().as_bytes())
+            .expect("key");
+        let mut tls = tokio_rustls::rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("tls config");
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let shelf = Arc::new(Mutex::new(Shelf::default()));
+        let app = Router::new().route("/{name}", get(serve)).with_state(shelf.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("https://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = builder.serve_connection(io, service).await;
+                });
+            }
+        });
+        (Self { base, shelf, server }, pem)
+    }
+
     /// The URL of `name`.
     pub fn url(&self, name: &str) -> String {
         format!("{}/{name}", self.base)

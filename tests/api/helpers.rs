@@ -184,10 +184,30 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
 
 /// Starts a server on `db` with `config`.
 pub async fn spawn_on(db: TestDb, config: Config) -> TestApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    spawn_listening(db, config, listener).await
+}
+
+/// Starts a server whose issuer is the URL it is reached at (as clients that discover it
+/// need), configured by `configure` with that URL.
+pub async fn spawn_at_own_url(
+    backend: Backend,
+    configure: impl FnOnce(&mut Config, &str),
+) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let mut config = db.config();
+    config.server.issuer = Some(base.clone());
+    config.server.audience = Some(base.clone());
+    configure(&mut config, &base);
+    spawn_listening(db, config, listener).await
+}
+
+async fn spawn_listening(db: TestDb, config: Config, listener: tokio::net::TcpListener) -> TestApp {
     let clock = ManualClock::default();
     let shared: Arc<dyn Clock> = Arc::new(clock.clone());
     let state = App::build_with_clock(config, shared).await.expect("build app");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = oneshot::channel();
     let server = tokio::spawn(atoms_auth::run(listener, state.clone(), async move {

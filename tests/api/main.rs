@@ -10,6 +10,7 @@ mod contract_sign_in;
 mod documents;
 mod fixtures;
 mod helpers;
+mod mcp;
 mod oauth;
 mod oauth_errors;
 mod ops;

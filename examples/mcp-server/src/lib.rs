@@ -271,11 +271,8 @@ pub fn router(protection: Protection) -> anyhow::Result<Router> {
         None => host.clone(),
     };
     let config = StreamableHttpServerConfig::default().with_allowed_hosts([host, authority]);
-    let mcp: StreamableHttpService<Greeter, LocalSessionManager> = StreamableHttpService::new(
-        || Ok(Greeter),
-        LocalSessionManager::default().into(),
-        config,
-    );
+    let mcp: StreamableHttpService<Greeter, LocalSessionManager> =
+        StreamableHttpService::new(|| Ok(Greeter), LocalSessionManager::default().into(), config);
     let guard = Arc::new(Guard {
         metadata_url: format!("{origin}{metadata_path}"),
         http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
