@@ -188,7 +188,9 @@ async fn sdk_signs_in(
         reqwest::Client::new(),
         StreamableHttpClientTransportConfig::with_uri(mcp_url.to_owned()),
     );
-    let refused = ClientConfig::default().serve(transport).await.err().expect("a 401");
+    let Err(refused) = ClientConfig::default().serve(transport).await else {
+        panic!("the MCP server let a client in without a token");
+    };
     let challenge = refused.auth_challenge().expect("an auth challenge").to_owned();
 
     let mut oauth = OAuthState::new(mcp_url, None).await.expect("oauth state");
