@@ -181,6 +181,7 @@ impl App {
         for record in configured {
             audit.record(record).await?;
         }
+        let mac_key = keys.server_secret(crate::domain::refresh_tokens::MAC_KEY).await?;
         let mut tokens = TokenService::new(
             storage.clone(),
             keys.clone(),
@@ -188,6 +189,7 @@ impl App {
             policy,
             audit.clone(),
             metrics.clone(),
+            crate::domain::refresh_tokens::RefreshTokens::new(mac_key),
         );
         let registration = &config.registration;
         if registration.metadata_documents {

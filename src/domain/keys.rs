@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::audit::{Audit, Entry, entry, events};
 use crate::clock::{Clock, Millis};
 use crate::config::SigningAlgorithm;
-use crate::storage::{Storage, StoredKey};
+use crate::storage::{ServerSecret, Storage, StoredKey};
 
 /// A parsed private key, ready to sign without re-parsing.
 enum KeyPair {
@@ -339,6 +339,36 @@ impl KeyManager {
                 .or_else(|_| open(&master.legacy, &key.kid, &key.private_key))
                 .with_context(|| format!("key {} does not decrypt with the master key", key.kid)),
         }
+    }
+}
+
+impl KeyManager {
+    /// A 32-byte secret of the server, kept in storage (sealed with the master key when one
+    /// is set) and the same on every instance: the first instance to ask makes it.
+    pub async fn server_secret(&self, name: &str) -> anyhow::Result<[u8; 32]> {
+        let mut fresh = [0u8; 32];
+        rand::rng().fill_bytes(&mut fresh);
+        let label = format!("secret:{name}");
+        let (value, encrypted) = match &self.master {
+            Some(master) => (seal(&master.current, &label, &fresh)?, true),
+            None => (fresh.to_vec(), false),
+        };
+        let candidate = ServerSecret { value, encrypted, created_at: self.clock.now_ms() };
+        let stored = self.storage.server_secret(name, &candidate).await?;
+        let plain = match (&self.master, stored.encrypted) {
+            (None, false) => stored.value,
+            (None, true) => bail!("the secret {name} is encrypted but no master key is set"),
+            (Some(_), false) => {
+                // Made before a master key was configured: still the secret every instance
+                // shares (anyone able to replace it could rewrite sessions directly).
+                tracing::warn!(name, "a server secret is stored in clear");
+                stored.value
+            }
+            (Some(master), true) => open(&master.current, &label, &stored.value)
+                .or_else(|_| open(&master.legacy, &label, &stored.value))
+                .with_context(|| format!("the secret {name} does not decrypt"))?,
+        };
+        plain.try_into().map_err(|_| anyhow!("the secret {name} is not 32 bytes"))
     }
 }
 

@@ -6,6 +6,7 @@ pub mod client_documents;
 pub mod devices;
 pub mod keys;
 pub mod ratelimit;
+pub mod refresh_tokens;
 pub mod registration;
 pub mod resources;
 pub mod roles;

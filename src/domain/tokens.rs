@@ -13,6 +13,7 @@ use super::audit::{Audit, Entry, entry, events};
 use super::client_documents::ClientDocuments;
 use super::devices::{self, DeviceHints};
 use super::keys::{KeyManager, b64};
+use super::refresh_tokens::{Presented, RefreshTokens};
 use super::secrets::{Secret, VerifyGate, verify_password};
 use crate::clock::{Clock, Millis, rfc3339};
 use crate::metrics::Metrics;
@@ -124,6 +125,7 @@ pub struct TokenService {
     verifying: VerifyGate,
     /// Client ID metadata documents, when they are accepted.
     documents: Option<ClientDocuments>,
+    refresh_tokens: RefreshTokens,
 }
 
 /// Password verifications of one account that may run at once in one process.
@@ -157,6 +159,7 @@ impl TokenService {
         policy: TokenPolicy,
         audit: Arc<Audit>,
         metrics: Arc<Metrics>,
+        refresh_tokens: RefreshTokens,
     ) -> Self {
         // One validation per algorithm, built once: verifying a token allocates none.
         let validations = [
@@ -194,6 +197,7 @@ impl TokenService {
             metrics,
             verifying,
             documents: None,
+            refresh_tokens,
         }
     }
 
@@ -348,13 +352,14 @@ impl TokenService {
             resource,
         };
         let (seen, named) = devices::sighting(user_id, &device, now);
-        let refresh = Secret::generate();
+        let refresh = self.mint_refresh(&session.id, 0)?;
         let login = Login {
             session: &session,
             refresh_hash: &refresh.sha256(),
             device: &seen,
             device_named_by_client: named,
             max_sessions: self.policy.max_sessions,
+            index_token: false,
         };
         let outcome = self.storage.create_session(&login).await?;
         let actor = format!("user:{user_id}");
@@ -634,13 +639,32 @@ impl TokenService {
     ) -> Result<TokenResponse, TokenError> {
         require_grant(client, "refresh_token")?;
         let presented = refresh_token.sha256();
-        let next = Secret::generate();
+        let invalid = || {
+            self.metrics.refresh_outcomes.with_label_values(&["invalid"]).inc();
+            TokenError::InvalidGrant("invalid refresh token")
+        };
+        // A token names its session; one of the format before is looked up once, by its hash.
+        let (session_id, presented_generation) =
+            match self.refresh_tokens.read(refresh_token.expose()) {
+                Presented::Family { session_id, generation } => (session_id, Some(generation)),
+                Presented::Legacy => match self.storage.session_by_refresh(&presented, None).await?
+                {
+                    Some((session, _)) => (session.id, None),
+                    None => return Err(invalid()),
+                },
+                Presented::Forged => return Err(invalid()),
+            };
+        let new_generation = presented_generation.unwrap_or(0) + 1;
+        let next = self.mint_refresh(&session_id, new_generation)?;
         let next_hash = next.sha256();
         let jti = new_jti();
         let now = self.clock.now_ms();
         let rotation = Rotation {
+            session_id: &session_id,
+            presented_generation,
             presented_hash: &presented,
             new_hash: &next_hash,
+            new_generation,
             client_id: &client.client_id,
             now,
             grace_ms: self.policy.refresh_grace_ms,
@@ -701,6 +725,26 @@ impl TokenService {
             jti,
         };
         self.respond(access, Some(next))
+    }
+
+    /// A new refresh token of a session.
+    fn mint_refresh(&self, session_id: &str, generation: i64) -> Result<Secret, TokenError> {
+        self.refresh_tokens
+            .mint(session_id, generation)
+            .ok_or_else(|| anyhow::anyhow!("session id {session_id} is not a UUID").into())
+    }
+
+    /// The session a presented refresh token belongs to, and whether it is the live one;
+    /// `None` for a token that is unknown or not made here.
+    async fn session_of_refresh(&self, token: &str) -> Result<Option<(Session, bool)>, TokenError> {
+        let hash = Secret::from_client(token.to_owned()).sha256();
+        Ok(match self.refresh_tokens.read(token) {
+            Presented::Family { session_id, .. } => {
+                self.storage.session_by_refresh(&hash, Some(&session_id)).await?
+            }
+            Presented::Legacy => self.storage.session_by_refresh(&hash, None).await?,
+            Presented::Forged => None,
+        })
     }
 
     /// A refresh keeps the session's resource: asking for another one is `invalid_target`
@@ -838,8 +882,7 @@ impl TokenService {
             }
             return Ok(answer);
         }
-        let hash = Secret::from_client(token.to_owned()).sha256();
-        match self.storage.session_by_refresh(&hash).await? {
+        match self.session_of_refresh(token).await? {
             Some((s, true)) if s.is_active(self.clock.now_ms()) && entitled(&s.client_id) => {
                 let mut answer = json!({
                     "active": true, "token_type": "refresh_token", "scope": s.scope,
@@ -879,8 +922,7 @@ impl TokenService {
             }
             return Ok(());
         }
-        let hash = Secret::from_client(token.to_owned()).sha256();
-        if let Some((session, _)) = self.storage.session_by_refresh(&hash).await? {
+        if let Some((session, _)) = self.session_of_refresh(token).await? {
             if session.client_id != client.client_id {
                 return Ok(());
             }

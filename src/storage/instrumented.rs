@@ -57,13 +57,14 @@ timed! {
     KeyStore {
         fn signing_keys(&self, now: Millis) -> Vec<StoredKey>;
         fn rotate_signing_key(&self, expected: Option<&str>, key: &StoredKey, until: Millis) -> bool;
+        fn server_secret(&self, name: &str, candidate: &ServerSecret) -> ServerSecret;
     }
     SessionStore {
         fn create_session(&self, login: &Login<'_>) -> LoginOutcome;
         fn session(&self, id: &str) -> Option<Session>;
         fn user_sessions(&self, user_id: &str, now: Millis) -> Vec<(Session, Option<Device>)>;
         fn revoke_user_sessions(&self, user_id: UserId<'_>, except: Option<SessionId<'_>>, now: Millis, reason: &str) -> Vec<Session>;
-        fn session_by_refresh(&self, hash: &[u8]) -> Option<(Session, bool)>;
+        fn session_by_refresh(&self, hash: &[u8], session_id: Option<&str>) -> Option<(Session, bool)>;
         fn rotate_refresh(&self, rotation: &Rotation<'_>) -> RotationOutcome;
         fn revoke_session(&self, id: &str, now: Millis, reason: &str) -> Option<Session>;
     }

@@ -96,6 +96,13 @@ pub trait KeyStore {
         key: &StoredKey,
         retire_until: Millis,
     ) -> StorageResult<bool>;
+    /// The server secret `name`: `candidate` is stored when there is none yet, atomically,
+    /// so every instance gets the same one. Returns it as stored.
+    async fn server_secret(
+        &self,
+        name: &str,
+        candidate: &ServerSecret,
+    ) -> StorageResult<ServerSecret>;
 }
 
 /// Sessions and their refresh-token families.
@@ -119,8 +126,14 @@ pub trait SessionStore {
         now: Millis,
         reason: &str,
     ) -> StorageResult<Vec<Session>>;
-    /// The session a refresh token belongs to, and whether it is the family's live token.
-    async fn session_by_refresh(&self, hash: &[u8]) -> StorageResult<Option<(Session, bool)>>;
+    /// The session a refresh token belongs to, and whether it is the family's live token:
+    /// the session `session_id` names (a token that names its session), or the one
+    /// `refresh_tokens` knows the hash of (a token of the format before, when `None`).
+    async fn session_by_refresh(
+        &self,
+        hash: &[u8],
+        session_id: Option<&str>,
+    ) -> StorageResult<Option<(Session, bool)>>;
     /// The refresh rule, atomically: see [`Rotation`] and [`RotationOutcome`].
     async fn rotate_refresh(&self, rotation: &Rotation<'_>) -> StorageResult<RotationOutcome>;
     /// Ends a session; returns it when it was live (no effect when it had ended already).

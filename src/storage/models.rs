@@ -178,6 +178,20 @@ pub enum CodeTaken {
     Unknown,
 }
 
+/// A secret of the server as stored (encrypted with the master key when `encrypted`).
+#[derive(Clone, FromRow, PartialEq, Eq)]
+pub struct ServerSecret {
+    pub value: Vec<u8>,
+    pub encrypted: bool,
+    pub created_at: Millis,
+}
+
+impl std::fmt::Debug for ServerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSecret").field("encrypted", &self.encrypted).finish()
+    }
+}
+
 /// A signing key as stored: PKCS#8 DER of the private key, encrypted when `encrypted`.
 #[derive(Clone, FromRow)]
 pub struct StoredKey {
@@ -279,6 +293,9 @@ pub struct Login<'a> {
     pub device_named_by_client: bool,
     /// Live sessions a user may have; the oldest-used ones beyond it are evicted.
     pub max_sessions: usize,
+    /// Also index the token by its hash in `refresh_tokens`: only for tokens of the format
+    /// before, which do not name their session (imports of such tokens).
+    pub index_token: bool,
 }
 
 /// A session stored as it is by [`BulkImport::import_sessions`](super::BulkImport):
@@ -391,10 +408,16 @@ pub struct PurgePolicy {
 /// One refresh request, as the storage sees it.
 #[derive(Debug, Clone)]
 pub struct Rotation<'a> {
+    /// The session the presented token names (or, for a token of the format before, the
+    /// session `refresh_tokens` found for it).
+    pub session_id: &'a str,
+    /// The presented token's generation; `None` for a token of the format before.
+    pub presented_generation: Option<i64>,
     /// SHA-256 of the presented refresh token.
     pub presented_hash: &'a [u8],
-    /// SHA-256 of the refresh token to issue.
+    /// SHA-256 of the refresh token to issue, and its generation.
     pub new_hash: &'a [u8],
+    pub new_generation: i64,
     /// The authenticated client: a token of another client changes nothing.
     pub client_id: &'a str,
     pub now: Millis,
@@ -412,6 +435,18 @@ pub struct Rotation<'a> {
     pub superseded_until: Millis,
 }
 
+/// The refresh-token family's state on a session row.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Family {
+    pub current_hash: Vec<u8>,
+    pub previous_hash: Option<Vec<u8>>,
+    pub rotated_at: Option<Millis>,
+    pub generation: i64,
+}
+
+/// A device's last sighting is written at most this often by refreshes.
+pub const DEVICE_SEEN_EVERY_MS: Millis = 60_000;
+
 /// What a refresh did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotationOutcome {
@@ -425,7 +460,8 @@ pub enum RotationOutcome {
     Reused(Session),
     /// The session had ended already (revoked or expired); nothing changed.
     Ended(Session),
-    /// Unknown token, or a token of another client; nothing changed.
+    /// Unknown token or session, a token of another client, or a generation the session
+    /// never reached; nothing changed.
     Invalid,
 }
 
@@ -436,32 +472,34 @@ pub enum RotationDecision {
     Grace,
     Reuse,
     Ended,
-    WrongClient,
+    /// Another client's session, or a generation from the future.
+    Invalid,
 }
 
 impl Rotation<'_> {
     /// The refresh rule. The PostgreSQL function `atoms_rotate_refresh` and the Redis script
     /// apply the same rule in the database; the contract suite proves they agree.
-    pub fn decide(
-        &self,
-        session: &Session,
-        current_hash: &[u8],
-        previous_hash: Option<&[u8]>,
-        rotated_at: Option<Millis>,
-    ) -> RotationDecision {
-        if session.client_id != self.client_id {
-            RotationDecision::WrongClient
+    pub fn decide(&self, session: &Session, family: &Family) -> RotationDecision {
+        let from_the_future = self.presented_generation.is_some_and(|g| g > family.generation);
+        if session.client_id != self.client_id || from_the_future {
+            RotationDecision::Invalid
         } else if !session.is_active(self.now) {
             RotationDecision::Ended
-        } else if current_hash == self.presented_hash {
+        } else if family.current_hash == self.presented_hash {
             RotationDecision::Rotate
-        } else if previous_hash == Some(self.presented_hash)
-            && rotated_at.is_some_and(|at| self.now - at <= self.grace_ms)
+        } else if family.previous_hash.as_deref() == Some(self.presented_hash)
+            && family.rotated_at.is_some_and(|at| self.now - at <= self.grace_ms)
         {
             RotationDecision::Grace
         } else {
             RotationDecision::Reuse
         }
+    }
+
+    /// The generation the session reaches: a grace retry issues the generation of the token
+    /// it replaces, so the session's never goes back.
+    pub fn reached_generation(&self, family: &Family) -> i64 {
+        self.new_generation.max(family.generation)
     }
 
     /// The idle expiry a session gets when it is used now.
@@ -538,8 +576,11 @@ mod tests {
 
     fn rotation<'a>(presented: &'a [u8], now: Millis) -> Rotation<'a> {
         Rotation {
+            session_id: "s",
+            presented_generation: Some(4),
             presented_hash: presented,
             new_hash: b"new",
+            new_generation: 5,
             client_id: "c",
             now,
             grace_ms: 300_000,
@@ -551,34 +592,57 @@ mod tests {
         }
     }
 
+    fn family(previous: Option<&[u8]>) -> Family {
+        Family {
+            current_hash: b"cur".to_vec(),
+            previous_hash: previous.map(<[u8]>::to_vec),
+            rotated_at: previous.map(|_| 0),
+            generation: 4,
+        }
+    }
+
     #[test]
     fn live_token_rotates() {
         let s = session(0);
-        assert_eq!(
-            rotation(b"cur", 10).decide(&s, b"cur", Some(b"prev"), Some(0)),
-            RotationDecision::Rotate
-        );
+        let r = rotation(b"cur", 10);
+        assert_eq!(r.decide(&s, &family(Some(b"prev"))), RotationDecision::Rotate);
+        assert_eq!(r.reached_generation(&family(None)), 5);
     }
 
     #[test]
     fn just_rotated_token_within_grace_is_grace() {
         let s = session(0);
-        let r = rotation(b"prev", 300_000);
-        assert_eq!(r.decide(&s, b"cur", Some(b"prev"), Some(0)), RotationDecision::Grace);
+        let mut r = rotation(b"prev", 300_000);
+        r.presented_generation = Some(3);
+        r.new_generation = 4;
+        assert_eq!(r.decide(&s, &family(Some(b"prev"))), RotationDecision::Grace);
+        assert_eq!(r.reached_generation(&family(None)), 4, "never goes back");
     }
 
     #[test]
     fn just_rotated_token_after_grace_is_reuse() {
         let s = session(0);
         let r = rotation(b"prev", 300_001);
-        assert_eq!(r.decide(&s, b"cur", Some(b"prev"), Some(0)), RotationDecision::Reuse);
+        assert_eq!(r.decide(&s, &family(Some(b"prev"))), RotationDecision::Reuse);
     }
 
     #[test]
     fn older_token_is_reuse_even_within_grace() {
         let s = session(0);
-        let r = rotation(b"older", 1);
-        assert_eq!(r.decide(&s, b"cur", Some(b"prev"), Some(0)), RotationDecision::Reuse);
+        let mut r = rotation(b"older", 1);
+        r.presented_generation = Some(1);
+        assert_eq!(r.decide(&s, &family(Some(b"prev"))), RotationDecision::Reuse);
+        // A token of the format before that is no longer live: reuse too.
+        r.presented_generation = None;
+        assert_eq!(r.decide(&s, &family(Some(b"prev"))), RotationDecision::Reuse);
+    }
+
+    #[test]
+    fn a_generation_from_the_future_changes_nothing() {
+        let s = session(0);
+        let mut r = rotation(b"unknown", 1);
+        r.presented_generation = Some(5);
+        assert_eq!(r.decide(&s, &family(None)), RotationDecision::Invalid);
     }
 
     #[test]
@@ -586,19 +650,16 @@ mod tests {
         let s = session(0);
         let mut r = rotation(b"cur", 1);
         r.client_id = "other";
-        assert_eq!(r.decide(&s, b"cur", None, None), RotationDecision::WrongClient);
+        assert_eq!(r.decide(&s, &family(None)), RotationDecision::Invalid);
     }
 
     #[test]
     fn ended_session_is_not_rotated() {
         let mut s = session(0);
         s.revoked_at = Some(1);
-        assert_eq!(rotation(b"cur", 2).decide(&s, b"cur", None, None), RotationDecision::Ended);
+        assert_eq!(rotation(b"cur", 2).decide(&s, &family(None)), RotationDecision::Ended);
         let s = session(0);
-        assert_eq!(
-            rotation(b"cur", 1_000_000).decide(&s, b"cur", None, None),
-            RotationDecision::Ended
-        );
+        assert_eq!(rotation(b"cur", 1_000_000).decide(&s, &family(None)), RotationDecision::Ended);
     }
 
     #[test]

@@ -14,10 +14,15 @@ fn t(offset: i64) -> i64 {
     *BASE.get_or_init(|| SystemClock.now_ms()) + offset
 }
 
-fn rotation<'a>(presented: &'a [u8], new: &'a [u8], at: i64) -> Rotation<'a> {
+/// A refresh of session `sid` presenting a token of generation 0 (the generation matters only
+/// when it is from the future).
+fn rotation<'a>(sid: &'a str, presented: &'a [u8], new: &'a [u8], at: i64) -> Rotation<'a> {
     Rotation {
+        session_id: sid,
+        presented_generation: Some(0),
         presented_hash: presented,
         new_hash: new,
+        new_generation: 1,
         client_id: "app",
         now: t(at),
         grace_ms: 300_000,
@@ -75,56 +80,137 @@ async fn session_is_found_by_its_refresh_token(backend: Backend) {
     let storage = db.storage().await;
     let s = seeded(storage.as_ref(), 1_000).await;
     assert_eq!(storage.session(&s.id).await.expect("get"), Some(s.clone()));
-    assert_eq!(storage.session_by_refresh(&[1; 32]).await.expect("get"), Some((s, true)));
-    assert_eq!(storage.session_by_refresh(&[9; 32]).await.expect("get"), None);
+    let by = |hash: [u8; 32], sid: Option<&str>| {
+        let storage = storage.clone();
+        let sid = sid.map(str::to_owned);
+        async move { storage.session_by_refresh(&hash, sid.as_deref()).await.expect("get") }
+    };
+    assert_eq!(by([1; 32], Some(&s.id)).await, Some((s.clone(), true)));
+    // Another token of the session (its MAC vouched for it) is known but not live.
+    assert_eq!(by([9; 32], Some(&s.id)).await, Some((s.clone(), false)));
+    assert_eq!(by([1; 32], Some(&Uuid::now_v7().to_string())).await, None, "no such session");
+    assert_eq!(by([1; 32], None).await, None, "the token names its session: not indexed");
 }
 
 async fn rotation_follows_the_refresh_rule(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
-    seeded(storage.as_ref(), 1_000).await;
+    let s = seeded(storage.as_ref(), 1_000).await;
+    let sid = s.id.as_str();
 
-    let out = storage.rotate_refresh(&rotation(&[1; 32], &[2; 32], 2_000)).await.expect("rotate");
+    let out =
+        storage.rotate_refresh(&rotation(sid, &[1; 32], &[2; 32], 2_000)).await.expect("rotate");
     let RotationOutcome::Rotated(rotated) = out else { panic!("expected rotation, got {out:?}") };
     assert_eq!(rotated.last_used_at, t(2_000));
     assert_eq!(rotated.idle_expires_at, t(2_000) + 7 * DAY);
-    assert_eq!(storage.session_by_refresh(&[1; 32]).await.expect("get").map(|x| x.1), Some(false));
-    assert_eq!(storage.session_by_refresh(&[2; 32]).await.expect("get").map(|x| x.1), Some(true));
+    assert_eq!(
+        storage.session_by_refresh(&[1; 32], Some(sid)).await.expect("get").map(|x| x.1),
+        Some(false)
+    );
+    assert_eq!(
+        storage.session_by_refresh(&[2; 32], Some(sid)).await.expect("get").map(|x| x.1),
+        Some(true)
+    );
 
     // The token just rotated, within the grace period: a fresh token replaces the successor.
-    let out = storage.rotate_refresh(&rotation(&[1; 32], &[3; 32], 3_000)).await.expect("grace");
+    let out =
+        storage.rotate_refresh(&rotation(sid, &[1; 32], &[3; 32], 3_000)).await.expect("grace");
     assert!(matches!(out, RotationOutcome::Grace(_)), "{out:?}");
-    assert_eq!(storage.session_by_refresh(&[3; 32]).await.expect("get").map(|x| x.1), Some(true));
-    assert_eq!(storage.session_by_refresh(&[2; 32]).await.expect("get").map(|x| x.1), Some(false));
+    assert_eq!(
+        storage.session_by_refresh(&[3; 32], Some(sid)).await.expect("get").map(|x| x.1),
+        Some(true)
+    );
+    assert_eq!(
+        storage.session_by_refresh(&[2; 32], Some(sid)).await.expect("get").map(|x| x.1),
+        Some(false)
+    );
 
     // Another client presenting the live token changes nothing.
-    let mut other = rotation(&[3; 32], &[4; 32], 3_500);
+    let mut other = rotation(sid, &[3; 32], &[4; 32], 3_500);
     other.client_id = "other";
     assert_eq!(storage.rotate_refresh(&other).await.expect("other"), RotationOutcome::Invalid);
-    assert_eq!(storage.session_by_refresh(&[3; 32]).await.expect("get").map(|x| x.1), Some(true));
+    assert_eq!(
+        storage.session_by_refresh(&[3; 32], Some(sid)).await.expect("get").map(|x| x.1),
+        Some(true)
+    );
 
     // The replaced successor is an older token: reuse, the family is revoked.
-    let out = storage.rotate_refresh(&rotation(&[2; 32], &[5; 32], 4_000)).await.expect("reuse");
+    let out =
+        storage.rotate_refresh(&rotation(sid, &[2; 32], &[5; 32], 4_000)).await.expect("reuse");
     let RotationOutcome::Reused(revoked) = out else { panic!("expected reuse, got {out:?}") };
     assert_eq!(revoked.revoked_at, Some(t(4_000)));
     assert_eq!(revoked.revoke_reason.as_deref(), Some(revoke_reason::REFRESH_TOKEN_REUSE));
 
     // Even the live token is dead now.
-    let out = storage.rotate_refresh(&rotation(&[3; 32], &[6; 32], 5_000)).await.expect("ended");
+    let out =
+        storage.rotate_refresh(&rotation(sid, &[3; 32], &[6; 32], 5_000)).await.expect("ended");
     assert!(matches!(out, RotationOutcome::Ended(_)), "{out:?}");
-    assert_eq!(storage.session_by_refresh(&[6; 32]).await.expect("get"), None);
-    // Unknown tokens are invalid.
-    let out = storage.rotate_refresh(&rotation(&[8; 32], &[7; 32], 5_000)).await.expect("unknown");
-    assert_eq!(out, RotationOutcome::Invalid);
+    let found = storage.session_by_refresh(&[6; 32], Some(sid)).await.expect("get");
+    assert!(found.is_some_and(|(s, live)| !live && s.revoked_at.is_some()), "never live");
+    // Any other token of the ended family finds it ended (unknown sessions: see below).
+    let out =
+        storage.rotate_refresh(&rotation(sid, &[8; 32], &[7; 32], 5_000)).await.expect("other");
+    assert!(matches!(out, RotationOutcome::Ended(_)), "{out:?}");
+}
+
+/// Tokens no session could have issued change nothing: an unknown session, and a generation
+/// the session never reached (a bad MAC never gets this far: the token service refuses it).
+async fn forged_tokens_change_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let s = seeded(storage.as_ref(), 1_000).await;
+    let unknown = Uuid::now_v7().to_string();
+    let out = storage.rotate_refresh(&rotation(&unknown, &[1; 32], &[2; 32], 2_000)).await;
+    assert_eq!(out.expect("unknown session"), RotationOutcome::Invalid);
+    let mut future = rotation(&s.id, &[7; 32], &[2; 32], 2_000);
+    future.presented_generation = Some(99);
+    future.new_generation = 100;
+    assert_eq!(storage.rotate_refresh(&future).await.expect("future"), RotationOutcome::Invalid);
+    assert_eq!(storage.session(&s.id).await.expect("get"), Some(s.clone()), "nothing changed");
+    let live = storage.session_by_refresh(&[1; 32], Some(&s.id)).await.expect("get");
+    assert_eq!(live, Some((s.clone(), true)));
+    // The live token still rotates.
+    let out = storage.rotate_refresh(&rotation(&s.id, &[1; 32], &[2; 32], 3_000)).await;
+    assert!(matches!(out, Ok(RotationOutcome::Rotated(_))), "{out:?}");
+}
+
+/// A token issued before tokens named their session keeps working until it rotates once; the
+/// new token is then the family's, and the old one presented again is reuse.
+async fn a_token_of_the_format_before_rotates_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let storage = db.storage().await;
+    let u = user(&format!("user-{}", Uuid::new_v4()));
+    storage.create_user(&u).await.expect("user");
+    let s = session(&u.id, t(1_000));
+    login_indexed(storage.as_ref(), &s, &[1; 32], "fp", 10, true).await;
+    let found = storage.session_by_refresh(&[1; 32], None).await.expect("get");
+    assert_eq!(found.map(|(found, live)| (found.id, live)), Some((s.id.clone(), true)));
+    let mut legacy = rotation(&s.id, &[1; 32], &[2; 32], 2_000);
+    legacy.presented_generation = None;
+    let out = storage.rotate_refresh(&legacy).await.expect("rotate");
+    assert!(matches!(out, RotationOutcome::Rotated(_)), "{out:?}");
+    let live = storage.session_by_refresh(&[2; 32], Some(&s.id)).await.expect("get");
+    assert!(live.is_some_and(|(_, live)| live));
+    // Presented again past the grace period: still found by its hash, and reuse.
+    let (found, live) =
+        storage.session_by_refresh(&[1; 32], None).await.expect("get").expect("still known");
+    assert!(!live);
+    let mut again = rotation(&found.id, &[1; 32], &[3; 32], 2_000 + 300_001);
+    again.presented_generation = None;
+    let out = storage.rotate_refresh(&again).await.expect("again");
+    assert!(matches!(out, RotationOutcome::Reused(_)), "{out:?}");
 }
 
 async fn just_rotated_token_outside_grace_revokes_family(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
-    seeded(storage.as_ref(), 1_000).await;
-    storage.rotate_refresh(&rotation(&[1; 32], &[2; 32], 2_000)).await.expect("rotate");
-    let out =
-        storage.rotate_refresh(&rotation(&[1; 32], &[3; 32], 2_000 + 300_001)).await.expect("late");
+    let s = seeded(storage.as_ref(), 1_000).await;
+    let sid = s.id.as_str();
+    storage.rotate_refresh(&rotation(sid, &[1; 32], &[2; 32], 2_000)).await.expect("rotate");
+    let out = storage
+        .rotate_refresh(&rotation(sid, &[1; 32], &[3; 32], 2_000 + 300_001))
+        .await
+        .expect("late");
     assert!(matches!(out, RotationOutcome::Reused(_)), "{out:?}");
 }
 
@@ -132,24 +218,31 @@ async fn expired_session_is_not_rotated(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
     let s = seeded(storage.as_ref(), 1_000).await;
+    let sid = s.id.as_str();
     let out = storage
-        .rotate_refresh(&rotation(&[1; 32], &[2; 32], s.idle_expires_at - t(0)))
+        .rotate_refresh(&rotation(sid, &[1; 32], &[2; 32], s.idle_expires_at - t(0)))
         .await
         .expect("idle");
     assert!(matches!(out, RotationOutcome::Ended(_)), "{out:?}");
-    assert_eq!(storage.session_by_refresh(&[2; 32]).await.expect("get"), None);
+    let found = storage.session_by_refresh(&[2; 32], Some(sid)).await.expect("get");
+    assert!(found.is_some_and(|(_, live)| !live), "the token never became live");
 }
 
 async fn concurrent_rotations_rotate_once_retry_once_then_end_the_family(backend: Backend) {
     let db = TestDb::new(backend).await;
     let storage = db.storage().await;
-    seeded(storage.as_ref(), 1_000).await;
+    let s = seeded(storage.as_ref(), 1_000).await;
+    let sid = s.id.as_str();
     let tasks: Vec<_> = (0..50u8)
         .map(|i| {
             let storage = storage.clone();
+            let sid = s.id.clone();
             tokio::spawn(async move {
                 let new = [100 + i; 32];
-                storage.rotate_refresh(&rotation(&[1; 32], &new, 2_000)).await.expect("rotate")
+                storage
+                    .rotate_refresh(&rotation(&sid, &[1; 32], &new, 2_000))
+                    .await
+                    .expect("rotate")
             })
         })
         .collect();
@@ -167,7 +260,7 @@ async fn concurrent_rotations_rotate_once_retry_once_then_end_the_family(backend
     // every later request finds it ended.
     assert_eq!((rotated, grace, reused, ended), (1, 1, 1, 47));
     for i in 0..50u8 {
-        let found = storage.session_by_refresh(&[100 + i; 32]).await.expect("get");
+        let found = storage.session_by_refresh(&[100 + i; 32], Some(sid)).await.expect("get");
         assert!(found.is_none_or(|(s, _)| s.revoked_at.is_some()), "no token stays live");
     }
 }
@@ -180,16 +273,24 @@ async fn simultaneous_rotations_of_many_sessions_each_get_their_own_outcome(back
     let storage = db.storage().await;
     let u = user("many");
     storage.create_user(&u).await.expect("user");
+    let mut ids = Vec::new();
     for i in 0..40u8 {
         let s = session(&u.id, t(1_000));
         login(storage.as_ref(), &s, &[i; 32], &format!("fp-{i}"), 100).await;
+        ids.push(s.id);
     }
+    // Eight more: a session that does not exist.
+    ids.extend((40..48).map(|_| Uuid::now_v7().to_string()));
     let tasks: Vec<_> = (0..48u8)
         .map(|i| {
             let storage = storage.clone();
+            let sid = ids[usize::from(i)].clone();
             tokio::spawn(async move {
                 let new = [100 + i; 32];
-                storage.rotate_refresh(&rotation(&[i; 32], &new, 2_000)).await.expect("rotate")
+                storage
+                    .rotate_refresh(&rotation(&sid, &[i; 32], &new, 2_000))
+                    .await
+                    .expect("rotate")
             })
         })
         .collect();
@@ -197,10 +298,11 @@ async fn simultaneous_rotations_of_many_sessions_each_get_their_own_outcome(back
         let outcome = task.await.expect("join");
         if i < 40 {
             assert!(matches!(outcome, RotationOutcome::Rotated(_)), "{i}: {outcome:?}");
-            let live = storage.session_by_refresh(&[100 + i as u8; 32]).await.expect("get");
+            let live =
+                storage.session_by_refresh(&[100 + i as u8; 32], Some(&ids[i])).await.expect("get");
             assert!(matches!(live, Some((_, true))), "{i}: {live:?}");
         } else {
-            assert_eq!(outcome, RotationOutcome::Invalid, "{i}: no such token");
+            assert_eq!(outcome, RotationOutcome::Invalid, "{i}: no such session");
         }
     }
 }
@@ -233,11 +335,14 @@ async fn imported_sessions_are_stored_whole(backend: Backend) {
         assert_eq!(storage.user_devices(&u.id).await.expect("devices").len(), 12);
     }
     let first = &imported[0];
+    // Imported tokens are of the format before: found by their hash.
     let (stored, live) =
-        storage.session_by_refresh(&[0; 32]).await.expect("get").expect("imported token");
+        storage.session_by_refresh(&[0; 32], None).await.expect("get").expect("imported token");
     assert!(live);
     assert_eq!(stored, first.session);
-    let out = storage.rotate_refresh(&rotation(&[0; 32], &[200; 32], 3_000)).await.expect("rotate");
+    let mut legacy = rotation(&stored.id, &[0; 32], &[200; 32], 3_000);
+    legacy.presented_generation = None;
+    let out = storage.rotate_refresh(&legacy).await.expect("rotate");
     assert!(matches!(out, RotationOutcome::Rotated(_)), "{out:?}");
     let again = import.import_sessions(&users[..1], &[]).await;
     assert!(matches!(again, Err(StorageError::Conflict(_))), "{again:?}");
@@ -667,6 +772,8 @@ async fn upgrading_gives_password_clients_the_account_scope(backend: Backend) {
 }
 
 backend_tests!(
+    forged_tokens_change_nothing,
+    a_token_of_the_format_before_rotates_once,
     upgrading_gives_password_clients_the_account_scope,
     audit_listing_pages_every_event_in_id_order,
     audit_records_come_back_whole_and_a_repeated_batch_once,
@@ -735,7 +842,7 @@ async fn postgres_has_one_rotation_function() {
     storage.migrate_up().await.expect("up");
     assert_eq!(count().await, 1);
     let s = seeded(storage.as_ref(), 0).await;
-    let outcome = storage.rotate_refresh(&rotation(&[1; 32], &[2; 32], 1_000)).await;
+    let outcome = storage.rotate_refresh(&rotation(&s.id, &[1; 32], &[2; 32], 1_000)).await;
     assert!(matches!(outcome, Ok(RotationOutcome::Rotated(r)) if r.id == s.id));
 }
 

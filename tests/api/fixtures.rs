@@ -59,6 +59,18 @@ pub async fn login(
     fp: &str,
     max: usize,
 ) -> LoginOutcome {
+    login_indexed(storage, s, hash, fp, max, false).await
+}
+
+/// A login whose token is of the format before (`index_token`: found by its hash alone).
+pub async fn login_indexed(
+    storage: &dyn Storage,
+    s: &Session,
+    hash: &[u8],
+    fp: &str,
+    max: usize,
+    index_token: bool,
+) -> LoginOutcome {
     let d = device(&s.user_id, fp, s.created_at);
     let login = Login {
         session: s,
@@ -66,6 +78,7 @@ pub async fn login(
         device: &d,
         device_named_by_client: false,
         max_sessions: max,
+        index_token,
     };
     storage.create_session(&login).await.expect("login")
 }

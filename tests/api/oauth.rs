@@ -40,7 +40,8 @@ async fn password_grant_issues_rfc9068_token_and_session(backend: Backend) {
     assert_eq!(login.str("token_type"), "Bearer");
     assert_eq!(login.body["expires_in"], 900);
     assert_eq!(login.str("scope"), "read write account");
-    assert_eq!(URL_SAFE_NO_PAD.decode(login.str("refresh_token")).map(|b| b.len()).ok(), Some(32));
+    // A version byte, the session id, the generation, 32 random bytes and a 16-byte MAC.
+    assert_eq!(URL_SAFE_NO_PAD.decode(login.str("refresh_token")).map(|b| b.len()).ok(), Some(73));
 
     let token = login.str("access_token");
     let header = jwt_part(&token, 0);
@@ -177,6 +178,30 @@ async fn older_refresh_token_reuse_revokes_family_within_grace(backend: Backend)
     let reuse = app.refresh(&client, &first).await;
     assert_eq!(reuse.str("error"), "invalid_grant");
     assert_eq!(app.introspect(&client, &third).await["active"], false);
+}
+
+/// A refresh token changed in any byte (its session id, its generation, its MAC), or one of
+/// the format before that was never issued, is invalid_grant, and nothing changes: the real
+/// token still rotates.
+async fn forged_refresh_tokens_change_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (client, login) = app.logged_in().await;
+    let token = login.str("refresh_token");
+    let bytes = URL_SAFE_NO_PAD.decode(&token).expect("base64");
+    for at in [1, 17, 24, 40, 60, 72] {
+        let mut forged = bytes.clone();
+        forged[at] ^= 0x01;
+        let refused = app.refresh(&client, &URL_SAFE_NO_PAD.encode(&forged)).await;
+        assert_eq!((refused.status, refused.str("error").as_str()), (400, "invalid_grant"), "{at}");
+        let seen = app.introspect(&client, &URL_SAFE_NO_PAD.encode(&forged)).await;
+        assert_eq!(seen["active"], false);
+    }
+    let never_issued = URL_SAFE_NO_PAD.encode([7u8; 32]);
+    assert_eq!(app.refresh(&client, &never_issued).await.str("error"), "invalid_grant");
+    assert_eq!(app.introspect(&client, &token).await["active"], true);
+    let rotated = app.refresh(&client, &token).await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    assert!(rotated.body["grace_retry"].is_null());
 }
 
 async fn concurrent_refreshes_answer_twice_then_end_the_family(backend: Backend) {
@@ -364,6 +389,7 @@ async fn signing_keys_are_encrypted_at_rest_with_the_master_key(backend: Backend
 }
 
 backend_tests!(
+    forged_refresh_tokens_change_nothing,
     password_grant_issues_rfc9068_token_and_session,
     client_credentials_grant_issues_token_without_refresh,
     client_secret_post_and_public_clients_authenticate,

@@ -32,6 +32,7 @@ async fn metrics_export_every_family(backend: Backend) {
     let access = login.str("access_token");
     let refreshed = app.refresh(&client, &login.str("refresh_token")).await;
     assert_eq!(refreshed.status, 200);
+    // Not a token this server made: refused before storage is asked.
     let stale = app.refresh(&client, "not-a-token").await;
     assert_eq!(stale.status, 400);
     app.introspect(&client, &refreshed.str("access_token")).await;
@@ -74,7 +75,7 @@ async fn metrics_export_every_family(backend: Backend) {
     assert!(
         counter(
             r#"atoms_auth_storage_operation_duration_seconds_count{operation="rotate_refresh"}"#
-        ) >= 2.0
+        ) >= 1.0
     );
     // Labels name route templates, never raw paths or ids.
     assert!(!text.contains("/no/such/path") && !text.contains("/auth/sessions/x\""));

@@ -1,6 +1,6 @@
-//! PostgreSQL backend for many stateless instances. The refresh rule runs inside the
-//! database as the function `atoms_rotate_refresh` (one round trip; the session row lock
-//! serialises concurrent refreshes of one family).
+//! PostgreSQL backend for many stateless instances. A refresh of the live token is one
+//! statement on the session row (whose row lock serialises concurrent refreshes of one
+//! family); the other outcomes read and lock the row in a transaction.
 
 mod audit;
 
@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::sql::sessions::{rotate_by_rule, seen_and_spent};
 use super::sql::{Dialect, SqlStorage};
 use super::{
-    AuditRecord, ConnectOptions, Rotation, RotationOutcome, Session, StorageError, StorageResult,
+    AuditRecord, ConnectOptions, DEVICE_SEEN_EVERY_MS, Rotation, RotationOutcome, Session,
+    StorageResult,
 };
 
 /// PostgreSQL storage.
@@ -43,6 +44,7 @@ impl Dialect for PgBackend {
     const NAME: &'static str = "postgres";
     const MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
     const CLAIM_LOCK: &'static str = "FOR UPDATE SKIP LOCKED";
+    const ROW_LOCK: &'static str = " FOR UPDATE";
     // LATERAL subqueries that cannot be flattened (LIMIT, OFFSET) keep each join an index
     // probe per lookup: as a plain join, the planner's guess of 100 elements can make a hash
     // of the whole sessions table look cheaper.
@@ -87,30 +89,45 @@ impl Dialect for PgBackend {
         Ok(tx)
     }
 
+    /// The live token of an active session of the client: one statement, which updates the
+    /// session row and, at most once a minute, its device. Anything else: the rule, on the
+    /// row locked in a transaction.
     async fn rotate(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
-        let (outcome, session): (String, Option<Json<Session>>) = sqlx::query_as(
-            "SELECT outcome, session FROM atoms_rotate_refresh($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        let rotated: Option<Session> = sqlx::query_as(
+            "WITH s AS (UPDATE sessions SET generation = $1, previous_hash = current_hash, \
+             current_hash = $2, rotated_at = $3, last_used_at = $3, \
+             idle_expires_at = LEAST($3 + $4, expires_at), access_jti = $5 \
+             WHERE id = $6 AND current_hash = $7 AND client_id = $8 AND revoked_at IS NULL \
+             AND expires_at > $3 AND idle_expires_at > $3 RETURNING *), \
+             d AS (UPDATE devices SET last_seen_at = $3, last_ip = COALESCE($9, devices.last_ip) \
+             FROM s WHERE devices.id = s.device_id AND devices.last_seen_at <= $10) \
+             SELECT * FROM s",
         )
-        .bind(r.presented_hash)
+        .bind(r.new_generation)
         .bind(r.new_hash)
-        .bind(r.client_id)
         .bind(r.now)
-        .bind(r.grace_ms)
         .bind(r.idle_timeout_ms)
-        .bind(r.ip)
         .bind(r.new_jti)
-        .bind(r.superseded_until)
-        .fetch_one(&self.pool)
+        .bind(r.session_id)
+        .bind(r.presented_hash)
+        .bind(r.client_id)
+        .bind(r.ip)
+        .bind(r.now - DEVICE_SEEN_EVERY_MS)
+        .fetch_optional(&self.pool)
         .await?;
-        let session = session.map(|s| s.0);
-        Ok(match (outcome.as_str(), session) {
-            ("rotated", Some(s)) => RotationOutcome::Rotated(s),
-            ("grace", Some(s)) => RotationOutcome::Grace(s),
-            ("reused", Some(s)) => RotationOutcome::Reused(s),
-            ("ended", Some(s)) => RotationOutcome::Ended(s),
-            ("invalid", None) => RotationOutcome::Invalid,
-            (other, _) => return Err(StorageError::Corrupt(format!("rotation outcome {other}"))),
-        })
+        if let Some(session) = rotated {
+            if r.presented_generation.is_none() {
+                // A token of the format before: marked used, so its reuse is detected.
+                let mut tx = self.pool.begin().await?;
+                seen_and_spent::<Self>(&mut tx, r, None).await?;
+                tx.commit().await?;
+            }
+            return Ok(RotationOutcome::Rotated(session));
+        }
+        let mut tx = self.pool.begin().await?;
+        let outcome = rotate_by_rule::<Self>(&mut tx, r).await?;
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     async fn append_audit(&self, records: Arc<[AuditRecord]>) -> StorageResult<()> {

@@ -3,12 +3,16 @@
 -- ARGV: 1 key prefix, 2 max sessions, 3 now, 4 refresh hash, 5 device named by client (1/0),
 -- 6 new device id, 7 fingerprint, 8 device name, 9 platform, 10 user agent, 11 ip,
 -- 12 session id, 13 user id, 14 client id, 15 scope, 16 last used, 17 idle expiry,
--- 18 absolute expiry, 19 session ip, 20 session user agent, 21 access token id, 22 resource.
+-- 18 absolute expiry, 19 session ip, 20 session user agent, 21 access token id, 22 resource,
+-- 23 index the token by its hash (1: a token of the format before, which names no session).
 -- '' means absent.
 local P = ARGV[1]
 local now = tonumber(ARGV[3])
 local uid = ARGV[13]
-if redis.call('EXISTS', P .. 'rt:' .. ARGV[4]) == 1 then return {'conflict', {}, {}, 0, {}} end
+local indexed = ARGV[23] == '1'
+if indexed and redis.call('EXISTS', P .. 'rt:' .. ARGV[4]) == 1 then
+  return {'conflict', {}, {}, 0, {}}
+end
 local function set_present(key, field, value)
   if value ~= '' then redis.call('HSET', key, field, value) end
 end
@@ -64,7 +68,7 @@ set_present(skey, 'user_agent', ARGV[20])
 set_present(skey, 'access_jti', ARGV[21])
 set_present(skey, 'resource', ARGV[22])
 redis.call('PEXPIREAT', skey, ARGV[18])
-redis.call('SET', P .. 'rt:' .. ARGV[4], sid, 'PXAT', ARGV[18])
+if indexed then redis.call('SET', P .. 'rt:' .. ARGV[4], sid, 'PXAT', ARGV[18]) end
 redis.call('ZADD', ukey, ARGV[16], sid)
 redis.call('ZADD', P .. 'session_ends', ARGV[17], sid)
 return {'ok', redis.call('HGETALL', skey), redis.call('HGETALL', P .. 'device:' .. did),

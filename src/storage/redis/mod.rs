@@ -133,6 +133,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The bytes of `hex` text.
+fn unhex(text: &str) -> StorageResult<Vec<u8>> {
+    let corrupt = || StorageError::Corrupt("hex field".into());
+    if !text.len().is_multiple_of(2) {
+        return Err(corrupt());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()).ok_or_else(corrupt)
+        })
+        .collect()
+}
+
 /// A Redis hash as field → value.
 type Fields = HashMap<String, String>;
 
@@ -360,6 +374,30 @@ impl KeyStore for RedisStorage {
             .invoke_async(&mut self.conn())
             .await?;
         Ok(done == 1)
+    }
+
+    /// A hash of the value (hex), whether it is encrypted, and when it was made; HSETNX on the
+    /// value decides which instance's candidate is kept.
+    async fn server_secret(
+        &self,
+        name: &str,
+        candidate: &ServerSecret,
+    ) -> StorageResult<ServerSecret> {
+        let key = self.key("secret", name);
+        let (_, _, _, stored): ((), (), (), Fields) = ::redis::pipe()
+            .atomic()
+            .hset_nx(&key, "value", hex(&candidate.value))
+            .hset_nx(&key, "encrypted", if candidate.encrypted { "1" } else { "0" })
+            .hset_nx(&key, "created_at", candidate.created_at)
+            .hgetall(&key)
+            .query_async(&mut self.conn())
+            .await?;
+        let value: String = field(&stored, "value")?;
+        Ok(ServerSecret {
+            value: unhex(&value)?,
+            encrypted: stored.get("encrypted").is_some_and(|v| v == "1"),
+            created_at: field(&stored, "created_at")?,
+        })
     }
 }
 

@@ -90,6 +90,7 @@ impl BulkImport for RedisStorage {
                     device: &i.device,
                     device_named_by_client: false,
                     max_sessions: usize::MAX,
+                    index_token: true,
                 };
                 self.create_session(&login).await.map(drop)
             })
@@ -134,6 +135,7 @@ impl SessionStore for RedisStorage {
             .arg(or_empty(s.user_agent.as_deref()))
             .arg(or_empty(s.access_jti.as_deref()))
             .arg(or_empty(s.resource.as_deref()))
+            .arg(if login.index_token { "1" } else { "0" })
             .invoke_async(&mut self.conn())
             .await?;
         if status != "ok" {
@@ -199,7 +201,16 @@ impl SessionStore for RedisStorage {
         sessions_from_maps(&ended)
     }
 
-    async fn session_by_refresh(&self, hash: &[u8]) -> StorageResult<Option<(Session, bool)>> {
+    async fn session_by_refresh(
+        &self,
+        hash: &[u8],
+        session_id: Option<&str>,
+    ) -> StorageResult<Option<(Session, bool)>> {
+        if let Some(id) = session_id {
+            let map: Fields = self.conn().hgetall(self.key("session", id)).await?;
+            let current = map.get("current_hash").is_some_and(|c| *c == hex(hash));
+            return Ok(present(&map, session_from_map)?.map(|s| (s, current)));
+        }
         let (current, map): (i64, Fields) = self
             .scripts
             .session_by_refresh
@@ -218,8 +229,8 @@ impl SessionStore for RedisStorage {
         let (outcome, map): (String, Fields) = self
             .scripts
             .rotate_refresh
+            .key(self.key("session", r.session_id))
             .key(self.refresh_key(r.presented_hash))
-            .key(self.refresh_key(r.new_hash))
             .arg(hex(r.presented_hash))
             .arg(hex(r.new_hash))
             .arg(r.client_id)
@@ -231,6 +242,9 @@ impl SessionStore for RedisStorage {
             .arg(r.reuse_window_ms)
             .arg(r.new_jti)
             .arg(r.superseded_until)
+            .arg(r.presented_generation.map(|g| g.to_string()).unwrap_or_default())
+            .arg(r.new_generation)
+            .arg(DEVICE_SEEN_EVERY_MS)
             .invoke_async(&mut self.conn())
             .await?;
         let session = || session_from_map(&map);

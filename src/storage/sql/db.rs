@@ -19,8 +19,8 @@ use sqlx::query::Query;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilder, Type};
 
 use super::super::{
-    AuditRecord, AuthorizationCode, BrowserSession, Client, Device, Resource, Session,
-    StorageError, StorageResult, StoredKey, User, WebhookAttempt, WebhookDelivery,
+    AuditRecord, AuthorizationCode, BrowserSession, Client, Device, Resource, ServerSecret,
+    Session, StorageError, StorageResult, StoredKey, User, WebhookAttempt, WebhookDelivery,
     WebhookSubscription,
 };
 use crate::clock::Millis;
@@ -80,6 +80,8 @@ pub trait SqlDb:
     + Reads<User>
     + Reads<Client>
     + Reads<StoredKey>
+    + Reads<ServerSecret>
+    + Reads<crate::storage::sql::sessions::FamilyRow>
     + Reads<Session>
     + Reads<Device>
     + Reads<AuditRecord>

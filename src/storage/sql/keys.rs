@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::{Dialect, SqlStorage, Statement, unique};
 use crate::clock::Millis;
-use crate::storage::{KeyStore, StorageResult, StoredKey};
+use crate::storage::{KeyStore, ServerSecret, StorageResult, StoredKey};
 
 #[async_trait]
 impl<D: Dialect> KeyStore for SqlStorage<D> {
@@ -55,5 +55,26 @@ impl<D: Dialect> KeyStore for SqlStorage<D> {
         .map_err(unique("signing key"))?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn server_secret(
+        &self,
+        name: &str,
+        candidate: &ServerSecret,
+    ) -> StorageResult<ServerSecret> {
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value, encrypted, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+        )
+        .arg(name)
+        .arg(&candidate.value)
+        .arg(candidate.encrypted)
+        .arg(candidate.created_at)
+        .run(self.writer())
+        .await?;
+        sqlx::query("SELECT value, encrypted, created_at FROM server_secrets WHERE name = $1")
+            .arg(name)
+            .one(self.writer())
+            .await
     }
 }

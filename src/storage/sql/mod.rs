@@ -15,7 +15,7 @@ mod maintenance;
 pub mod migrate;
 mod resources;
 mod revocations;
-mod sessions;
+pub(crate) mod sessions;
 mod sign_in;
 mod users;
 mod webhooks;
@@ -49,6 +49,9 @@ pub trait Dialect: Send + Sync + 'static {
     /// The row-lock clause of a claim of webhook deliveries: `FOR UPDATE SKIP LOCKED` where
     /// several instances claim at once; empty where a single writer makes it atomic.
     const CLAIM_LOCK: &'static str;
+    /// The clause that locks a row read for update (` FOR UPDATE`); empty where a single
+    /// writer serialises writes.
+    const ROW_LOCK: &'static str;
     /// The table of a batch of token lookups: the elements of the JSON array `$1` as `q`
     /// (with a column `value`), each left-joined to the session (as `s`) whose id is its
     /// `sid`.

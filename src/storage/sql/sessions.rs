@@ -2,16 +2,127 @@
 //! of concurrent requests share one statement (see `storage::batch`).
 
 use async_trait::async_trait;
-use sqlx::Pool;
+use sqlx::{AssertSqlSafe, Pool, SqlSafeStr, Transaction};
 
 use super::{Dialect, SqlStorage, Statement, batched_reader, place, unique};
 use crate::clock::Millis;
 use crate::ids::{SessionId, UserId};
 use crate::storage::batch::Batched;
 use crate::storage::{
-    Device, Login, LoginOutcome, Rotation, RotationOutcome, Session, SessionStore, StorageResult,
-    revoke_reason,
+    DEVICE_SEEN_EVERY_MS, Device, Family, Login, LoginOutcome, Rotation, RotationDecision,
+    RotationOutcome, Session, SessionStore, StorageResult, revoke_reason,
 };
+
+/// A session row with its refresh-token family.
+#[derive(sqlx::FromRow)]
+pub struct FamilyRow {
+    #[sqlx(flatten)]
+    session: Session,
+    #[sqlx(flatten)]
+    family: Family,
+}
+
+/// The refresh rule on the session row, read (and locked where the dialect locks rows) in
+/// `tx`: every case the dialect's one-statement rotation of the live token does not take (a
+/// grace retry, reuse, an ended or unknown session, another client's token).
+pub(crate) async fn rotate_by_rule<D: Dialect>(
+    tx: &mut Transaction<'static, D::Db>,
+    r: &Rotation<'_>,
+) -> StorageResult<RotationOutcome> {
+    let read = AssertSqlSafe(format!("SELECT * FROM sessions WHERE id = $1{}", D::ROW_LOCK));
+    let found: Option<FamilyRow> =
+        sqlx::query(read.into_sql_str()).arg(r.session_id).optional(&mut *tx).await?;
+    let Some(FamilyRow { session, family }) = found else {
+        return Ok(RotationOutcome::Invalid);
+    };
+    let decision = r.decide(&session, &family);
+    let updated: Session = match decision {
+        RotationDecision::Invalid => return Ok(RotationOutcome::Invalid),
+        RotationDecision::Ended => return Ok(RotationOutcome::Ended(session)),
+        RotationDecision::Rotate | RotationDecision::Grace => {
+            // A grace retry is allowed once per rotation: it forgets the previous token, so
+            // presenting that again is reuse; and the access token issued with the pair it
+            // supersedes is revoked.
+            let grace = decision == RotationDecision::Grace;
+            if let (true, Some(jti)) = (grace, &session.access_jti) {
+                sqlx::query(
+                    "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) \
+                     ON CONFLICT (jti) DO NOTHING",
+                )
+                .arg(jti)
+                .arg(r.superseded_until)
+                .run(&mut *tx)
+                .await?;
+            }
+            let sql = if grace {
+                "UPDATE sessions SET generation = $1, current_hash = $2, previous_hash = NULL, \
+                 last_used_at = $3, idle_expires_at = $4, access_jti = $5 WHERE id = $6 \
+                 RETURNING *"
+            } else {
+                "UPDATE sessions SET generation = $1, previous_hash = current_hash, \
+                 current_hash = $2, rotated_at = $3, last_used_at = $3, idle_expires_at = $4, \
+                 access_jti = $5 WHERE id = $6 RETURNING *"
+            };
+            let updated = sqlx::query(sql)
+                .arg(r.reached_generation(&family))
+                .arg(r.new_hash)
+                .arg(r.now)
+                .arg(r.idle_expiry(&session))
+                .arg(r.new_jti)
+                .arg(&session.id)
+                .one(&mut *tx)
+                .await?;
+            seen_and_spent::<D>(tx, r, session.device_id.as_deref()).await?;
+            updated
+        }
+        RotationDecision::Reuse => {
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 \
+                 RETURNING *",
+            )
+            .arg(r.now)
+            .arg(revoke_reason::REFRESH_TOKEN_REUSE)
+            .arg(&session.id)
+            .one(&mut *tx)
+            .await?
+        }
+    };
+    Ok(match decision {
+        RotationDecision::Rotate => RotationOutcome::Rotated(updated),
+        RotationDecision::Grace => RotationOutcome::Grace(updated),
+        _ => RotationOutcome::Reused(updated),
+    })
+}
+
+/// After a rotation: the device is marked seen (at most once a minute), and a presented
+/// token of the format before is marked used in `refresh_tokens` (so its reuse is detected
+/// until it is purged).
+pub(crate) async fn seen_and_spent<D: Dialect>(
+    tx: &mut Transaction<'static, D::Db>,
+    r: &Rotation<'_>,
+    device_id: Option<&str>,
+) -> StorageResult<()> {
+    if let Some(device_id) = device_id {
+        sqlx::query(
+            "UPDATE devices SET last_seen_at = $1, last_ip = COALESCE($2, last_ip) \
+             WHERE id = $3 AND last_seen_at <= $4",
+        )
+        .arg(r.now)
+        .arg(r.ip)
+        .arg(device_id)
+        .arg(r.now - DEVICE_SEEN_EVERY_MS)
+        .run(&mut *tx)
+        .await?;
+    }
+    if r.presented_generation.is_none() {
+        sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2 AND used_at IS NULL")
+            .arg(r.now)
+            .arg(r.presented_hash)
+            .run(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
 
 /// A user's live sessions at `now`, as one lookup of a batch.
 #[derive(Debug, serde::Serialize)]
@@ -195,13 +306,17 @@ impl<D: Dialect> SessionStore for SqlStorage<D> {
         .one(&mut tx)
         .await
         .map_err(unique("session"))?;
-        sqlx::query("INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)")
+        if login.index_token {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)",
+            )
             .arg(login.refresh_hash)
             .arg(&s.id)
             .arg(s.created_at)
             .run(&mut tx)
             .await
             .map_err(unique("refresh token"))?;
+        }
         tx.commit().await?;
         Ok(LoginOutcome { session, device, new_device, evicted })
     }
@@ -234,14 +349,32 @@ impl<D: Dialect> SessionStore for SqlStorage<D> {
         .await
     }
 
-    async fn session_by_refresh(&self, hash: &[u8]) -> StorageResult<Option<(Session, bool)>> {
-        let found: Option<SessionByToken> = sqlx::query(
-            "SELECT s.*, s.current_hash = $1 AS is_current FROM refresh_tokens t \
-             JOIN sessions s ON s.id = t.session_id WHERE t.hash = $1",
-        )
-        .arg(hash)
-        .optional(self.reader())
-        .await?;
+    async fn session_by_refresh(
+        &self,
+        hash: &[u8],
+        session_id: Option<&str>,
+    ) -> StorageResult<Option<(Session, bool)>> {
+        let found: Option<SessionByToken> = match session_id {
+            Some(id) => {
+                sqlx::query(
+                    "SELECT s.*, s.current_hash = $1 AS is_current FROM sessions s \
+                     WHERE s.id = $2",
+                )
+                .arg(hash)
+                .arg(id)
+                .optional(self.reader())
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT s.*, s.current_hash = $1 AS is_current FROM refresh_tokens t \
+                     JOIN sessions s ON s.id = t.session_id WHERE t.hash = $1",
+                )
+                .arg(hash)
+                .optional(self.reader())
+                .await?
+            }
+        };
         Ok(found.map(|f| (f.session, f.is_current)))
     }
 

@@ -112,6 +112,7 @@ impl Dialect for SqliteBackend {
     const NAME: &'static str = "sqlite";
     const MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
     const CLAIM_LOCK: &'static str = "";
+    const ROW_LOCK: &'static str = "";
     const TOKEN_ROWS: &'static str =
         "json_each($1) AS q LEFT JOIN sessions s ON s.id = (q.value ->> 'sid')";
     const SESSION_ROWS: &'static str =

@@ -3,14 +3,13 @@
 //! commit. A durable commit (an fsync) is the floor of a rotation, so under load one fsync
 //! serves many rotations, while a lone rotation waits for nothing but its own commit.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::SqliteBackend;
 use crate::clock::Millis;
-use crate::storage::{
-    Rotation, RotationDecision, RotationOutcome, Session, StorageError, StorageResult,
-    revoke_reason,
-};
+use crate::storage::sql::sessions::{rotate_by_rule, seen_and_spent};
+use crate::storage::{Rotation, RotationOutcome, Session, StorageError, StorageResult};
 
 /// The most writes one group commit takes.
 const GROUP: usize = 64;
@@ -22,8 +21,11 @@ type GroupWrite = (QueuedRotation, oneshot::Sender<StorageResult<RotationOutcome
 /// A rotation's own copy of the request.
 #[derive(Debug)]
 struct QueuedRotation {
+    session_id: String,
+    presented_generation: Option<i64>,
     presented_hash: Vec<u8>,
     new_hash: Vec<u8>,
+    new_generation: i64,
     client_id: String,
     ip: Option<String>,
     now: Millis,
@@ -37,8 +39,11 @@ struct QueuedRotation {
 impl QueuedRotation {
     fn rotation(&self) -> Rotation<'_> {
         Rotation {
+            session_id: &self.session_id,
+            presented_generation: self.presented_generation,
             presented_hash: &self.presented_hash,
             new_hash: &self.new_hash,
+            new_generation: self.new_generation,
             client_id: &self.client_id,
             now: self.now,
             grace_ms: self.grace_ms,
@@ -74,8 +79,11 @@ impl GroupCommits {
     /// Queues the rotation for the next group commit and waits for its outcome.
     pub(super) async fn rotate(&self, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
         let queued = QueuedRotation {
+            session_id: r.session_id.to_owned(),
+            presented_generation: r.presented_generation,
             presented_hash: r.presented_hash.to_vec(),
             new_hash: r.new_hash.to_vec(),
+            new_generation: r.new_generation,
             client_id: r.client_id.to_owned(),
             ip: r.ip.map(str::to_owned),
             now: r.now,
@@ -127,98 +135,34 @@ async fn write_group(
     Ok(outcomes)
 }
 
-/// One rotation inside the group's transaction. Outcomes that change nothing write nothing.
-async fn rotate_in(tx: &mut SqliteConnection, r: &Rotation<'_>) -> StorageResult<RotationOutcome> {
-    use sqlx::{FromRow, Row};
-    let row = sqlx::query(
-        "SELECT s.* FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
-         WHERE t.hash = $1",
+/// One rotation inside the group's transaction: the live token of an active session of the
+/// client is one update of the session row (and, at most once a minute, of its device);
+/// anything else goes by the rule, which writes nothing for outcomes that change nothing.
+async fn rotate_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    r: &Rotation<'_>,
+) -> StorageResult<RotationOutcome> {
+    let rotated: Option<Session> = sqlx::query_as(
+        "UPDATE sessions SET generation = $1, previous_hash = current_hash, current_hash = $2, \
+         rotated_at = $3, last_used_at = $3, idle_expires_at = MIN($3 + $4, expires_at), \
+         access_jti = $5 WHERE id = $6 AND current_hash = $7 AND client_id = $8 \
+         AND revoked_at IS NULL AND expires_at > $3 AND idle_expires_at > $3 RETURNING *",
     )
+    .bind(r.new_generation)
+    .bind(r.new_hash)
+    .bind(r.now)
+    .bind(r.idle_timeout_ms)
+    .bind(r.new_jti)
+    .bind(r.session_id)
     .bind(r.presented_hash)
-    .fetch_optional(&mut *tx)
+    .bind(r.client_id)
+    .fetch_optional(&mut **tx)
     .await?;
-    let Some(row) = row else {
-        return Ok(RotationOutcome::Invalid);
-    };
-    let session = Session::from_row(&row)?;
-    let current: Vec<u8> = row.try_get("current_hash")?;
-    let previous: Option<Vec<u8>> = row.try_get("previous_hash")?;
-    let rotated_at: Option<Millis> = row.try_get("rotated_at")?;
-    let decision = r.decide(&session, &current, previous.as_deref(), rotated_at);
-    let updated: Session = match decision {
-        RotationDecision::WrongClient => return Ok(RotationOutcome::Invalid),
-        RotationDecision::Ended => return Ok(RotationOutcome::Ended(session)),
-        RotationDecision::Rotate | RotationDecision::Grace => {
-            // A grace retry is allowed once per rotation: it forgets the previous token, so
-            // presenting that again is reuse; and the access token issued with the pair it
-            // supersedes is revoked.
-            let sql = if decision == RotationDecision::Rotate {
-                "UPDATE sessions SET previous_hash = current_hash, current_hash = $1, \
-                 rotated_at = $2, last_used_at = $2, idle_expires_at = $3, access_jti = $5 \
-                 WHERE id = $4 RETURNING *"
-            } else {
-                "UPDATE sessions SET current_hash = $1, previous_hash = NULL, last_used_at = $2, \
-                 idle_expires_at = $3, access_jti = $5 WHERE id = $4 RETURNING *"
-            };
-            if let (RotationDecision::Grace, Some(jti)) = (decision, &session.access_jti) {
-                sqlx::query(
-                    "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) \
-                     ON CONFLICT (jti) DO NOTHING",
-                )
-                .bind(jti)
-                .bind(r.superseded_until)
-                .execute(&mut *tx)
-                .await?;
-            }
-            let spent: &[u8] =
-                if decision == RotationDecision::Rotate { r.presented_hash } else { &current };
-            sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2")
-                .bind(r.now)
-                .bind(spent)
-                .execute(&mut *tx)
-                .await?;
-            let updated = sqlx::query_as(sql)
-                .bind(r.new_hash)
-                .bind(r.now)
-                .bind(r.idle_expiry(&session))
-                .bind(&session.id)
-                .bind(r.new_jti)
-                .fetch_one(&mut *tx)
-                .await?;
-            sqlx::query(
-                "UPDATE devices SET last_seen_at = $1, last_ip = COALESCE($2, last_ip) \
-                 WHERE id = $3",
-            )
-            .bind(r.now)
-            .bind(r.ip)
-            .bind(&session.device_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)",
-            )
-            .bind(r.new_hash)
-            .bind(&session.id)
-            .bind(r.now)
-            .execute(&mut *tx)
-            .await?;
-            updated
+    match rotated {
+        Some(session) => {
+            seen_and_spent::<SqliteBackend>(tx, r, session.device_id.as_deref()).await?;
+            Ok(RotationOutcome::Rotated(session))
         }
-        RotationDecision::Reuse => {
-            sqlx::query_as(
-                "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 \
-                 RETURNING *",
-            )
-            .bind(r.now)
-            .bind(revoke_reason::REFRESH_TOKEN_REUSE)
-            .bind(&session.id)
-            .fetch_one(&mut *tx)
-            .await?
-        }
-    };
-    Ok(match decision {
-        RotationDecision::Rotate => RotationOutcome::Rotated(updated),
-        RotationDecision::Grace => RotationOutcome::Grace(updated),
-        _ => RotationOutcome::Reused(updated),
-    })
+        None => rotate_by_rule::<SqliteBackend>(tx, r).await,
+    }
 }

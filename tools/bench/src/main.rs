@@ -735,12 +735,21 @@ async fn floor(
         let (storage, client_id) = (storage.clone(), client_id.to_owned());
         rotations.spawn(async move {
             let mut hash = Secret::from_client(token).sha256();
+            // The imported token is of the format before: its session is looked up once, and
+            // every later rotation names it, as the server's do.
+            let found = storage.session_by_refresh(&hash, None).await?;
+            let session_id = found.ok_or_else(|| anyhow!("an imported token is unknown"))?.0.id;
+            let mut generation: Option<i64> = None;
             let mut done = 0u64;
             while Instant::now() < end {
                 let next = Secret::generate().sha256();
+                let new_generation = generation.unwrap_or(0) + 1;
                 let rotation = Rotation {
+                    session_id: &session_id,
+                    presented_generation: generation,
                     presented_hash: &hash,
                     new_hash: &next,
+                    new_generation,
                     client_id: &client_id,
                     now: SystemClock.now_ms(),
                     grace_ms: 300_000,
@@ -751,7 +760,10 @@ async fn floor(
                     superseded_until: 0,
                 };
                 match storage.rotate_refresh(&rotation).await? {
-                    RotationOutcome::Rotated(_) => hash = next,
+                    RotationOutcome::Rotated(_) => {
+                        hash = next;
+                        generation = Some(new_generation);
+                    }
                     other => return Err(anyhow!("floor rotation: {other:?}")),
                 }
                 done += 1;
