@@ -554,7 +554,7 @@ fn delivery_json(d: &WebhookDelivery, attempts: &[WebhookAttempt]) -> Value {
     })
 }
 
-#[utoipa::path(get, path = "/admin/webhooks/{id}/deliveries", tag = "admin", summary = "A subscription's newest deliveries and attempts", params(("id" = String, Path, description = "Subscription id")), params(("limit" = Option<u32>, Query)), security(("bearer" = [])),
+#[utoipa::path(get, path = "/admin/webhooks/{id}/deliveries", tag = "admin", summary = "A subscription's newest 100 deliveries and their attempts", params(("id" = String, Path, description = "Subscription id")), security(("bearer" = [])),
     responses((status = 200, description = "`{deliveries: [...]}`", body = Object), crate::http::openapi::AdminErrors))]
 #[tracing::instrument(skip_all)]
 async fn deliveries(

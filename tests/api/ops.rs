@@ -488,6 +488,16 @@ async fn openapi_describes_every_route() {
         );
         let responses = operation["responses"].as_object().expect("responses");
         assert!(!responses.is_empty(), "{method} {path} has no responses");
+        // Every `{name}` of the path is a declared path parameter.
+        let declared: Vec<&str> = operation["parameters"]
+            .as_array()
+            .map(|ps| {
+                ps.iter().filter(|p| p["in"] == "path").filter_map(|p| p["name"].as_str()).collect()
+            })
+            .unwrap_or_default();
+        for name in path.split('{').skip(1).filter_map(|rest| rest.split('}').next()) {
+            assert!(declared.contains(&name), "{method} {path} does not declare {{{name}}}");
+        }
         if path.starts_with("/admin")
             || path.starts_with("/auth/") && !path.starts_with("/auth/token")
         {
