@@ -189,7 +189,7 @@ impl App {
             policy,
             audit.clone(),
             metrics.clone(),
-            crate::domain::refresh_tokens::RefreshTokens::new(mac_key),
+            crate::domain::refresh_tokens::RefreshTokens::new(mac_key)?,
         );
         let registration = &config.registration;
         if registration.metadata_documents {

@@ -44,18 +44,19 @@ pub enum Presented {
 
 /// Makes and reads refresh tokens under the server's MAC key.
 pub struct RefreshTokens {
-    key: [u8; 32],
+    /// The MAC keyed once; each use works on a copy.
+    keyed: Hmac<Sha256>,
 }
 
 impl RefreshTokens {
-    pub fn new(key: [u8; 32]) -> Self {
-        Self { key }
+    pub fn new(key: [u8; 32]) -> anyhow::Result<Self> {
+        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(&key)
+            .map_err(|e| anyhow::anyhow!("refresh token key: {e}"))?;
+        Ok(Self { keyed })
     }
 
     fn tag(&self, signed: &[u8]) -> [u8; TAG] {
-        // Any key length is accepted by HMAC.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = self.keyed.clone();
         mac.update(signed);
         let full = mac.finalize().into_bytes();
         let mut tag = [0u8; TAG];
@@ -91,8 +92,7 @@ impl RefreshTokens {
             return Presented::Forged;
         }
         let (signed, tag) = bytes.split_at(SIGNED);
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = self.keyed.clone();
         mac.update(signed);
         if mac.verify_truncated_left(tag).is_err() {
             return Presented::Forged;
@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_minted_token_reads_back_as_its_family() {
-        let tokens = RefreshTokens::new([7; 32]);
+        let tokens = RefreshTokens::new([7; 32]).expect("key");
         let token = tokens.mint(SID, 41).expect("a uuid");
         assert_eq!(token.expose().len(), 98);
         assert_eq!(
@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn a_token_that_was_changed_or_made_with_another_key_is_forged() {
-        let tokens = RefreshTokens::new([7; 32]);
+        let tokens = RefreshTokens::new([7; 32]).expect("key");
         let token = tokens.mint(SID, 3).expect("a uuid");
         let mut bytes = URL_SAFE_NO_PAD.decode(token.expose()).expect("base64");
         // Another generation (say, from the future) under the same tag.
@@ -140,7 +140,7 @@ mod tests {
         let mut other = URL_SAFE_NO_PAD.decode(token.expose()).expect("base64");
         other[1] ^= 0x80;
         assert_eq!(tokens.read(&URL_SAFE_NO_PAD.encode(&other)), Presented::Forged);
-        let elsewhere = RefreshTokens::new([8; 32]).mint(SID, 3).expect("a uuid");
+        let elsewhere = RefreshTokens::new([8; 32]).expect("key").mint(SID, 3).expect("a uuid");
         assert_eq!(tokens.read(elsewhere.expose()), Presented::Forged);
         for garbage in ["", "x", "not base64 at all!", &"A".repeat(98)] {
             assert_eq!(tokens.read(garbage), Presented::Forged, "{garbage}");
