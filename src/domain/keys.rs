@@ -342,7 +342,39 @@ impl KeyManager {
     }
 }
 
+/// How a text secret sealed with the master key begins, when stored.
+const SEALED_TEXT: &str = "sealed:v1:";
+
 impl KeyManager {
+    /// A text secret as it is stored: sealed with the master key (bound to `label`) when one
+    /// is set, else as it is.
+    pub fn seal_text(&self, label: &str, plain: &str) -> anyhow::Result<String> {
+        Ok(match &self.master {
+            Some(master) => {
+                let sealed = seal(&master.current, label, plain.as_bytes())?;
+                format!("{SEALED_TEXT}{}", base64::engine::general_purpose::STANDARD.encode(sealed))
+            }
+            None => plain.to_owned(),
+        })
+    }
+
+    /// A text secret from how it is stored (one stored before sealing, or without a master
+    /// key, is as it was written).
+    pub fn open_text(&self, label: &str, stored: &str) -> anyhow::Result<String> {
+        let Some(sealed) = stored.strip_prefix(SEALED_TEXT) else {
+            return Ok(stored.to_owned());
+        };
+        let master = self
+            .master
+            .as_ref()
+            .ok_or_else(|| anyhow!("{label} is sealed but no master key is set"))?;
+        let sealed = base64::engine::general_purpose::STANDARD.decode(sealed)?;
+        let plain = open(&master.current, label, &sealed)
+            .or_else(|_| open(&master.legacy, label, &sealed))
+            .with_context(|| format!("{label} does not decrypt with the master key"))?;
+        Ok(String::from_utf8(plain)?)
+    }
+
     /// A 32-byte secret of the server, kept in storage (sealed with the master key when one
     /// is set) and the same on every instance: the first instance to ask makes it.
     pub async fn server_secret(&self, name: &str) -> anyhow::Result<[u8; 32]> {

@@ -47,6 +47,8 @@ pub enum WebhookError {
     Invalid(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
 }
 
 /// Webhook subscriptions and delivery.
@@ -55,6 +57,13 @@ pub struct Webhooks {
     settings: WebhookConfig,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
+    /// Seals signing secrets at rest with the master key.
+    keys: Arc<super::keys::KeyManager>,
+}
+
+/// What a subscription's sealed secret is bound to.
+fn secret_label(subscription_id: &str) -> String {
+    format!("webhook:{subscription_id}")
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -75,6 +84,7 @@ impl Webhooks {
         settings: WebhookConfig,
         metrics: Arc<Metrics>,
         ca_file: Option<&std::path::Path>,
+        keys: Arc<super::keys::KeyManager>,
     ) -> anyhow::Result<Self> {
         let http = crate::net::outbound_client(
             settings.timeout,
@@ -82,7 +92,7 @@ impl Webhooks {
             settings.allow_private_targets,
             ca_file,
         )?;
-        Ok(Self { storage, settings, http, metrics })
+        Ok(Self { storage, settings, http, metrics, keys })
     }
 
     /// Refuses non-http(s) URLs and, unless allowed, hosts that are or resolve to
@@ -121,15 +131,18 @@ impl Webhooks {
                 unique.push(e);
             }
         }
-        let subscription = WebhookSubscription {
-            id: super::id_text(Uuid::now_v7()),
+        let id = super::id_text(Uuid::now_v7());
+        let secret = format!("whsec_{}", STANDARD.encode(secret));
+        let stored = WebhookSubscription {
+            secret: self.keys.seal_text(&secret_label(&id), &secret)?,
+            id,
             url: url.to_owned(),
             events: unique.join(" "),
-            secret: format!("whsec_{}", STANDARD.encode(secret)),
             created_at: now,
         };
-        self.storage.create_webhook(&subscription).await?;
-        Ok(subscription)
+        self.storage.create_webhook(&stored).await?;
+        // The caller gets the secret itself, once.
+        Ok(WebhookSubscription { secret, ..stored })
     }
 
     /// Queues an audit record's event for its subscribers.
@@ -302,7 +315,11 @@ impl Webhooks {
             return (None, Some(e.to_string()), true);
         }
         let timestamp = SystemClock.now_ms() / 1000;
-        let signature = match sign(&s.secret, &d.event_id, timestamp, &d.payload) {
+        let secret = match self.keys.open_text(&secret_label(&s.id), &s.secret) {
+            Ok(secret) => secret,
+            Err(e) => return (None, Some(e.to_string()), true),
+        };
+        let signature = match sign(&secret, &d.event_id, timestamp, &d.payload) {
             Ok(sig) => sig,
             Err(e) => return (None, Some(e), true),
         };

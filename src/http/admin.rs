@@ -476,6 +476,7 @@ async fn create_webhook(
     let subscription = created.map_err(|e| match e {
         WebhookError::Invalid(why) => ApiError::BadRequest(why),
         WebhookError::Storage(e) => ApiError::Storage(e),
+        WebhookError::Internal(e) => ApiError::Internal(e),
     })?;
     let mut answer = subscription_json(&subscription);
     // The only time the secret is shown.

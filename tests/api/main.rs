@@ -1,6 +1,7 @@
 //! The integration suite: one binary, every test against its own server and database.
 
 mod account;
+mod at_rest;
 mod audit;
 mod browser;
 mod cli;
