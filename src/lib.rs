@@ -169,7 +169,7 @@ impl App {
             config.webhooks.clone(),
             metrics.clone(),
             config.server.outbound_ca_file.as_deref(),
-            keys.clone(),
+            keys.sealer(),
         )?);
         let audit = Arc::new(Audit::start(
             storage.clone(),

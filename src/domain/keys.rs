@@ -80,7 +80,8 @@ pub struct KeyManager {
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
     alg: SigningAlgorithm,
-    master: Option<MasterKey>,
+    /// The master key's cipher, shared with what else seals secrets at rest (webhooks).
+    sealer: Arc<Sealer>,
     /// How long a retired key must stay published: the access-token lifetime, plus the
     /// time other instances may keep signing with it before they reload.
     publish_after_retire_ms: Millis,
@@ -166,7 +167,7 @@ impl KeyManager {
             storage,
             clock,
             alg,
-            master: master_key.map(master_cipher).transpose()?,
+            sealer: Arc::new(Sealer { master: master_key.map(master_cipher).transpose()? }),
             publish_after_retire_ms,
             rotation_interval_ms,
             set: RwLock::new(Arc::new(KeySet {
@@ -230,7 +231,7 @@ impl KeyManager {
         let mut verifiers = HashMap::new();
         let mut jwks = Vec::new();
         for key in &stored {
-            if self.master.is_some() && !key.encrypted {
+            if self.sealer.master.is_some() && !key.encrypted {
                 // Not used: a new key replaces it (see `rotate`).
                 tracing::error!(kid = %key.kid, "a signing key stored in clear while a master key is set is ignored");
                 continue;
@@ -286,7 +287,7 @@ impl KeyManager {
         let der = tokio::task::spawn_blocking(move || generate_pkcs8(alg)).await??;
         let now = self.clock.now_ms();
         let kid = uuid::Uuid::now_v7().simple().to_string();
-        let (private_key, encrypted) = match &self.master {
+        let (private_key, encrypted) = match &self.sealer.master {
             Some(master) => (seal(&master.current, &kid, &der)?, true),
             None => (der, false),
         };
@@ -329,7 +330,7 @@ impl KeyManager {
     /// refused: it was not made by this server under this key (or was written by someone with
     /// access to the database), and signing with it would let them mint tokens.
     fn unwrap_private(&self, key: &StoredKey) -> anyhow::Result<Vec<u8>> {
-        match (&self.master, key.encrypted) {
+        match (&self.sealer.master, key.encrypted) {
             (None, false) => Ok(key.private_key.clone()),
             (None, true) => bail!("key {} is encrypted but no master key is set", key.kid),
             (Some(_), false) => {
@@ -345,7 +346,13 @@ impl KeyManager {
 /// How a text secret sealed with the master key begins, when stored.
 const SEALED_TEXT: &str = "sealed:v1:";
 
-impl KeyManager {
+/// Seals secrets at rest with the master key (when one is set). The key manager and the
+/// webhooks share one; it refers to nothing else, so sharing it makes no reference cycle.
+pub struct Sealer {
+    master: Option<MasterKey>,
+}
+
+impl Sealer {
     /// A text secret as it is stored: sealed with the master key (bound to `label`) when one
     /// is set, else as it is.
     pub fn seal_text(&self, label: &str, plain: &str) -> anyhow::Result<String> {
@@ -374,6 +381,13 @@ impl KeyManager {
             .with_context(|| format!("{label} does not decrypt with the master key"))?;
         Ok(String::from_utf8(plain)?)
     }
+}
+
+impl KeyManager {
+    /// The sealer of secrets at rest, for others that keep secrets.
+    pub fn sealer(&self) -> Arc<Sealer> {
+        self.sealer.clone()
+    }
 
     /// A 32-byte secret of the server, kept in storage (sealed with the master key when one
     /// is set) and the same on every instance: the first instance to ask makes it.
@@ -381,13 +395,13 @@ impl KeyManager {
         let mut fresh = [0u8; 32];
         rand::rng().fill_bytes(&mut fresh);
         let label = format!("secret:{name}");
-        let (value, encrypted) = match &self.master {
+        let (value, encrypted) = match &self.sealer.master {
             Some(master) => (seal(&master.current, &label, &fresh)?, true),
             None => (fresh.to_vec(), false),
         };
         let candidate = ServerSecret { value, encrypted, created_at: self.clock.now_ms() };
         let stored = self.storage.server_secret(name, &candidate).await?;
-        let plain = match (&self.master, stored.encrypted) {
+        let plain = match (&self.sealer.master, stored.encrypted) {
             (None, false) => stored.value,
             (None, true) => bail!("the secret {name} is encrypted but no master key is set"),
             (Some(_), false) => {

@@ -58,7 +58,7 @@ pub struct Webhooks {
     http: reqwest::Client,
     metrics: Arc<Metrics>,
     /// Seals signing secrets at rest with the master key.
-    keys: Arc<super::keys::KeyManager>,
+    sealer: Arc<super::keys::Sealer>,
 }
 
 /// What a subscription's sealed secret is bound to.
@@ -84,7 +84,7 @@ impl Webhooks {
         settings: WebhookConfig,
         metrics: Arc<Metrics>,
         ca_file: Option<&std::path::Path>,
-        keys: Arc<super::keys::KeyManager>,
+        sealer: Arc<super::keys::Sealer>,
     ) -> anyhow::Result<Self> {
         let http = crate::net::outbound_client(
             settings.timeout,
@@ -92,7 +92,7 @@ impl Webhooks {
             settings.allow_private_targets,
             ca_file,
         )?;
-        Ok(Self { storage, settings, http, metrics, keys })
+        Ok(Self { storage, settings, http, metrics, sealer })
     }
 
     /// Refuses non-http(s) URLs and, unless allowed, hosts that are or resolve to
@@ -134,7 +134,7 @@ impl Webhooks {
         let id = super::id_text(Uuid::now_v7());
         let secret = format!("whsec_{}", STANDARD.encode(secret));
         let stored = WebhookSubscription {
-            secret: self.keys.seal_text(&secret_label(&id), &secret)?,
+            secret: self.sealer.seal_text(&secret_label(&id), &secret)?,
             id,
             url: url.to_owned(),
             events: unique.join(" "),
@@ -315,7 +315,7 @@ impl Webhooks {
             return (None, Some(e.to_string()), true);
         }
         let timestamp = SystemClock.now_ms() / 1000;
-        let secret = match self.keys.open_text(&secret_label(&s.id), &s.secret) {
+        let secret = match self.sealer.open_text(&secret_label(&s.id), &s.secret) {
             Ok(secret) => secret,
             Err(e) => return (None, Some(e.to_string()), true),
         };
