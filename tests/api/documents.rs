@@ -58,10 +58,16 @@ async fn serve(State(shelf): State<Arc<Mutex<Shelf>>>, Path(name): Path<String>)
     response
 }
 
+/// An empty shelf and the routes that serve it.
+fn shelf_and_app() -> (Arc<Mutex<Shelf>>, Router) {
+    let shelf = Arc::new(Mutex::new(Shelf::default()));
+    let app = Router::new().route("/{name}", get(serve)).with_state(shelf.clone());
+    (shelf, app)
+}
+
 impl DocumentHost {
     pub async fn start() -> Self {
-        let shelf = Arc::new(Mutex::new(Shelf::default()));
-        let app = Router::new().route("/{name}", get(serve)).with_state(shelf.clone());
+        let (shelf, app) = shelf_and_app();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let server = tokio::spawn(async move {
@@ -87,8 +93,7 @@ impl DocumentHost {
             .expect("tls config");
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let shelf = Arc::new(Mutex::new(Shelf::default()));
-        let app = Router::new().route("/{name}", get(serve)).with_state(shelf.clone());
+        let (shelf, app) = shelf_and_app();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("https://{}", listener.local_addr().expect("addr"));
         let server = tokio::spawn(async move {

@@ -82,16 +82,23 @@ struct Guard {
     http: reqwest::Client,
     keys: RwLock<Keys>,
     metadata_url: String,
+    /// atoms-auth's server metadata, fetched once (its endpoints do not move).
+    server: tokio::sync::OnceCell<serde_json::Value>,
 }
 
 impl Guard {
-    /// atoms-auth's server metadata (RFC 8414).
-    async fn server_metadata(&self) -> anyhow::Result<serde_json::Value> {
-        let url = format!(
-            "{}/.well-known/oauth-authorization-server",
-            self.protection.issuer.trim_end_matches('/')
-        );
-        Ok(self.http.get(url).send().await?.error_for_status()?.json().await?)
+    /// atoms-auth's server metadata (RFC 8414), fetched at the first need and kept; a failed
+    /// fetch is tried again at the next.
+    async fn server_metadata(&self) -> anyhow::Result<&serde_json::Value> {
+        self.server
+            .get_or_try_init(|| async {
+                let url = format!(
+                    "{}/.well-known/oauth-authorization-server",
+                    self.protection.issuer.trim_end_matches('/')
+                );
+                Ok(self.http.get(url).send().await?.error_for_status()?.json().await?)
+            })
+            .await
     }
 
     /// The key a token names: from the cached set, or from a fresh one.
@@ -275,6 +282,7 @@ pub fn router(protection: Protection) -> anyhow::Result<Router> {
         StreamableHttpService::new(|| Ok(Greeter), LocalSessionManager::default().into(), config);
     let guard = Arc::new(Guard {
         metadata_url: format!("{origin}{metadata_path}"),
+        server: tokio::sync::OnceCell::new(),
         http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
         keys: RwLock::new(Keys { set: JwkSet { keys: Vec::new() }, fetched: None }),
         protection,
