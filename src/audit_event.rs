@@ -26,9 +26,10 @@ pub mod events {
     pub const RESOURCE_CREATED: &str = "resource.created";
     pub const RESOURCE_DELETED: &str = "resource.deleted";
     pub const CLIENT_REGISTERED: &str = "client.registered";
+    pub const USER_ERASED: &str = "user.erased";
 
     /// Every event type.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         USER_CREATED,
         LOGIN_SUCCEEDED,
         LOGIN_FAILED,
@@ -50,6 +51,7 @@ pub mod events {
         RESOURCE_CREATED,
         RESOURCE_DELETED,
         CLIENT_REGISTERED,
+        USER_ERASED,
     ];
 
     /// The per-request events, which are most of the log: the SQL event index leaves them

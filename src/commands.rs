@@ -60,6 +60,40 @@ pub async fn create_user(
     Ok(user.id)
 }
 
+/// A user named on the command line.
+pub enum UserRef {
+    Id(String),
+    Username(String),
+}
+
+/// What `users delete` did.
+#[derive(serde::Serialize)]
+pub struct Erased {
+    pub user_id: String,
+    #[serde(flatten)]
+    pub erasure: accounts::Erasure,
+}
+
+/// Erases a user as the admin API does (sessions ended and published, audit records
+/// pseudonymised), recorded as done by `cli`; `None` when there is no such user.
+pub async fn erase_user(config: Config, user: UserRef) -> anyhow::Result<Option<Erased>> {
+    let state = App::build(config).await?;
+    let found = match user {
+        UserRef::Id(id) => state.storage.user_by_id(&id).await?,
+        UserRef::Username(name) => state.storage.user_by_username(&name).await?,
+    };
+    let erased = match found {
+        Some(user) => state
+            .accounts
+            .erase_user(&user.id, &state.sessions, "cli")
+            .await?
+            .map(|erasure| Erased { user_id: user.id, erasure }),
+        None => None,
+    };
+    state.audit.close().await;
+    Ok(erased)
+}
+
 /// Registers a client; the answer holds the secret, which is shown this once.
 pub async fn create_client(config: &Config, new: NewClient) -> anyhow::Result<serde_json::Value> {
     let storage = open_storage(config).await?;

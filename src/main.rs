@@ -122,6 +122,14 @@ enum Users {
         #[arg(long, default_value = "member")]
         role: atoms_auth::domain::roles::Role,
     },
+    /// Erase a user: end their sessions, delete the account, devices and consents, and keep
+    /// their audit records under a pseudonym without personal data.
+    Delete {
+        #[arg(long, required_unless_present = "username", conflicts_with = "username")]
+        id: Option<String>,
+        #[arg(long)]
+        username: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -237,6 +245,17 @@ async fn main() -> anyhow::Result<()> {
             };
             let id = commands::create_user(&config, &username, password, role).await?;
             println!("{}", serde_json::json!({ "id": id, "username": username }));
+        }
+        Command::Users { action: Users::Delete { id, username } } => {
+            let user = match (id, username) {
+                (Some(id), _) => commands::UserRef::Id(id),
+                (None, Some(name)) => commands::UserRef::Username(name),
+                (None, None) => anyhow::bail!("give --id or --username"),
+            };
+            match commands::erase_user(config, user).await? {
+                Some(erased) => println!("{}", serde_json::to_string(&erased)?),
+                None => anyhow::bail!("no such user"),
+            }
         }
         Command::Clients {
             action:

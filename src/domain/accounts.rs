@@ -12,7 +12,8 @@ use super::secrets::{Secret, hash_password};
 use super::sign_in::check_redirect_uri;
 use super::tokens::GRANT_TYPES;
 use crate::clock::{Clock, Millis};
-use crate::storage::{Client, Resource, Storage, StorageError, User};
+use crate::ids::UserId;
+use crate::storage::{Client, Resource, Storage, StorageError, User, revoke_reason};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -242,6 +243,15 @@ pub async fn change_role(
     Ok(Some((user, changed)))
 }
 
+/// What erasing a user did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Erasure {
+    /// What the user's audit records now name instead of them.
+    pub pseudonym: String,
+    pub ended_sessions: usize,
+    pub audit_records: u64,
+}
+
 /// The account rules with their audit records, for the admin API: each change is recorded
 /// with the actor that made it.
 pub struct Accounts {
@@ -287,6 +297,35 @@ impl Accounts {
         };
         self.audit.record(changed.actor(actor)).await?;
         Ok(Some(before))
+    }
+
+    /// Erases a user: ends every session (audited and published as usual), deletes the
+    /// account with its devices, consents and sessions, and rewrites the user's audit
+    /// records under a new random pseudonym, which nothing else stores (see
+    /// [`super::audit::pseudonymised`]). `None` when there is no such user.
+    pub async fn erase_user(
+        &self,
+        user_id: &str,
+        sessions: &super::sessions::SessionService,
+        actor: &str,
+    ) -> Result<Option<Erasure>, AccountError> {
+        if self.storage.user_by_id(user_id).await?.is_none() {
+            return Ok(None);
+        }
+        let ended =
+            sessions.end_all(UserId::new(user_id), None, revoke_reason::USER_ERASED, actor).await?;
+        if !self.storage.delete_user(user_id).await? {
+            return Ok(None);
+        }
+        let pseudonym = format!("erased-{}", Uuid::new_v4());
+        let audit_records = self.audit.pseudonymise_user(user_id, &pseudonym).await?;
+        let erased = entry(events::USER_ERASED)
+            .actor(actor)
+            .user(&pseudonym)
+            .detail("ended_sessions", ended)
+            .detail("audit_records", audit_records);
+        self.audit.record(erased).await?;
+        Ok(Some(Erasure { pseudonym, ended_sessions: ended, audit_records }))
     }
 
     pub async fn resources(&self) -> Result<Vec<Resource>, AccountError> {

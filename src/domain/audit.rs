@@ -132,6 +132,34 @@ pub fn record_json(r: &AuditRecord) -> Value {
     })
 }
 
+/// The details that describe a person rather than an event: an account name, a browser's
+/// agent, a device's name and platform.
+const PERSONAL_DETAILS: [&str; 4] = ["username", "user_agent", "name", "platform"];
+
+/// `record` of an erased user, under `pseudonym`: the user and (when it was them) the actor
+/// become the pseudonym, and the address, the agent and the personal details go. The event,
+/// its time, session, client and request stay, so the security trail still reads whole.
+pub fn pseudonymised(mut record: AuditRecord, user_id: &str, pseudonym: &str) -> AuditRecord {
+    let own = |actor: &str| actor == user_id || actor.strip_prefix("user:") == Some(user_id);
+    if record.actor.as_deref().is_some_and(own) {
+        record.actor = Some(format!("user:{pseudonym}"));
+    }
+    record.user_id = Some(pseudonym.to_owned());
+    record.ip = None;
+    record.user_agent = None;
+    if let Ok(Value::Object(mut details)) = serde_json::from_str::<Value>(&record.details) {
+        let before = details.len();
+        details.retain(|key, _| !PERSONAL_DETAILS.contains(&key.as_str()));
+        if details.len() != before {
+            record.details = Value::Object(details).to_string();
+        }
+    }
+    record
+}
+
+/// How many records one rewrite of an erased user's audit records holds.
+const ERASURE_PAGE: u32 = 500;
+
 /// How long the writer waits for more records before writing a batch.
 const LINGER: Duration = Duration::from_millis(50);
 
@@ -220,7 +248,6 @@ impl Audit {
         Ok(())
     }
 
-    /// Waits until every record queued so far is stored.
     /// Records matching `query` (those still queued are not yet among them).
     pub async fn query(
         &self,
@@ -229,6 +256,30 @@ impl Audit {
         self.storage.query_audit(query).await
     }
 
+    /// Rewrites every stored record of `user_id` as [`pseudonymised`] under `pseudonym`,
+    /// those still queued included; returns how many.
+    pub async fn pseudonymise_user(&self, user_id: &str, pseudonym: &str) -> StorageResult<u64> {
+        self.flush().await;
+        let mut query = crate::storage::AuditQuery {
+            user_id: Some(user_id.to_owned()),
+            ascending: true,
+            limit: ERASURE_PAGE,
+            ..Default::default()
+        };
+        let mut rewritten = 0;
+        loop {
+            let page = self.storage.query_audit(&query).await?;
+            let Some(last) = page.last() else { break };
+            query.cursor = Some(last.id.clone());
+            let records: Vec<AuditRecord> =
+                page.into_iter().map(|r| pseudonymised(r, user_id, pseudonym)).collect();
+            self.storage.rewrite_audit(user_id, &records).await?;
+            rewritten += records.len() as u64;
+        }
+        Ok(rewritten)
+    }
+
+    /// Waits until every record queued so far is stored.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.sender.send(Message::Flush(tx)).await.is_ok() {
@@ -351,6 +402,40 @@ mod tests {
             assert!(id_floor(at) < id_floor(at + 1));
         }
         assert_eq!(id_floor(-5), id_floor(0));
+    }
+
+    #[test]
+    fn a_pseudonymised_record_keeps_the_event_and_loses_the_person() {
+        let record = AuditRecord {
+            ip: Some("203.0.113.9".into()),
+            user_agent: Some("Firefox".into()),
+            ..entry(events::SESSION_CREATED)
+                .actor("user:u1")
+                .user("u1")
+                .session("s1")
+                .client("c1")
+                .detail("device_id", "d1")
+                .detail("name", "Ann's phone")
+                .detail("platform", "iOS")
+                .detail("user_agent", "Firefox")
+                .detail("username", "ann")
+                .at(5)
+        };
+        let p = pseudonymised(record.clone(), "u1", "erased-1");
+        assert_eq!(
+            (p.id.as_str(), p.at, p.event.as_str()),
+            (record.id.as_str(), 5, "session.created")
+        );
+        assert_eq!(p.actor.as_deref(), Some("user:erased-1"));
+        assert_eq!(p.user_id.as_deref(), Some("erased-1"));
+        assert_eq!((p.session_id.as_deref(), p.client_id.as_deref()), (Some("s1"), Some("c1")));
+        assert_eq!((p.ip, p.user_agent), (None, None));
+        assert_eq!(p.details, r#"{"device_id":"d1"}"#);
+        // Another actor (an admin acting on the user) stays who they were.
+        let by_admin = entry(events::USER_ROLE_CHANGED).actor("user:admin").user("u1").at(6);
+        let p = pseudonymised(by_admin, "u1", "erased-1");
+        assert_eq!(p.actor.as_deref(), Some("user:admin"));
+        assert_eq!(p.details, "{}");
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl FromStr for Role {
 pub enum Permission {
     ReadUsers,
     ChangeUsers,
+    EraseUsers,
     ReadClients,
     ChangeClients,
     ReadSessions,
@@ -67,9 +68,10 @@ use Role::*;
 
 /// The access matrix: each permission with the roles that have it. Sessions and devices here
 /// are other users' (everyone manages their own through `/auth/sessions`).
-pub const MATRIX: [(Permission, &str, &[Role]); 11] = [
+pub const MATRIX: [(Permission, &str, &[Role]); 12] = [
     (ReadUsers, "read users", &[Owner, Admin, Viewer]),
     (ChangeUsers, "create users, change roles", &[Owner, Admin]),
+    (EraseUsers, "erase users", &[Owner, Admin]),
     (ReadClients, "read clients", &[Owner, Admin, Viewer]),
     (ChangeClients, "register clients", &[Owner, Admin]),
     (ReadSessions, "read others' sessions", &[Owner, Admin, Viewer]),

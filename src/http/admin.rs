@@ -28,7 +28,7 @@ use crate::storage::{AuditQuery, User, WebhookAttempt, WebhookDelivery, WebhookS
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_user))
-        .routes(routes!(get_user, update_user))
+        .routes(routes!(get_user, update_user, erase_user))
         .routes(routes!(user_sessions))
         .routes(routes!(revoke_user))
         .routes(routes!(create_client, list_clients))
@@ -128,6 +128,33 @@ async fn update_user(
     tracing::info!(from = %user.role, to = %role, "role changed");
     let user = User { role: role.as_str().to_owned(), ..user };
     Ok(Json(user_json(&user)).into_response())
+}
+
+/// Erases a user: their sessions end, their account, devices and consents are deleted, and
+/// their audit records are kept under a pseudonym without their personal data.
+#[utoipa::path(delete, path = "/admin/users/{id}", tag = "admin", summary = "Erase a user", params(("id" = String, Path, description = "User id")), security(("bearer" = [])),
+    responses((status = 200, description = "`{user_id, pseudonym, ended_sessions, audit_records}`", body = Object), crate::http::openapi::AdminErrors))]
+#[tracing::instrument(skip_all, fields(admin = %admin.claims.sub, user_id = %id))]
+async fn erase_user(
+    State(state): State<AppState>,
+    admin: Admin,
+    ApiPath(id): ApiPath,
+) -> Result<Response, ApiError> {
+    admin.require(Permission::EraseUsers)?;
+    let user = state.accounts.user(&id).await?.ok_or(ApiError::NotFound("no such user"))?;
+    if user.role.parse() == Ok(Role::Owner) && admin.role != Role::Owner {
+        return Err(ApiError::Forbidden("only an owner can erase an owner"));
+    }
+    let erased = state.accounts.erase_user(&id, &state.sessions, &admin.actor()).await?;
+    let erased = erased.ok_or(ApiError::NotFound("no such user"))?;
+    tracing::info!(pseudonym = %erased.pseudonym, "user erased");
+    Ok(Json(json!({
+        "user_id": id,
+        "pseudonym": erased.pseudonym,
+        "ended_sessions": erased.ended_sessions,
+        "audit_records": erased.audit_records,
+    }))
+    .into_response())
 }
 
 /// Another user's active sessions.

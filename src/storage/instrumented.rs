@@ -44,6 +44,7 @@ timed! {
         fn user_by_username(&self, username: &str) -> Option<User>;
         fn user_by_id(&self, id: &str) -> Option<User>;
         fn set_user_role(&self, id: &str, role: &str) -> bool;
+        fn delete_user(&self, id: &str) -> bool;
     }
     ClientStore {
         fn create_client(&self, client: &Client) -> ();
@@ -84,6 +85,7 @@ timed! {
     AuditStore {
         fn append_audit(&self, records: Arc<[AuditRecord]>) -> ();
         fn query_audit(&self, query: &AuditQuery) -> Vec<AuditRecord>;
+        fn rewrite_audit(&self, user_id: &str, records: &[AuditRecord]) -> ();
     }
     WebhookStore {
         fn create_webhook(&self, subscription: &WebhookSubscription) -> ();

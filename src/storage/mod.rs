@@ -60,6 +60,9 @@ pub trait UserStore {
     async fn user_by_id(&self, id: &str) -> StorageResult<Option<User>>;
     /// Changes a user's role; false when there is no such user.
     async fn set_user_role(&self, id: &str, role: &str) -> StorageResult<bool>;
+    /// Deletes the account with everything that is only its own: its sessions (ended or
+    /// not), devices, consents, browser sign-ins and codes. False when there is no such user.
+    async fn delete_user(&self, id: &str) -> StorageResult<bool>;
 }
 
 /// Registered OAuth clients.
@@ -266,6 +269,9 @@ pub trait AuditStore {
     async fn append_audit(&self, records: Arc<[AuditRecord]>) -> StorageResult<()>;
     /// Records matching the query, newest first, at most `limit`.
     async fn query_audit(&self, query: &AuditQuery) -> StorageResult<Vec<AuditRecord>>;
+    /// Stores `records` over the stored records of the same ids, which were `user_id`'s;
+    /// their id, time and event are unchanged, the rest (their user too) may change.
+    async fn rewrite_audit(&self, user_id: &str, records: &[AuditRecord]) -> StorageResult<()>;
 }
 
 /// Webhook subscriptions and the durable delivery queue.

@@ -259,6 +259,8 @@ pub mod revoke_reason {
     pub const REVOKED_BY_USER: &str = "revoked_by_user";
     pub const DEVICE_REMOVED: &str = "device_removed";
     pub const USER_REVOKED: &str = "user_revoked";
+    /// The account was erased.
+    pub const USER_ERASED: &str = "user_erased";
     /// The authorization code that opened the session was presented again.
     pub const CODE_REPLAYED: &str = "authorization_code_replayed";
 }

@@ -133,6 +133,16 @@ async fn cli_walkthrough(backend: Backend) {
     let (ok, _, _) = atoms_auth(&db, &["resources", "delete", "--uri", mcp], None);
     assert!(!ok, "deleting it twice fails");
 
+    // Erasure: carol's sessions end, her account goes, her audit trail stays pseudonymous.
+    let erase = ["users", "delete", "--username", "carol"];
+    let (ok, out, err) = atoms_auth(&db, &erase, None);
+    assert!(ok, "{err}");
+    let erased: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(erased["pseudonym"].as_str().is_some_and(|p| p.starts_with("erased-")), "{out}");
+    assert!(erased["ended_sessions"].as_u64().is_some_and(|n| n >= 1), "{out}");
+    let (ok, _, err) = atoms_auth(&db, &erase, None);
+    assert!(!ok && err.contains("no such user"), "{err}");
+
     let (ok, out, err) = atoms_auth(&db, &["migrate", "down"], None);
     assert!(ok && out.contains("pending"), "{out}{err}");
 }

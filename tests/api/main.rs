@@ -9,6 +9,7 @@ mod contract;
 mod contract_sessions;
 mod contract_sign_in;
 mod documents;
+mod erasure;
 mod fixtures;
 mod helpers;
 mod mcp;

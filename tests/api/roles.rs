@@ -29,6 +29,10 @@ async fn exercise(app: &TestApp, token: &str, permission: Permission, target: &s
             "/admin/users".to_owned(),
             Some(json!({ "username": unique, "password": PASSWORD, "role": "viewer" })),
         ),
+        Permission::EraseUsers => {
+            let victim = app.create_user(&unique, PASSWORD).await;
+            ("DELETE", format!("/admin/users/{victim}"), None)
+        }
         Permission::ReadClients => unreachable!("needs the client id; done by the caller"),
         Permission::ChangeClients => (
             "POST",

@@ -48,11 +48,7 @@ impl AuditStore for RedisStorage {
         for chunk in records.chunks(500) {
             let mut indexes: HashMap<(&str, &str), ::redis::Cmd> = HashMap::new();
             for r in chunk {
-                member.clear();
-                member.extend_from_slice(r.id.as_bytes());
-                member.push(MEMBER_SEPARATOR);
-                serde_json::to_writer(&mut member, r)
-                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                write_event_member(&mut member, r)?;
                 let user = r.user_id.as_deref().map(|u| (u, index_member(&r.id, &r.event)));
                 let members = std::iter::once(("audit_event", r.event.as_str(), &member[..]))
                     .chain(user.as_ref().map(|(u, m)| ("audit_user", *u, m.as_bytes())));
@@ -150,6 +146,35 @@ impl AuditStore for RedisStorage {
         }
         Ok(found)
     }
+
+    /// Each record's member is replaced in its event index, and its user index entry moves
+    /// to its new user, in one transaction.
+    async fn rewrite_audit(&self, user_id: &str, records: &[AuditRecord]) -> StorageResult<()> {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        let mut member = Vec::with_capacity(1024);
+        for r in records {
+            let events = self.key("audit_event", &r.event);
+            pipe.zrembylex(&events, format!("[{}", r.id), format!("({}{PAST_ID}", r.id)).ignore();
+            write_event_member(&mut member, r)?;
+            pipe.zadd(&events, &member[..], 0).ignore();
+            let named = index_member(&r.id, &r.event);
+            pipe.zrem(self.key("audit_user", user_id), &named).ignore();
+            if let Some(user) = &r.user_id {
+                pipe.zadd(self.key("audit_user", user), &named, 0).ignore();
+            }
+        }
+        let _: () = pipe.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+}
+
+/// Writes into `member` (cleared first) the member of `r`'s event index that holds it.
+fn write_event_member(member: &mut Vec<u8>, r: &AuditRecord) -> StorageResult<()> {
+    member.clear();
+    member.extend_from_slice(r.id.as_bytes());
+    member.push(MEMBER_SEPARATOR);
+    serde_json::to_writer(&mut *member, r).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
 /// What separates a record's id from the rest of an index member (below every id character,

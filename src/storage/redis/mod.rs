@@ -35,6 +35,7 @@ struct Scripts {
     rotate_key: Script,
     revoke_session: Script,
     create_user: Script,
+    delete_user: Script,
     create_session: Script,
     revoke_user_sessions: Script,
     update_device: Script,
@@ -67,6 +68,7 @@ impl RedisStorage {
                 rotate_key: Script::new(include_str!("rotate_key.lua")),
                 revoke_session: Script::new(include_str!("revoke_session.lua")),
                 create_user: Script::new(include_str!("create_user.lua")),
+                delete_user: Script::new(include_str!("delete_user.lua")),
                 create_session: Script::new(include_str!("create_session.lua")),
                 revoke_user_sessions: Script::new(include_str!("revoke_user_sessions.lua")),
                 update_device: Script::new(include_str!("update_device.lua")),
@@ -198,8 +200,8 @@ impl UserStore for RedisStorage {
         self.get_json(&self.key("user", id)).await
     }
 
-    /// Read, change, write back only if the key still exists (`SET XX`). Users are never
-    /// deleted, and the role is the only field that changes, so the last change wins.
+    /// Read, change, write back only if the key still exists (`SET XX`). The role is the
+    /// only field that changes, so the last change wins.
     async fn set_user_role(&self, id: &str, role: &str) -> StorageResult<bool> {
         let Some(mut user) = self.user_by_id(id).await? else {
             return Ok(false);
@@ -214,6 +216,17 @@ impl UserStore for RedisStorage {
             .query_async(&mut self.conn())
             .await?;
         Ok(set.is_some())
+    }
+
+    async fn delete_user(&self, id: &str) -> StorageResult<bool> {
+        let deleted: i64 = self
+            .scripts
+            .delete_user
+            .arg(self.script_prefix())
+            .arg(id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(deleted == 1)
     }
 }
 

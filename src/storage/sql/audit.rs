@@ -57,6 +57,31 @@ impl<D: Dialect> AuditStore for SqlStorage<D> {
         select.push(order).push(" LIMIT ").push_arg(i64::from(q.limit));
         select.build().all(self.reader()).await
     }
+
+    async fn rewrite_audit(&self, user_id: &str, records: &[AuditRecord]) -> StorageResult<()> {
+        let mut tx = self.dialect.audit_writer().begin().await?;
+        for r in records {
+            sqlx::query(
+                "UPDATE audit_events SET actor = $1, user_id = $2, session_id = $3, \
+                 client_id = $4, ip = $5, user_agent = $6, request_id = $7, details = $8 \
+                 WHERE id = $9 AND user_id = $10",
+            )
+            .arg(&r.actor)
+            .arg(&r.user_id)
+            .arg(&r.session_id)
+            .arg(&r.client_id)
+            .arg(&r.ip)
+            .arg(&r.user_agent)
+            .arg(&r.request_id)
+            .arg(&r.details)
+            .arg(&r.id)
+            .arg(user_id)
+            .run(&mut tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -43,4 +43,12 @@ impl<D: Dialect> UserStore for SqlStorage<D> {
             .await?;
         Ok(changed > 0)
     }
+
+    /// The account's sessions (with their token rows), devices, consents, browser sign-ins
+    /// and codes go with it by their foreign keys' `ON DELETE CASCADE`.
+    async fn delete_user(&self, id: &str) -> StorageResult<bool> {
+        let deleted =
+            sqlx::query("DELETE FROM users WHERE id = $1").arg(id).run(self.writer()).await?;
+        Ok(deleted > 0)
+    }
 }

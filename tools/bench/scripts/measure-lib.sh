@@ -9,7 +9,7 @@ all_events=user.created,user.login.succeeded,user.login.failed,user.locked,token
 all_events=$all_events,token.refreshed,token.revoked,token.reuse_detected,session.created
 all_events=$all_events,session.revoked,session.expired,device.registered,client.created,key.rotated
 all_events=$all_events,consent.granted,resource.created,resource.deleted,client.registered
-all_events=$all_events,client.updated,client.deleted,user.role_changed
+all_events=$all_events,client.updated,client.deleted,user.role_changed,user.erased
 
 server=""
 
