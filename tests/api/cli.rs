@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::helpers::{Backend, TestDb, spawn_on};
+use crate::helpers::{Backend, TestDb, free_port, spawn_on};
 
 fn atoms_auth(db: &TestDb, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_atoms-auth"))
@@ -148,12 +148,6 @@ async fn cli_walkthrough(backend: Backend) {
 }
 
 crate::backend_tests!(cli_walkthrough);
-
-/// A free port on loopback (bound, then released for the server to take).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
 
 /// The server's JSON logs of a full login, refresh, introspection and revocation run (with
 /// failures) hold none of the passwords, secrets or tokens, and every line of a request

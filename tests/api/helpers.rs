@@ -499,3 +499,9 @@ impl ClockExt for ManualClock {
         atoms_auth::clock::rfc3339(self.now_ms())
     }
 }
+
+/// A free port on loopback (bound, then released for a server to take).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}

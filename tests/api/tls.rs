@@ -72,3 +72,75 @@ async fn a_certificate_without_its_key_stops_the_start() {
     let refused = atoms_auth::App::build_with_clock(config, clock).await;
     assert!(refused.is_err_and(|e| e.to_string().contains("/nonexistent/cert.pem")));
 }
+
+/// A certificate authority and a `localhost` certificate it signed: (CA PEM, certificate PEM,
+/// key PEM).
+fn signed_certificate() -> (String, String, String) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().expect("key"))
+        .expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let cert = params.signed_by(&key, &ca).expect("cert");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// The binary on a Redis that speaks only TLS with a password (`rediss://`, as a managed
+/// Redis with encryption in transit does), trusting its CA through `SSL_CERT_FILE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stores_in_a_redis_that_speaks_only_tls() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca, cert, key) = signed_certificate();
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    for (name, pem) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(path(name), pem).expect("write");
+    }
+    let port = crate::helpers::free_port();
+    let tls_port = port.to_string();
+    let redis_args = [
+        "--port",
+        "0",
+        "--tls-port",
+        &tls_port,
+        "--tls-auth-clients",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--requirepass",
+        "tls-test-password",
+    ];
+    let _redis = tokio::process::Command::new("redis-server")
+        .args(redis_args)
+        .args(["--tls-cert-file", &path("cert.pem"), "--tls-key-file", &path("key.pem")])
+        .args(["--tls-ca-cert-file", &path("ca.pem"), "--dir", &path("")])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server");
+    let listen = crate::helpers::free_port();
+    let _server = tokio::process::Command::new(env!("CARGO_BIN_EXE_atoms-auth"))
+        .env("ATOMS_AUTH_DATABASE_URL", format!("rediss://:tls-test-password@localhost:{port}"))
+        .env("ATOMS_AUTH_LISTEN", format!("127.0.0.1:{listen}"))
+        .env("ATOMS_AUTH_LOG", "warn")
+        .env("SSL_CERT_FILE", path("ca.pem"))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("atoms-auth");
+    let http = reqwest::Client::new();
+    let health = format!("http://127.0.0.1:{listen}/health");
+    let mut answer = None;
+    for _ in 0..100 {
+        if let Ok(r) = http.get(&health).send().await {
+            answer = Some(r.json::<serde_json::Value>().await.expect("json"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = answer.expect("the server starts on the TLS Redis");
+    assert_eq!(answer["status"], "healthy", "{answer}");
+    assert_eq!(answer["checks"]["storage"]["backend"], "redis", "{answer}");
+}

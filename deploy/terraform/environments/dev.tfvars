@@ -1,0 +1,19 @@
+environment              = "dev"
+image                    = "ghcr.io/atoms-auth/atoms-auth:latest"
+issuer                   = "https://auth.dev.example.com"
+certificate_arn          = "arn:aws:acm:eu-west-1:111111111111:certificate/00000000-0000-0000-0000-000000000001"
+task_cpu                 = 256
+task_memory              = 512
+min_tasks                = 1
+max_tasks                = 2
+db_instance_class        = "db.t4g.micro"
+db_allocated_storage_gb  = 20
+db_multi_az              = false
+db_backup_retention_days = 1
+redis_node_type          = "cache.t4g.micro"
+redis_replicas           = 0
+deletion_protection      = false
+log_retention_days       = 14
+extra_environment = {
+  ATOMS_AUTH_LOG = "debug"
+}

@@ -1,0 +1,17 @@
+environment              = "prod"
+image                    = "ghcr.io/atoms-auth/atoms-auth:latest"
+issuer                   = "https://auth.example.com"
+certificate_arn          = "arn:aws:acm:eu-west-1:111111111111:certificate/00000000-0000-0000-0000-000000000003"
+az_count                 = 3
+task_cpu                 = 1024
+task_memory              = 2048
+min_tasks                = 3
+max_tasks                = 12
+db_instance_class        = "db.r7g.large"
+db_allocated_storage_gb  = 100
+db_multi_az              = true
+db_backup_retention_days = 35
+redis_node_type          = "cache.r7g.large"
+redis_replicas           = 2
+deletion_protection      = true
+log_retention_days       = 365

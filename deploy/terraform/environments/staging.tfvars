@@ -1,0 +1,16 @@
+environment              = "staging"
+image                    = "ghcr.io/atoms-auth/atoms-auth:latest"
+issuer                   = "https://auth.staging.example.com"
+certificate_arn          = "arn:aws:acm:eu-west-1:111111111111:certificate/00000000-0000-0000-0000-000000000002"
+task_cpu                 = 512
+task_memory              = 1024
+min_tasks                = 2
+max_tasks                = 4
+db_instance_class        = "db.t4g.small"
+db_allocated_storage_gb  = 20
+db_multi_az              = false
+db_backup_retention_days = 7
+redis_node_type          = "cache.t4g.small"
+redis_replicas           = 1
+deletion_protection      = false
+log_retention_days       = 30
