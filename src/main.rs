@@ -300,7 +300,8 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", commands::update_client(&config, &client_id, change).await?);
         }
         Command::Health { url } => {
-            let base = url.unwrap_or_else(|| format!("http://{}", config.server.listen));
+            let scheme = if config.server.tls_cert.is_some() { "https" } else { "http" };
+            let base = url.unwrap_or_else(|| format!("{scheme}://{}", config.server.listen));
             let ready = commands::ready(&base).await;
             println!("{}", if ready { "ready" } else { "not ready" });
             if !ready {

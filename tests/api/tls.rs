@@ -41,6 +41,18 @@ async fn the_server_speaks_https_and_serves_a_renewed_certificate() {
     assert_eq!(live.version(), reqwest::Version::HTTP_2, "h2 through ALPN");
     // Plain HTTP on the TLS port gets no answer.
     assert!(app.http.get(format!("{}/health/live", app.base)).send().await.is_err());
+    // The container health check asks over HTTPS on this host, whatever name the certificate
+    // carries.
+    let probe = |url: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_atoms-auth"))
+            .args(["health", "--url", &url])
+            .env("ATOMS_AUTH_LOG", "warn")
+            .status()
+            .expect("health")
+            .success()
+    };
+    assert!(probe(format!("https://127.0.0.1:{}", addr.port())), "ready over HTTPS");
+    assert!(!probe(format!("http://127.0.0.1:{}", addr.port())), "plain HTTP is no answer");
 
     // A renewed certificate: new connections get it, without a restart.
     let (second_cert, second_key) = certificate();
