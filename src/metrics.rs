@@ -27,6 +27,8 @@ pub struct Metrics {
     pub storage_duration: HistogramVec,
     pub storage_errors: IntCounterVec,
     pub pool_connections: IntGaugeVec,
+    pub pool_max_connections: IntGauge,
+    pub webhook_backlog: IntGaugeVec,
     pub cache_requests: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
     pub audit_events: IntCounterVec,
@@ -51,6 +53,8 @@ pub const FAMILIES: &[&str] = &[
     "atoms_auth_storage_operation_duration_seconds",
     "atoms_auth_storage_errors_total",
     "atoms_auth_storage_pool_connections",
+    "atoms_auth_storage_pool_max_connections",
+    "atoms_auth_webhook_backlog",
     "atoms_auth_cache_requests_total",
     "atoms_auth_webhook_deliveries_total",
     "atoms_auth_audit_events_total",
@@ -185,6 +189,20 @@ impl Metrics {
                 "Storage pool connections by state (idle, in_use); absent for Redis.",
                 &["state"],
             )?,
+            pool_max_connections: register(
+                r,
+                IntGauge::new(
+                    "atoms_auth_storage_pool_max_connections",
+                    "The most connections the storage pools may open; 0 for Redis.",
+                )?,
+            )?,
+            webhook_backlog: gauges(
+                r,
+                "atoms_auth_webhook_backlog",
+                "Webhook deliveries in the queue by state (pending, failed), shared by every \
+                 instance; refreshed with the health checks.",
+                &["state"],
+            )?,
             cache_requests: counter(
                 r,
                 "atoms_auth_cache_requests_total",
@@ -226,6 +244,10 @@ impl Metrics {
         let outcomes: [&[&str]; 4] = [&["rotated"], &["grace"], &["reuse"], &["invalid"]];
         touch(&metrics.refresh_outcomes, &outcomes);
         touch(&metrics.webhook_deliveries, &[&["delivered"], &["retry"], &["failed"]]);
+        // 0 until the first health check, a moment after start.
+        for state in ["pending", "failed"] {
+            metrics.webhook_backlog.with_label_values(&[state]).set(0);
+        }
         touch(&metrics.storage_errors, &[&["ping"]]);
         // Unknown (1) until the first check, which runs in the background after start.
         for check in HEALTH_CHECKS.iter().chain(&["overall"]) {

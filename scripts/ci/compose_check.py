@@ -1,6 +1,6 @@
 """Validates docker-compose.yml without a Docker engine: against the Compose specification's
 JSON schema (as shipped in the docker-compose 1.29.2 wheel from PyPI), then the stack's own
-rules: five services, public and backend networks, named volumes, a health check on every
+rules: its seven services, public and backend networks, named volumes, a health check on every
 service, depends_on with conditions, and the monitoring files it mounts present.
 
     python3 compose_check.py COMPOSE_SPEC_JSON docker-compose.yml
@@ -25,7 +25,9 @@ for error in validator.iter_errors(compose):
     errors.append(f"schema: {where}: {error.message}")
 
 services = compose.get("services", {})
-expected = {"atoms-auth", "postgres", "redis", "prometheus", "grafana"}
+expected = {
+    "atoms-auth", "postgres", "redis", "postgres-exporter", "redis-exporter", "prometheus", "grafana",
+}
 if set(services) != expected:
     errors.append(f"services are {sorted(services)}, expected {sorted(expected)}")
 if set(compose.get("networks", {})) != {"public", "backend"}:

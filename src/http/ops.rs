@@ -51,6 +51,7 @@ fn render_metrics(state: &AppState) -> Response {
         let gauge = &state.metrics.pool_connections;
         gauge.with_label_values(&["idle"]).set(i64::from(pool.idle));
         gauge.with_label_values(&["in_use"]).set(i64::from(pool.size.saturating_sub(pool.idle)));
+        state.metrics.pool_max_connections.set(i64::from(pool.max));
     }
     let body = state.metrics.render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
@@ -194,6 +195,8 @@ async fn check_webhooks(state: &AppState, metrics: &Metrics) -> Check {
         Ok(b) => b,
         Err(e) => return Check::new(Status::Unhealthy, Some(latency)).with("error", e),
     };
+    metrics.webhook_backlog.with_label_values(&["pending"]).set(backlog.pending as i64);
+    metrics.webhook_backlog.with_label_values(&["failed"]).set(backlog.failed as i64);
     let count = |outcome: &str| metrics.webhook_deliveries.with_label_values(&[outcome]).get();
     let (delivered, retried, failed) = (count("delivered"), count("retry"), count("failed"));
     let attempts = delivered + retried + failed;

@@ -364,6 +364,8 @@ pub trait Storage:
 pub struct PoolState {
     pub size: u32,
     pub idle: u32,
+    /// The most connections the pools may open.
+    pub max: u32,
 }
 
 /// Connection options that are not part of the URL.

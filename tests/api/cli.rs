@@ -494,3 +494,30 @@ async fn backup_restore_round_trip_sqlite() {
 async fn backup_restore_round_trip_postgres() {
     backup_restore_round_trip(Backend::Postgres).await;
 }
+
+/// `scripts/setup_monitoring.sh` starts Prometheus with the repository's rules against a live
+/// server, and it scrapes the server's metrics.
+#[tokio::test]
+async fn setup_monitoring_script_scrapes_a_live_server() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = serve(&db).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let dir = dir.path().to_string_lossy().into_owned();
+    let port = free_port().to_string();
+    let args = [server.base.as_str(), "--dir", &dir, "--port", &port];
+    let (ok, out) = script("setup_monitoring.sh", &args, &[("SCRAPE_INTERVAL", "1s")]);
+    let stop = || script("setup_monitoring.sh", &["--stop", "--dir", &dir], &[]);
+    if !ok {
+        stop();
+        panic!("{out}");
+    }
+    assert!(out.contains("(18 alerts loaded)"), "{out}");
+    let query = format!("http://127.0.0.1:{port}/api/v1/query?query=atoms_auth_build_info");
+    let answer: serde_json::Value =
+        reqwest::get(&query).await.expect("query").json().await.expect("json");
+    stop();
+    let series = answer["data"]["result"].as_array().cloned().unwrap_or_default();
+    assert_eq!(series.len(), 1, "{answer}");
+    assert_eq!(series[0]["metric"]["backend"], "sqlite", "{answer}");
+    drop(server.child);
+}

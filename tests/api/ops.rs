@@ -524,8 +524,33 @@ async fn openapi_describes_every_route() {
     }
 }
 
+/// The series of the exporters the compose stack runs (postgres-exporter 0.15 with its
+/// default collectors, redis_exporter 1.62) that the dashboards and rules use, as those
+/// exporters name them.
+const EXPORTER_METRICS: &[&str] = &[
+    "pg_up",
+    "pg_stat_activity_count",
+    "pg_settings_max_connections",
+    "pg_stat_database_xact_commit",
+    "pg_stat_database_xact_rollback",
+    "pg_stat_database_deadlocks",
+    "pg_database_size_bytes",
+    "pg_locks_count",
+    "redis_up",
+    "redis_memory_used_bytes",
+    "redis_memory_max_bytes",
+    "redis_commands_processed_total",
+    "redis_connected_clients",
+    "redis_rejected_connections_total",
+    "redis_keyspace_hits_total",
+    "redis_keyspace_misses_total",
+    "redis_db_keys",
+    "redis_evicted_keys_total",
+];
+
 /// Every metric the dashboards and the alerting and recording rules query is one the running
-/// server exports (or a recording rule defined next to them).
+/// server exports (or a recording rule defined next to them, or an exporter's series), and
+/// every dashboard has the `backend` and `instance` variables.
 #[tokio::test]
 async fn dashboards_and_rules_query_only_exported_metrics() {
     let app = spawn_app(Backend::Sqlite).await;
@@ -577,13 +602,20 @@ async fn dashboards_and_rules_query_only_exported_metrics() {
         )
         .expect("dashboard json");
         dashboards += 1;
+        let variables: Vec<&str> = board["templating"]["list"]
+            .as_array()
+            .expect("variables")
+            .iter()
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        assert_eq!(variables, ["backend", "instance"], "{}", board["title"]);
         for panel in board["panels"].as_array().expect("panels") {
             for target in panel["targets"].as_array().expect("targets") {
                 expressions.push(target["expr"].as_str().expect("expr").to_owned());
             }
         }
     }
-    assert_eq!(dashboards, 4);
+    assert_eq!(dashboards, 5);
     let mut checked = 0;
     for expr in &expressions {
         let mut token = String::new();
@@ -598,6 +630,9 @@ async fn dashboards_and_rules_query_only_exported_metrics() {
                 checked += 1;
             } else if name.starts_with("atoms_auth_") || name.starts_with("process_") {
                 assert!(exported.contains(&name), "{name} is queried but not exported");
+                checked += 1;
+            } else if name.starts_with("pg_") || name.starts_with("redis_") {
+                assert!(EXPORTER_METRICS.contains(&name.as_str()), "{name}: not an exporter's");
                 checked += 1;
             }
         }

@@ -222,6 +222,7 @@ impl<D: Dialect> Storage for SqlStorage<D> {
         Some(PoolState {
             size: pools.iter().map(|p| p.size()).sum(),
             idle: pools.iter().map(|p| p.num_idle() as u32).sum(),
+            max: pools.iter().map(|p| p.options().get_max_connections()).sum(),
         })
     }
 
