@@ -31,3 +31,13 @@ output "secrets" {
     redis_url    = aws_secretsmanager_secret.redis_url.arn
   }
 }
+
+output "issuer" {
+  description = "The server's public URL (the smoke test's target)."
+  value       = var.issuer
+}
+
+output "image" {
+  description = "The image the service runs (the deploy workflow rolls back to it)."
+  value       = var.image
+}

@@ -521,3 +521,38 @@ async fn setup_monitoring_script_scrapes_a_live_server() {
     assert_eq!(series[0]["metric"]["backend"], "sqlite", "{answer}");
     drop(server.child);
 }
+
+/// `scripts/scale.sh` refuses a count that is not a number, and on ECS one outside the
+/// autoscaling bounds; within them it sets the desired count and waits for the service. The
+/// `aws` it calls is a recorder on PATH that answers like the AWS CLI.
+#[test]
+fn scale_script_checks_the_count_and_scales_within_the_bounds() {
+    let dir = tempfile::tempdir().expect("dir");
+    let calls = dir.path().join("calls");
+    let aws = dir.path().join("aws");
+    let recorder = format!(
+        "#!/bin/sh\necho \"$*\" >> {}\ncase \"$1 $2\" in\n\
+         'application-autoscaling describe-scalable-targets') echo '2\t6' ;;\n\
+         'ecs update-service') echo \"$8\" ;;\nesac\n",
+        calls.display()
+    );
+    std::fs::write(&aws, recorder).expect("aws");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&aws, mode).expect("chmod");
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let env = [("PATH", path.as_str())];
+
+    let (ok, out) = script("scale.sh", &["many"], &env);
+    assert!(!ok && out.contains("whole number"), "{out}");
+    let (ok, out) = script("scale.sh", &["--ecs", "c1", "s1", "9"], &env);
+    assert!(!ok && out.contains("outside the autoscaling bounds 2..6"), "{out}");
+    let (ok, out) = script("scale.sh", &["--ecs", "c1", "s1", "4"], &env);
+    assert!(ok && out.contains("s1 runs 4 tasks"), "{out}");
+    let recorded = std::fs::read_to_string(&calls).expect("calls");
+    assert!(
+        recorded.contains("ecs update-service --cluster c1 --service s1 --desired-count 4"),
+        "{recorded}"
+    );
+    assert!(recorded.contains("ecs wait services-stable --cluster c1 --services s1"), "{recorded}");
+    assert!(!recorded.contains("--desired-count 9"), "a refused count is never sent");
+}
