@@ -314,6 +314,10 @@ pub struct KeyConfig {
     /// Rotate the active signing key when it is older than this (0 disables).
     #[serde(rename = "key_rotation_interval_secs", with = "secs")]
     pub rotation_interval: Duration,
+    /// How often every instance reads the signing keys again: the longest another instance
+    /// keeps signing with a key after one instance rotated it.
+    #[serde(rename = "key_reload_interval_secs", with = "secs")]
+    pub reload_interval: Duration,
     /// Encrypts signing keys at rest when set.
     #[serde(skip_serializing)]
     pub master_key: Option<SecretString>,
@@ -324,6 +328,7 @@ impl Default for KeyConfig {
         Self {
             algorithm: SigningAlgorithm::EdDSA,
             rotation_interval: Duration::from_secs(30 * DAY),
+            reload_interval: Duration::from_secs(60),
             master_key: None,
         }
     }
@@ -602,6 +607,7 @@ impl Config {
         at_least(&mut self.server.header_read_timeout, second);
         at_least(&mut self.server.idle_timeout, second);
         at_least(&mut self.purge.interval, second);
+        at_least(&mut self.keys.reload_interval, second);
         self.purge.batch = self.purge.batch.max(1);
         let webhooks = &mut self.webhooks;
         at_least(&mut webhooks.timeout, second);

@@ -99,7 +99,10 @@ pub fn key_manager(
         clock,
         config.keys.algorithm,
         config.keys.master_key.as_ref().map(|k| k.expose_secret()),
-        crate::domain::keys::publish_after_retire_ms(millis(config.tokens.access_ttl)),
+        crate::domain::keys::publish_after_retire_ms(
+            millis(config.tokens.access_ttl),
+            millis(config.keys.reload_interval),
+        ),
         millis(config.keys.rotation_interval),
     )
 }
@@ -368,7 +371,7 @@ impl Jobs {
 fn start_jobs(state: &AppState) -> Jobs {
     let jobs = Jobs::new();
     let s = state.clone();
-    jobs.every(crate::domain::keys::KEY_RELOAD_INTERVAL, true, move || {
+    jobs.every(state.config.keys.reload_interval, true, move || {
         let s = s.clone();
         async move {
             if let Err(e) = s.keys.rotate_if_due().await {

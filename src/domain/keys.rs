@@ -88,20 +88,23 @@ pub struct KeyManager {
     rotation_interval_ms: Millis,
     set: RwLock<Arc<KeySet>>,
     last_reload: AtomicI64,
+    /// When the last reload that an unknown kid asked for began; held while one runs.
+    unknown_kid_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     audit: std::sync::OnceLock<Arc<Audit>>,
 }
 
-/// How often every instance reloads the signing keys from storage: an instance may sign with
-/// a key another one retired for this long, so a retired key stays published for the token
-/// lifetime plus this (and [`RELOAD_MARGIN`]).
-pub const KEY_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// The least time between two reloads for unknown kids: tokens with made-up kids cost at
+/// most this many storage reads, whatever their number.
+const UNKNOWN_KID_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Slack for a reload that runs late and for clocks that disagree a little.
 const RELOAD_MARGIN_MS: Millis = 60_000;
 
-/// How long a retired key stays published for access tokens living `access_ttl_ms`.
-pub fn publish_after_retire_ms(access_ttl_ms: Millis) -> Millis {
-    access_ttl_ms + KEY_RELOAD_INTERVAL.as_millis() as Millis + RELOAD_MARGIN_MS
+/// How long a retired key stays published for access tokens living `access_ttl_ms`, when
+/// every instance reloads the keys each `reload_interval_ms`: an instance may sign with a key
+/// another one retired until its next reload.
+pub fn publish_after_retire_ms(access_ttl_ms: Millis, reload_interval_ms: Millis) -> Millis {
+    access_ttl_ms + reload_interval_ms + RELOAD_MARGIN_MS
 }
 
 /// The key that wraps private keys: AES-256-GCM under the configured master key, plus the
@@ -177,6 +180,7 @@ impl KeyManager {
                 stored_active: None,
             })),
             last_reload: AtomicI64::new(0),
+            unknown_kid_reload: tokio::sync::Mutex::new(None),
             audit: std::sync::OnceLock::new(),
         })
     }
@@ -202,22 +206,24 @@ impl KeyManager {
         self.current().jwks.clone()
     }
 
-    /// The verifier of `kid`; an unknown kid reloads the keys from storage (at most once a
-    /// second), since another instance may have rotated.
+    /// The verifier of `kid`. An unknown kid may be another instance's new key, so the keys
+    /// are read again from storage: by a reload that began after this call did, which sees
+    /// every key stored before the token was signed. Such reloads run one at a time and at
+    /// most every [`UNKNOWN_KID_RELOAD_EVERY`]; callers that wait for one share its result.
     pub async fn verifier(&self, kid: &str) -> Option<Arc<Verifier>> {
         if let Some(v) = self.current().verifiers.get(kid) {
             return Some(v.clone());
         }
-        let now = self.clock.now_ms();
-        let last = self.last_reload.load(Ordering::Relaxed);
-        if now - last < 1000
-            || self
-                .last_reload
-                .compare_exchange(last, now, Ordering::SeqCst, Ordering::Relaxed)
-                .is_err()
-        {
-            return None;
+        let arrived = tokio::time::Instant::now();
+        let mut last = self.unknown_kid_reload.lock().await;
+        match *last {
+            Some(began) if began >= arrived => {
+                return self.current().verifiers.get(kid).cloned();
+            }
+            Some(began) => tokio::time::sleep_until(began + UNKNOWN_KID_RELOAD_EVERY).await,
+            None => {}
         }
+        *last = Some(tokio::time::Instant::now());
         if let Err(e) = self.reload().await {
             tracing::warn!(error = %e, "reloading signing keys failed");
         }

@@ -5,6 +5,7 @@ mod at_rest;
 mod audit;
 mod browser;
 mod cli;
+mod cluster;
 mod contract;
 mod contract_sessions;
 mod contract_sign_in;

@@ -34,6 +34,12 @@ struct Inner {
     /// Answers to give, in order; 200 once they run out.
     script: Vec<u16>,
     received: Vec<Received>,
+    /// How long each answer takes.
+    delay: Duration,
+    /// Requests being answered, by `webhook-id`.
+    in_flight: std::collections::HashMap<String, usize>,
+    /// Requests that arrived while another of the same `webhook-id` was being answered.
+    overlaps: usize,
 }
 
 /// A running receiver.
@@ -48,7 +54,21 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let delay = {
+        let mut inner = inner.lock().expect("lock");
+        let in_flight = inner.in_flight.entry(id.clone()).or_default();
+        *in_flight += 1;
+        if *in_flight > 1 {
+            inner.overlaps += 1;
+        }
+        inner.delay
+    };
+    tokio::time::sleep(delay).await;
     let mut inner = inner.lock().expect("lock");
+    if let Some(in_flight) = inner.in_flight.get_mut(&id) {
+        *in_flight -= 1;
+    }
     let status = if inner.script.is_empty() { 200 } else { inner.script.remove(0) };
     let body = String::from_utf8_lossy(&body).into_owned();
     inner.received.push(Received { headers, body, status });
@@ -75,6 +95,16 @@ impl Receiver {
     pub async fn unused_addr() -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         listener.local_addr().expect("addr")
+    }
+
+    /// Takes `delay` over each answer from now on.
+    pub fn slow_down(&self, delay: Duration) {
+        self.inner.lock().expect("lock").delay = delay;
+    }
+
+    /// How many requests arrived while another with the same `webhook-id` was being answered.
+    pub fn overlaps(&self) -> usize {
+        self.inner.lock().expect("lock").overlaps
     }
 
     /// Answers the next requests with these statuses.
