@@ -178,6 +178,10 @@ pub struct StorageConfig {
     pub redis_url: Option<SecretString>,
     /// Run pending migrations when the server starts.
     pub auto_migrate: bool,
+    /// The longest a request waits for a storage connection or a Redis answer: while the
+    /// database is away, requests answer 503 within this time.
+    #[serde(rename = "storage_timeout_secs", with = "secs")]
+    pub timeout: Duration,
 }
 
 impl Default for StorageConfig {
@@ -188,6 +192,7 @@ impl Default for StorageConfig {
             redis_key_prefix: "atoms-auth".to_owned(),
             redis_url: None,
             auto_migrate: true,
+            timeout: Duration::from_secs(5),
         }
     }
 }
@@ -608,6 +613,7 @@ impl Config {
         at_least(&mut self.server.idle_timeout, second);
         at_least(&mut self.purge.interval, second);
         at_least(&mut self.keys.reload_interval, second);
+        at_least(&mut self.storage.timeout, second);
         self.purge.batch = self.purge.batch.max(1);
         let webhooks = &mut self.webhooks;
         at_least(&mut webhooks.timeout, second);

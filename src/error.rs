@@ -65,6 +65,7 @@ impl OAuthError {
             Self::InvalidClientMetadata(_) => "invalid_client_metadata",
             Self::InvalidToken(_) => "invalid_token",
             Self::RateLimited(_) | Self::Overloaded => "temporarily_unavailable",
+            Self::Storage(e) if e.is_unavailable() => "temporarily_unavailable",
             Self::Storage(_) | Self::Internal(_) => "server_error",
         }
     }
@@ -75,6 +76,7 @@ impl OAuthError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Storage(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Storage(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -104,6 +106,10 @@ pub fn no_store(response: &mut Response) {
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let description = match &self {
+            Self::Storage(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "storage unavailable");
+                UNAVAILABLE.to_owned()
+            }
             Self::Storage(e) => {
                 tracing::error!(error = %e, "storage error");
                 "internal error".to_owned()
@@ -120,7 +126,7 @@ impl IntoResponse for OAuthError {
         if let Self::RateLimited(verdict) = &self {
             rate_limit_headers(&mut response, verdict);
         }
-        if matches!(self, Self::Overloaded) {
+        if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(self, Self::InvalidToken(_)) {
@@ -212,6 +218,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Storage(StorageError::Conflict(_)) => StatusCode::CONFLICT,
+            Self::Storage(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Storage(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -222,6 +229,10 @@ impl IntoResponse for ApiError {
         let status = self.status_code();
         let detail = match &self {
             Self::Storage(StorageError::Conflict(what)) => format!("{what} already exists"),
+            Self::Storage(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "storage unavailable");
+                UNAVAILABLE.to_owned()
+            }
             Self::Storage(e) => {
                 tracing::error!(error = %e, "storage error");
                 "internal error".to_owned()
@@ -233,6 +244,9 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut response = problem(status, &detail);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         match self {
             Self::Unauthorized(_) => {
                 response.headers_mut().insert(
@@ -253,6 +267,9 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// What a request hears while the storage cannot be reached.
+const UNAVAILABLE: &str = "the storage is unavailable; retry shortly";
 
 /// An RFC 9457 problem response, with the id of the request it answers.
 pub fn problem(status: StatusCode, detail: &str) -> Response {

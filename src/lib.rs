@@ -84,6 +84,7 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
     let options = ConnectOptions {
         pool_size: config.storage.pool_size,
         redis_key_prefix: config.storage.redis_key_prefix.clone(),
+        timeout: config.storage.timeout,
     };
     Ok(storage::connect(config.storage.url(), &options).await?)
 }

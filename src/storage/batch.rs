@@ -102,8 +102,14 @@ fn answer<A>(replies: Vec<oneshot::Sender<StorageResult<A>>>, answers: StorageRe
         Ok(answers) => replies.into_iter().zip(answers).for_each(|(r, a)| drop(r.send(Ok(a)))),
         Err(e) => {
             let message = e.to_string();
+            let unavailable = e.is_unavailable();
             for reply in replies {
-                drop(reply.send(Err(StorageError::Read(message.clone()))));
+                let e = if unavailable {
+                    StorageError::Unavailable(message.clone())
+                } else {
+                    StorageError::Read(message.clone())
+                };
+                drop(reply.send(Err(e)));
             }
         }
     }

@@ -48,6 +48,39 @@ pub enum StorageError {
     /// A batched read failed: every lookup of the batch reports it.
     #[error("storage read failed: {0}")]
     Read(String),
+    /// The storage could not be reached (a batched read's failure, passed to each caller).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StorageError {
+    /// Whether the storage could not be reached or did not answer in time, rather than
+    /// refused the operation: the request may succeed when retried later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Timeout(_) | Self::Unavailable(_) => true,
+            Self::Sql(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // Class 08 (connection exception) and 57P01-57P03 (the server shutting down
+                // or starting up).
+                sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+                    code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+                }),
+                _ => false,
+            },
+            Self::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+            }
+            _ => false,
+        }
+    }
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
@@ -373,7 +406,12 @@ pub struct PoolState {
 pub struct ConnectOptions {
     pub pool_size: u32,
     pub redis_key_prefix: String,
+    /// The longest a connection or a Redis answer is waited for.
+    pub timeout: std::time::Duration,
 }
+
+/// The storage timeout when none is configured.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens the backend named by the URL scheme for a bulk import.
 pub async fn connect_bulk_import(

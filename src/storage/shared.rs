@@ -38,9 +38,7 @@ pub fn is_redis_url(url: &str) -> bool {
 /// nothing answers.
 pub async fn connect_shared(url: &str, prefix: &str) -> StorageResult<Arc<dyn SharedState>> {
     let client = ::redis::Client::open(url)?;
-    let config = ::redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(2)));
+    let config = super::redis::manager_config(Duration::from_secs(2));
     let conn = tokio::time::timeout(
         Duration::from_secs(5),
         ::redis::aio::ConnectionManager::new_with_config(client, config),

@@ -113,7 +113,11 @@ impl TestDb {
 
     /// A bulk importer on this database (migrate it first, e.g. with [`TestDb::storage`]).
     pub async fn bulk_import(&self) -> Arc<dyn atoms_auth::storage::BulkImport> {
-        let options = ConnectOptions { pool_size: 8, redis_key_prefix: self.redis_prefix.clone() };
+        let options = ConnectOptions {
+            pool_size: 8,
+            redis_key_prefix: self.redis_prefix.clone(),
+            timeout: atoms_auth::storage::DEFAULT_TIMEOUT,
+        };
         atoms_auth::storage::connect_bulk_import(&self.url, &options)
             .await
             .unwrap_or_else(|e| panic!("{:?} must be reachable: {e}", self.backend))
@@ -149,7 +153,11 @@ impl Drop for TestDb {
                         pool.close().await;
                     }
                 } else if backend == Backend::Redis {
-                    let options = ConnectOptions { pool_size: 1, redis_key_prefix: prefix };
+                    let options = ConnectOptions {
+                        pool_size: 1,
+                        redis_key_prefix: prefix,
+                        timeout: atoms_auth::storage::DEFAULT_TIMEOUT,
+                    };
                     if let Ok(storage) = atoms_auth::storage::connect(&url, &options).await {
                         let _ = storage.migrate_down(usize::MAX).await;
                     }

@@ -17,6 +17,7 @@ mod mcp;
 mod oauth;
 mod oauth_errors;
 mod ops;
+mod outage;
 mod receiver;
 mod registration;
 mod resources;

@@ -6,7 +6,6 @@ mod audit;
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -33,7 +32,7 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> StorageResult<PgSto
     let connect = PgConnectOptions::from_str(url)?;
     let pool = PgPoolOptions::new()
         .max_connections(options.pool_size.max(1))
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(options.timeout)
         .connect_with(connect)
         .await?;
     Ok(SqlStorage::new(PgBackend { pool }))

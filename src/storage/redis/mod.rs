@@ -7,7 +7,6 @@
 //! (or a primary with replicas), not Redis Cluster.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use ::redis::aio::ConnectionManager;
 use ::redis::{AsyncCommands, Script};
@@ -52,13 +51,33 @@ struct Scripts {
     bind_code_session: Script,
 }
 
+/// How a Redis connection waits: `timeout` for a connection and for each answer. While
+/// Redis is away, a command waits for one short round of reconnection attempts (the
+/// library's default of six, doubling from 100 ms, would hold each request for six seconds)
+/// and fails; the next command tries again.
+pub(crate) fn manager_config(
+    timeout: std::time::Duration,
+) -> ::redis::aio::ConnectionManagerConfig {
+    ::redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(std::time::Duration::from_millis(500))
+}
+
 impl RedisStorage {
-    /// Connects to `url`; fails within five seconds when nothing answers.
+    /// Connects to `url`; fails within the storage timeout when nothing answers. A command
+    /// waits for its answer that long too: while Redis is away, requests fail in time, and the
+    /// connection is made again when it is back.
     pub async fn connect(url: &str, options: &ConnectOptions) -> StorageResult<Self> {
         let client = ::redis::Client::open(url)?;
-        let conn = tokio::time::timeout(Duration::from_secs(5), ConnectionManager::new(client))
-            .await
-            .map_err(|_| StorageError::Timeout("redis connect"))??;
+        let config = manager_config(options.timeout);
+        let conn = tokio::time::timeout(
+            options.timeout,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| StorageError::Timeout("redis connect"))??;
         Ok(Self {
             conn,
             prefix: options.redis_key_prefix.clone(),

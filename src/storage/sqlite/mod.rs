@@ -162,7 +162,11 @@ mod tests {
 
     /// A storage on `url`, with two readers.
     async fn open(url: &str) -> SqliteStorage {
-        let options = ConnectOptions { pool_size: 2, redis_key_prefix: String::new() };
+        let options = ConnectOptions {
+            pool_size: 2,
+            redis_key_prefix: String::new(),
+            timeout: crate::storage::DEFAULT_TIMEOUT,
+        };
         connect(url, &options).await.expect("open")
     }
 

@@ -851,7 +851,11 @@ async fn main() -> anyhow::Result<()> {
         Some(url) => (url.clone(), format!("bench:{}", Uuid::new_v4().simple())),
         None => fresh_database(&args.backend).await?,
     };
-    let options = ConnectOptions { pool_size: 16, redis_key_prefix: prefix.clone() };
+    let options = ConnectOptions {
+        pool_size: 16,
+        redis_key_prefix: prefix.clone(),
+        timeout: atoms_auth::storage::DEFAULT_TIMEOUT,
+    };
     let storage = storage::connect(&database_url, &options).await?;
     let import = storage::connect_bulk_import(&database_url, &options).await?;
     // Dropping the run on Ctrl-C or SIGTERM stops its server (killed on drop) and aborts its
