@@ -111,6 +111,9 @@ async fn every_event_type_is_recorded_with_its_context(backend: Backend) {
     let role = serde_json::json!({ "role": "viewer" });
     let path = format!("/admin/users/{user_id}");
     assert_eq!(app.bearer("PATCH", &path, &token, Some(role)).await.status, 200);
+    let leaving = app.create_user("leaving", PASSWORD).await;
+    let path = format!("/admin/users/{leaving}");
+    assert_eq!(app.bearer("DELETE", &path, &token, None).await.status, 200);
     let page = audit_page(&app, &token, "limit=1000").await;
     let seen: HashSet<String> = event_names(&page).into_iter().collect();
     for event in events::ALL {
