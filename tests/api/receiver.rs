@@ -49,29 +49,44 @@ pub struct Receiver {
     server: tokio::task::JoinHandle<()>,
 }
 
+/// A request being answered; it stops counting as in flight when the answer is sent or the
+/// sender gives up (the handler is dropped).
+struct InFlight {
+    inner: Arc<Mutex<Inner>>,
+    id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(in_flight) = inner.in_flight.get_mut(&self.id) {
+            *in_flight -= 1;
+        }
+    }
+}
+
+/// Records the request as it arrives (so one the sender gives up on is recorded too), waits
+/// the delay, and answers.
 async fn receive(
     State(inner): State<Arc<Mutex<Inner>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
     let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let delay = {
+    let (status, delay) = {
         let mut inner = inner.lock().expect("lock");
         let in_flight = inner.in_flight.entry(id.clone()).or_default();
         *in_flight += 1;
         if *in_flight > 1 {
             inner.overlaps += 1;
         }
-        inner.delay
+        let status = if inner.script.is_empty() { 200 } else { inner.script.remove(0) };
+        let body = String::from_utf8_lossy(&body).into_owned();
+        inner.received.push(Received { headers, body, status });
+        (status, inner.delay)
     };
+    let _in_flight = InFlight { inner, id };
     tokio::time::sleep(delay).await;
-    let mut inner = inner.lock().expect("lock");
-    if let Some(in_flight) = inner.in_flight.get_mut(&id) {
-        *in_flight -= 1;
-    }
-    let status = if inner.script.is_empty() { 200 } else { inner.script.remove(0) };
-    let body = String::from_utf8_lossy(&body).into_owned();
-    inner.received.push(Received { headers, body, status });
     StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
 }
 

@@ -331,7 +331,87 @@ async fn excluded_events_stay_out_of_the_log_but_reach_their_webhooks(backend: B
     assert!(!names.iter().any(|n| ["session.created", "token.issued"].contains(n)), "{names:?}");
 }
 
+/// A receiver that refuses connections, then times out, then answers 500, with the server
+/// restarted while deliveries wait for their next attempt: every event arrives, signed, and
+/// the delivery log tells each attempt's story.
+async fn a_flapping_receiver_gets_every_event_across_a_restart(backend: Backend) {
+    let configure = |c: &mut atoms_auth::config::Config| {
+        c.webhooks.max_attempts = 40;
+        c.webhooks.timeout = Duration::from_secs(1);
+    };
+    let app = spawn_app_with(backend, configure).await;
+    let addr = Receiver::unused_addr().await;
+    let url = format!("http://{addr}/hook");
+    let token = app.admin_token().await;
+    let (id, secret) = subscribe(&app, &token, &url, &["session.created"]).await;
+    app.create_user("alice", PASSWORD).await;
+    let client = app.confidential_client().await;
+    let events = 5;
+    for _ in 0..events {
+        assert_eq!(app.login(&client, "alice", PASSWORD).await.status, 200);
+    }
+    // Refused: nothing listens yet.
+    let refused = |d: &Value| d["attempts"].as_i64().unwrap_or_default() >= 2;
+    wait_for_delivery(&app, &token, &id, refused).await;
+    // Then it listens but answers too late, then with errors.
+    let receiver = Receiver::start_on(addr).await;
+    receiver.slow_down(Duration::from_millis(1500));
+    receiver.wait_until(|r| r.len() >= 3).await;
+    receiver.slow_down(Duration::ZERO);
+    receiver.answer(&[500; 6]);
+    receiver.wait_until(|r| r.iter().filter(|r| r.status == 500).count() >= 6).await;
+    // Restarted while every delivery is still pending.
+    let db = app.stop().await;
+    let mut config = db.config();
+    configure(&mut config);
+    let app = spawn_on(db, config).await;
+    let received = receiver
+        .wait_until(|r| {
+            let ids: std::collections::HashSet<&str> =
+                Receiver::delivered(r).iter().map(|r| r.header("webhook-id")).collect();
+            ids.len() == events
+        })
+        .await;
+    let verifier = standardwebhooks::Webhook::new(&secret).expect("secret");
+    for r in Receiver::delivered(&received) {
+        verifier.verify(r.body.as_bytes(), &r.headers).expect("signed");
+    }
+    let token = app.admin_token().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let listed = loop {
+        let listed = deliveries(&app, &token, &id).await;
+        if listed.iter().all(|d| d["status"] == "delivered") || Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(listed.len(), events);
+    let mut told = std::collections::HashSet::new();
+    for d in &listed {
+        assert_eq!(d["status"], "delivered", "{d}");
+        let log = d["log"].as_array().expect("log");
+        assert_eq!(log.len() as i64, d["attempts"].as_i64().expect("attempts"), "{d}");
+        let last = log.iter().max_by_key(|a| a["attempt"].as_i64()).expect("an attempt");
+        assert_eq!(last["status_code"], 200, "{d}");
+        for attempt in log {
+            let story = match (attempt["status_code"].as_i64(), attempt["error"].as_str()) {
+                (Some(code), _) => format!("status {code}"),
+                (None, Some(error)) if error.contains("timed out") || error.contains("timeout") => {
+                    "timeout".to_owned()
+                }
+                (None, Some(_)) => "no connection".to_owned(),
+                (None, None) => panic!("an attempt with neither status nor error: {d}"),
+            };
+            told.insert(story);
+        }
+    }
+    for story in ["no connection", "timeout", "status 500", "status 200"] {
+        assert!(told.contains(story), "no attempt says {story}: {told:?}");
+    }
+}
+
 backend_tests!(
+    a_flapping_receiver_gets_every_event_across_a_restart,
     signed_deliveries_verify_with_an_independent_verifier,
     failing_receivers_are_retried_with_growing_delays,
     a_receiver_that_is_down_gets_the_delivery_when_it_comes_back,
