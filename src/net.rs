@@ -150,15 +150,22 @@ pub enum UrlError {
     NotPublic,
 }
 
+/// An outbound URL's form: it parses, is http(s) and has a host.
+pub fn outbound_url(url: &str) -> Result<reqwest::Url, UrlError> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| UrlError::Invalid)?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(UrlError::Scheme);
+    }
+    parsed.host().ok_or(UrlError::NoHost)?;
+    Ok(parsed)
+}
+
 /// Checks an outbound URL before it is stored: http(s), a host, and (unless
 /// `allow_private`) a public IP literal or a name that resolves only to public addresses.
 /// The connection is guarded again by [`PublicOnly`], since names can change what they
 /// resolve to.
 pub async fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, UrlError> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| UrlError::Invalid)?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(UrlError::Scheme);
-    }
+    let parsed = outbound_url(url)?;
     let host = parsed.host().ok_or(UrlError::NoHost)?;
     if allow_private {
         return Ok(parsed);

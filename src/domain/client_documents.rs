@@ -188,7 +188,7 @@ impl ClientDocuments {
 
 /// A client id that can name a metadata document: an https URL (http too when `allow_http`)
 /// with a path, and no fragment, user, password, or dot segments.
-fn document_url(client_id: &str, allow_http: bool) -> Result<url::Url, String> {
+pub fn document_url(client_id: &str, allow_http: bool) -> Result<url::Url, String> {
     let https = client_id.starts_with("https://");
     if !(https || allow_http && client_id.starts_with("http://")) {
         return Err("the client id is not an https URL".into());

@@ -973,7 +973,7 @@ fn new_jti() -> String {
 }
 
 /// Refresh tokens are base64url, which has no dot; a JWT has two.
-fn looks_like_jwt(token: &str) -> bool {
+pub(crate) fn looks_like_jwt(token: &str) -> bool {
     token.split('.').count() == 3
 }
 

@@ -414,7 +414,7 @@ async fn revoke_user(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct AuditParams {
+pub(crate) struct AuditParams {
     user_id: Option<String>,
     event: Option<String>,
     /// RFC 3339, inclusive.
@@ -443,6 +443,27 @@ async fn audit(
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> Result<Response, ApiError> {
     admin.require(Permission::ReadAudit)?;
+    let query = audit_query(p)?;
+    let limit = query.limit;
+    let records = state.audit.query(&query).await?;
+    let next_cursor =
+        (records.len() == limit as usize).then(|| records.last().map(|r| r.id.clone()));
+    let events: Vec<Value> = records.iter().map(record_json).collect();
+    Ok(Json(json!({ "events": events, "next_cursor": next_cursor.flatten() })).into_response())
+}
+
+/// Whether `cursor` has the form of a record id (a UUID's text), as every cursor handed out
+/// has.
+fn is_record_id(cursor: &str) -> bool {
+    cursor.len() == 36
+        && cursor.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// The audit query that listing parameters ask for, or why they are refused.
+pub(crate) fn audit_query(p: AuditParams) -> Result<AuditQuery, ApiError> {
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
@@ -458,7 +479,10 @@ async fn audit(
     {
         return Err(ApiError::BadRequest("parameters must not contain NUL".into()));
     }
-    let query = AuditQuery {
+    if p.cursor.as_deref().is_some_and(|c| !is_record_id(c)) {
+        return Err(ApiError::BadRequest("cursor must be a next_cursor this API gave".into()));
+    }
+    Ok(AuditQuery {
         user_id: p.user_id,
         event: p.event,
         since: p.since.as_deref().map(|v| parse_time("since", v)).transpose()?,
@@ -466,12 +490,7 @@ async fn audit(
         cursor: p.cursor,
         ascending,
         limit,
-    };
-    let records = state.audit.query(&query).await?;
-    let next_cursor =
-        (records.len() == limit as usize).then(|| records.last().map(|r| r.id.clone()));
-    let events: Vec<Value> = records.iter().map(record_json).collect();
-    Ok(Json(json!({ "events": events, "next_cursor": next_cursor.flatten() })).into_response())
+    })
 }
 
 fn subscription_json(s: &WebhookSubscription) -> Value {

@@ -42,19 +42,23 @@ where
                 OAuthError::InvalidRequest(rejection.body_text())
             }
         })?;
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
-            .map_err(|e| OAuthError::InvalidRequest(format!("malformed form: {e}")))?;
-        if pairs.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
-            return Err(OAuthError::InvalidRequest("form values must not contain NUL".into()));
-        }
-        // RFC 8707 allows several resources in one request; tokens here have one audience.
-        if pairs.iter().filter(|(k, _)| k == "resource").count() > 1 {
-            return Err(OAuthError::InvalidTarget("one resource per request".into()));
-        }
-        serde_urlencoded::from_bytes(&body)
-            .map(Self)
-            .map_err(|e| OAuthError::InvalidRequest(format!("malformed form: {e}")))
+        parse_form(&body).map(Self)
     }
+}
+
+/// A form body's fields as `T`, by the rules of [`OAuthForm`].
+pub(crate) fn parse_form<T: DeserializeOwned>(body: &[u8]) -> Result<T, OAuthError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+        .map_err(|e| OAuthError::InvalidRequest(format!("malformed form: {e}")))?;
+    if pairs.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
+        return Err(OAuthError::InvalidRequest("form values must not contain NUL".into()));
+    }
+    // RFC 8707 allows several resources in one request; tokens here have one audience.
+    if pairs.iter().filter(|(k, _)| k == "resource").count() > 1 {
+        return Err(OAuthError::InvalidTarget("one resource per request".into()));
+    }
+    serde_urlencoded::from_bytes(body)
+        .map_err(|e| OAuthError::InvalidRequest(format!("malformed form: {e}")))
 }
 
 /// A JSON body whose rejection is a problem+json 4xx. A string with a NUL character

@@ -2,10 +2,10 @@
 //! behind the shared middleware (request id, tracing, body limit).
 
 mod account;
-mod admin;
+pub(crate) mod admin;
 mod auth;
-mod extract;
-mod oauth;
+pub(crate) mod extract;
+pub(crate) mod oauth;
 pub(crate) mod openapi;
 mod ops;
 mod pages;

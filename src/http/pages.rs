@@ -6,6 +6,7 @@
 
 use askama::Template;
 use axum::Form;
+use axum::extract::{FromRequest, Request};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect as Found, Response};
@@ -258,6 +259,31 @@ async fn signed_in(
     Ok(user.filter(|u| !u.disabled).map(|u| (session, u)))
 }
 
+/// A form body whose rejection is an error page: 400 (413 when too large), never a bare
+/// 415 or 422.
+struct PageForm<T>(T);
+
+impl<T, S> FromRequest<S> for PageForm<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        match Form::<T>::from_request(req, state).await {
+            Ok(Form(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let status = match rejection.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Err(error_page(status, "The form could not be read. Go back and try again."))
+            }
+        }
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "page failed");
     error_page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong on our side. Try again.")
@@ -490,7 +516,7 @@ async fn authorize_form(
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     jar: CookieJar,
-    Form(form): Form<AuthorizeForm>,
+    PageForm(form): PageForm<AuthorizeForm>,
 ) -> Response {
     let cookies = Cookies::of(&state);
     if let Some(refused) = foreign_form(&jar, &cookies, &headers, form.csrf.as_deref()) {
@@ -716,14 +742,14 @@ where
 }
 
 #[utoipa::path(post, path = "/account/login", tag = "sign-in", summary = "Sign in to the account page", request_body(content = AccountForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "To the account page, signed in"), (status = 401, description = "Wrong username or password: the login page again", content_type = "text/html"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html"), (status = 429, description = "Too many sign-in attempts", content_type = "text/html")))]
+    responses((status = 400, description = "The form could not be read", content_type = "text/html"), (status = 303, description = "To the account page, signed in"), (status = 401, description = "Wrong username or password: the login page again", content_type = "text/html"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html"), (status = 429, description = "Too many sign-in attempts", content_type = "text/html")))]
 #[tracing::instrument(skip_all)]
 async fn account_login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     jar: CookieJar,
-    Form(form): Form<AccountForm>,
+    PageForm(form): PageForm<AccountForm>,
 ) -> Response {
     let cookies = Cookies::of(&state);
     if let Some(refused) = foreign_form(&jar, &cookies, &headers, form.csrf.as_deref()) {
@@ -738,14 +764,14 @@ async fn account_login(
 }
 
 #[utoipa::path(post, path = "/account/sessions/{id}/end", tag = "sign-in", summary = "End one of the signed-in user's sessions", params(("id" = String, Path, description = "Session id")), request_body(content = AccountForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "Back to the account page"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html"), (status = 404, description = "No such session of this user", content_type = "text/html")))]
+    responses((status = 400, description = "The form could not be read", content_type = "text/html"), (status = 303, description = "Back to the account page"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html"), (status = 404, description = "No such session of this user", content_type = "text/html")))]
 #[tracing::instrument(skip_all)]
 async fn end_session(
     State(state): State<AppState>,
     headers: HeaderMap,
     jar: CookieJar,
     ApiPath(id): ApiPath,
-    Form(form): Form<AccountForm>,
+    PageForm(form): PageForm<AccountForm>,
 ) -> Response {
     let sessions = &state.sessions;
     account_action(&state, &headers, &jar, &form, move |user| async move {
@@ -764,14 +790,14 @@ async fn end_session(
 }
 
 #[utoipa::path(post, path = "/account/devices/{id}/rename", tag = "sign-in", summary = "Rename one of the signed-in user's devices", params(("id" = String, Path, description = "Device id")), request_body(content = AccountForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "Back to the account page"), (status = 400, description = "The name is empty or too long", content_type = "text/html"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html"), (status = 404, description = "No such device of this user", content_type = "text/html")))]
+    responses((status = 400, description = "The form could not be read", content_type = "text/html"), (status = 303, description = "Back to the account page"), (status = 400, description = "The name is empty or too long", content_type = "text/html"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html"), (status = 404, description = "No such device of this user", content_type = "text/html")))]
 #[tracing::instrument(skip_all)]
 async fn rename_device(
     State(state): State<AppState>,
     headers: HeaderMap,
     jar: CookieJar,
     ApiPath(id): ApiPath,
-    Form(form): Form<AccountForm>,
+    PageForm(form): PageForm<AccountForm>,
 ) -> Response {
     let name = form.name.as_deref().map(str::trim).unwrap_or_default().to_owned();
     let sessions = &state.sessions;
@@ -794,14 +820,14 @@ async fn rename_device(
 }
 
 #[utoipa::path(post, path = "/account/devices/{id}/remove", tag = "sign-in", summary = "Remove one of the signed-in user's devices and end its sessions", params(("id" = String, Path, description = "Device id")), request_body(content = AccountForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "Back to the account page"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html"), (status = 404, description = "No such device of this user", content_type = "text/html")))]
+    responses((status = 400, description = "The form could not be read", content_type = "text/html"), (status = 303, description = "Back to the account page"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html"), (status = 404, description = "No such device of this user", content_type = "text/html")))]
 #[tracing::instrument(skip_all)]
 async fn remove_device(
     State(state): State<AppState>,
     headers: HeaderMap,
     jar: CookieJar,
     ApiPath(id): ApiPath,
-    Form(form): Form<AccountForm>,
+    PageForm(form): PageForm<AccountForm>,
 ) -> Response {
     let sessions = &state.sessions;
     account_action(&state, &headers, &jar, &form, move |user| async move {
@@ -815,13 +841,13 @@ async fn remove_device(
 }
 
 #[utoipa::path(post, path = "/account/signout", tag = "sign-in", summary = "Sign this browser out", request_body(content = AccountForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "To the account page's login form"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html")))]
+    responses((status = 400, description = "The form could not be read", content_type = "text/html"), (status = 303, description = "To the account page's login form"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html")))]
 #[tracing::instrument(skip_all)]
 async fn sign_out(
     State(state): State<AppState>,
     headers: HeaderMap,
     jar: CookieJar,
-    Form(form): Form<AccountForm>,
+    PageForm(form): PageForm<AccountForm>,
 ) -> Response {
     let cookies = Cookies::of(&state);
     if let Some(refused) = foreign_form(&jar, &cookies, &headers, form.csrf.as_deref()) {
@@ -836,13 +862,13 @@ async fn sign_out(
 }
 
 #[utoipa::path(post, path = "/account/signout-everywhere", tag = "sign-in", summary = "End every session of the signed-in user and sign out every browser", request_body(content = AccountForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "To the account page's login form"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html")))]
+    responses((status = 400, description = "The form could not be read", content_type = "text/html"), (status = 303, description = "To the account page's login form"), (status = 403, description = "Bad CSRF token or origin", content_type = "text/html")))]
 #[tracing::instrument(skip_all)]
 async fn sign_out_everywhere(
     State(state): State<AppState>,
     headers: HeaderMap,
     jar: CookieJar,
-    Form(form): Form<AccountForm>,
+    PageForm(form): PageForm<AccountForm>,
 ) -> Response {
     let cookies = Cookies::of(&state);
     let (sessions, sign_in) = (&state.sessions, &state.sign_in);

@@ -691,3 +691,33 @@ backend_tests!(
     a_standard_oauth_client_runs_the_code_flow,
     admins_manage_redirect_uris_and_consent,
 );
+
+/// A sign-in or account form that is not a form body gets the error page with 400, never a
+/// bare 415 or 422.
+#[tokio::test]
+async fn a_body_that_is_not_a_form_gets_an_error_page() {
+    let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite).await;
+    for path in
+        ["/account/login", "/auth/authorize", "/account/signout", "/account/devices/x/rename"]
+    {
+        let answer = app
+            .http
+            .post(format!("{}{path}", app.base))
+            .header("content-type", "application/json")
+            .body("{\"username\":1}")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(answer.status(), 400, "{path}");
+        let content_type = answer.headers()["content-type"].to_str().unwrap_or_default().to_owned();
+        assert!(content_type.starts_with("text/html"), "{path}: {content_type}");
+        let wrong_field = app
+            .http
+            .post(format!("{}{path}", app.base))
+            .form(&[("csrf", "x")])
+            .send()
+            .await
+            .expect("request");
+        assert!(wrong_field.status().is_client_error(), "{path}: {}", wrong_field.status());
+    }
+}

@@ -1,0 +1,8 @@
+#![no_main]
+//! Fuzzes atoms_auth::input::token_form with raw bytes.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = atoms_auth::input::token_form(data);
+});
