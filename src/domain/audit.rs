@@ -167,7 +167,8 @@ const LINGER: Duration = Duration::from_millis(50);
 // the space of the rare flush.
 #[allow(clippy::large_enum_variant)]
 enum Message {
-    Record(AuditRecord),
+    /// A record, and whom to tell once it is stored (a request waiting to answer).
+    Record(AuditRecord, Option<oneshot::Sender<()>>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -233,9 +234,18 @@ impl Audit {
             Some((_, counter)) => counter.inc(),
             None => self.metrics.audit_events.with_label_values(&[&record.event]).inc(),
         }
+        // Inside a request, the request answers once the record is stored (see
+        // `request::AUDIT_RECEIPT`); elsewhere (background jobs) nothing waits for it.
+        let in_request = crate::request::AUDIT_RECEIPT.try_with(|_| ()).is_ok();
+        let (stored, receipt) = if in_request {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         // The queue nearly always has room, and trying first spares a wait's bookkeeping; a
         // full queue waits: records are never dropped.
-        let queued = match self.sender.try_send(Message::Record(record)) {
+        let queued = match self.sender.try_send(Message::Record(record, stored)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(message)) => {
                 self.sender.send(message).await.is_ok()
@@ -244,6 +254,10 @@ impl Audit {
         };
         if !queued {
             tracing::error!("audit writer has stopped; record lost");
+        } else if let Some(receipt) = receipt {
+            // Records of one request are queued in order and batches are stored in order,
+            // so the last record's receipt covers the earlier ones.
+            let _ = crate::request::AUDIT_RECEIPT.try_with(|r| r.replace(Some(receipt)));
         }
         Ok(())
     }
@@ -336,8 +350,12 @@ async fn write_batches(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<M
                     break;
                 }
                 // Linger briefly so a busy server writes a few large batches rather than
-                // many small ones: each batch is one commit.
-                if messages.len() < BATCH {
+                // many small ones: each batch is one commit. Not when a request waits for
+                // one of them: its batch grows while the batch before it is written.
+                let awaited = messages.iter().any(|m| {
+                    matches!(m, Message::Record(_, Some(_)) | Message::Flush(_))
+                });
+                if messages.len() < BATCH && !awaited {
                     tokio::time::sleep(LINGER).await;
                     while messages.len() < BATCH {
                         match receiver.try_recv() {
@@ -350,7 +368,10 @@ async fn write_batches(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<M
                 let mut waiting = Vec::new();
                 for message in messages.drain(..) {
                     match message {
-                        Message::Record(r) => batch.push(r),
+                        Message::Record(r, stored) => {
+                            batch.push(r);
+                            waiting.extend(stored);
+                        }
                         Message::Flush(done) => waiting.push(done),
                     }
                 }

@@ -155,7 +155,8 @@ async fn observe(
     let metrics = &state.metrics;
     metrics.http_in_flight.inc();
     let limit = state.config.server.request_timeout;
-    let response = match tokio::time::timeout(limit, next.run(request)).await {
+    let handled = crate::request::with_durable_audit(next.run(request));
+    let response = match tokio::time::timeout(limit, handled).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(route, "request timed out");

@@ -17,14 +17,14 @@ use crate::helpers::{Answer, Backend, TestClient, TestDb, answer, free_port};
 use crate::receiver::Receiver;
 
 const ISSUER: &str = "http://atoms-auth.cluster.test";
-const PASSWORD: &str = "cluster test password";
+pub(crate) const PASSWORD: &str = "cluster test password";
 /// How often each instance reads the signing keys again here (the default is 60 s).
 const KEY_RELOAD_SECS: u64 = 1;
 
 /// One server process.
-struct Instance {
-    _child: tokio::process::Child,
-    base: String,
+pub(crate) struct Instance {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) base: String,
 }
 
 /// Three processes on one database, a user and a client that may introspect every token.
@@ -36,56 +36,63 @@ struct Cluster {
     env: Vec<(String, String)>,
 }
 
+/// The user `carol` (password [`PASSWORD`]) and a client of every grant that may introspect
+/// every token, in `db` (migrated first).
+pub(crate) async fn seed(db: &TestDb) -> TestClient {
+    let storage = db.storage().await;
+    let now = SystemClock.now_ms();
+    let user = NewUser { username: "carol".into(), password: PASSWORD.into(), role: Role::Member };
+    accounts::create_user(storage.as_ref(), user, now).await.expect("user");
+    let new = NewClient {
+        client_id: None,
+        name: "cluster client".into(),
+        public: false,
+        grant_types: ["password", "refresh_token", "client_credentials"].map(String::from).into(),
+        scopes: ["read", "admin"].map(String::from).into(),
+        resource_server: true,
+        created_by: None,
+        redirect_uris: vec![],
+        skip_consent: false,
+    };
+    let (client, secret, _) =
+        accounts::create_client(storage.as_ref(), new, now).await.expect("client");
+    TestClient { id: client.client_id, secret: secret.map(|s| s.expose().to_owned()) }
+}
+
+/// The settings of a server process on `db`, with `extra` ones.
+pub(crate) fn instance_env(db: &TestDb, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let prefix = if db.redis_prefix.is_empty() {
+        format!("cluster:{}", uuid::Uuid::new_v4().simple())
+    } else {
+        db.redis_prefix.clone()
+    };
+    [
+        ("ATOMS_AUTH_DATABASE_URL", db.url.as_str()),
+        ("ATOMS_AUTH_REDIS_KEY_PREFIX", prefix.as_str()),
+        ("ATOMS_AUTH_ISSUER", ISSUER),
+        ("ATOMS_AUTH_MASTER_KEY", "cluster test master key"),
+        ("ATOMS_AUTH_DATABASE_POOL_SIZE", "4"),
+        ("ATOMS_AUTH_KEY_RELOAD_INTERVAL_SECS", "1"),
+        ("ATOMS_AUTH_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
+        ("ATOMS_AUTH_WEBHOOK_RETRY_BASE_MS", "100"),
+        ("ATOMS_AUTH_WEBHOOK_RETRY_MAX_MS", "400"),
+        ("ATOMS_AUTH_WEBHOOK_POLL_INTERVAL_MS", "25"),
+        ("ATOMS_AUTH_LOG", "warn"),
+        // Every request comes from 127.0.0.1: a per-address limit shared through Redis
+        // would refuse the busier tests' traffic. The limits test sets its own.
+        ("ATOMS_AUTH_RATE_LIMIT_IP_PER_SEC", "0"),
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 impl Cluster {
     async fn start(backend: Backend, extra: &[(&str, &str)]) -> Self {
         let db = TestDb::new(backend).await;
-        let storage = db.storage().await;
-        let now = SystemClock.now_ms();
-        let user =
-            NewUser { username: "carol".into(), password: PASSWORD.into(), role: Role::Member };
-        accounts::create_user(storage.as_ref(), user, now).await.expect("user");
-        let new = NewClient {
-            client_id: None,
-            name: "cluster client".into(),
-            public: false,
-            grant_types: ["password", "refresh_token", "client_credentials"]
-                .map(String::from)
-                .into(),
-            scopes: ["read", "admin"].map(String::from).into(),
-            resource_server: true,
-            created_by: None,
-            redirect_uris: vec![],
-            skip_consent: false,
-        };
-        let (client, secret, _) =
-            accounts::create_client(storage.as_ref(), new, now).await.expect("client");
-        let client =
-            TestClient { id: client.client_id, secret: secret.map(|s| s.expose().to_owned()) };
-        let prefix = if db.redis_prefix.is_empty() {
-            format!("cluster:{}", uuid::Uuid::new_v4().simple())
-        } else {
-            db.redis_prefix.clone()
-        };
-        let env: Vec<(String, String)> = [
-            ("ATOMS_AUTH_DATABASE_URL", db.url.as_str()),
-            ("ATOMS_AUTH_REDIS_KEY_PREFIX", prefix.as_str()),
-            ("ATOMS_AUTH_ISSUER", ISSUER),
-            ("ATOMS_AUTH_MASTER_KEY", "cluster test master key"),
-            ("ATOMS_AUTH_DATABASE_POOL_SIZE", "4"),
-            ("ATOMS_AUTH_KEY_RELOAD_INTERVAL_SECS", "1"),
-            ("ATOMS_AUTH_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
-            ("ATOMS_AUTH_WEBHOOK_RETRY_BASE_MS", "100"),
-            ("ATOMS_AUTH_WEBHOOK_RETRY_MAX_MS", "400"),
-            ("ATOMS_AUTH_WEBHOOK_POLL_INTERVAL_MS", "25"),
-            ("ATOMS_AUTH_LOG", "warn"),
-            // Every request comes from 127.0.0.1: a per-address limit shared through Redis
-            // would refuse the busier tests' traffic. The limits test sets its own.
-            ("ATOMS_AUTH_RATE_LIMIT_IP_PER_SEC", "0"),
-        ]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+        let client = seed(&db).await;
+        let env = instance_env(&db, extra);
         let mut instances = Vec::new();
         // One after another: the first creates the signing key the others find.
         for _ in 0..3 {
@@ -132,7 +139,7 @@ impl Cluster {
 }
 
 /// Starts one process with `env` and waits until it is ready (at most 20 s).
-async fn start_instance(env: &[(String, String)]) -> Instance {
+pub(crate) async fn start_instance(env: &[(String, String)]) -> Instance {
     let port = free_port();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_atoms-auth"))
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -147,7 +154,7 @@ async fn start_instance(env: &[(String, String)]) -> Instance {
     loop {
         let ready = http.get(format!("{base}/health/ready")).send().await;
         if ready.is_ok_and(|r| r.status().is_success()) {
-            return Instance { _child: child, base };
+            return Instance { child, base };
         }
         assert!(Instant::now() < deadline, "an instance did not get ready");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -9,6 +9,7 @@ mod cluster;
 mod contract;
 mod contract_sessions;
 mod contract_sign_in;
+mod crash;
 mod documents;
 mod erasure;
 mod fixtures;
