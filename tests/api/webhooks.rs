@@ -281,16 +281,13 @@ async fn two_instances_never_deliver_one_attempt_twice(backend: Backend) {
     subscribe(&first, &token, &receiver.url, &["session.created"]).await;
     first.create_user("alice", PASSWORD).await;
     let client = first.confidential_client().await;
-    let logins = futures::future::join_all((0..24).map(|i| {
+    // One after another: concurrent logins may be shed (503) while passwords are hashed,
+    // and the events, not the logins, are what this is about.
+    for i in 0..24 {
         let app = if i % 2 == 0 { &first } else { &second };
-        app.login(&client, "alice", PASSWORD)
-    }))
-    .await;
-    assert!(
-        logins.iter().all(|l| l.status == 200),
-        "{:?}",
-        logins.iter().map(|l| &l.body).collect::<Vec<_>>()
-    );
+        let login = app.login(&client, "alice", PASSWORD).await;
+        assert_eq!(login.status, 200, "{}", login.body);
+    }
     let received = receiver.wait_until(|r| r.len() >= 24).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let received = receiver.received().len().max(received.len());
