@@ -66,6 +66,10 @@ struct Args {
     /// Scenarios run open-loop at --rate.
     #[arg(long, default_value = "refresh")]
     open_scenarios: String,
+    /// Run the open-loop scenarios at once (a mixed load, each at --rate) instead of one
+    /// after another.
+    #[arg(long)]
+    mixed: bool,
     /// Skip the storage floor.
     #[arg(long)]
     no_floor: bool,
@@ -919,9 +923,17 @@ async fn run(
         rows.push(row);
     }
     if let Some(rate) = args.rate {
-        for scenario in args.open_scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            eprintln!("{scenario}: open loop at {rate}/s, {} s", args.duration);
-            rows.push(open_loop(args, &fixture, &http, scenario, rate).await);
+        let open: Vec<&str> =
+            args.open_scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        if args.mixed {
+            eprintln!("{}: open loop at {rate}/s each, at once, {} s", open.join(", "), args.duration);
+            let runs = open.iter().map(|scenario| open_loop(args, &fixture, &http, scenario, rate));
+            rows.extend(futures::future::join_all(runs).await);
+        } else {
+            for scenario in open {
+                eprintln!("{scenario}: open loop at {rate}/s, {} s", args.duration);
+                rows.push(open_loop(args, &fixture, &http, scenario, rate).await);
+            }
         }
     }
     let metrics_render_ms = render_time(&http, &fixture.base).await;
