@@ -350,11 +350,16 @@ pub struct AuditConfig {
     /// Audit records (and finished webhook deliveries) are kept this long.
     #[serde(rename = "audit_retention_secs", with = "secs")]
     pub retention: Duration,
+    /// Answer a request only once its audit records are stored (so a crash loses none of an
+    /// answered request's); false answers first, and records still queued are lost if the
+    /// process dies.
+    #[serde(rename = "audit_durable")]
+    pub durable: bool,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { exclude: List::default(), retention: Duration::from_secs(30 * DAY) }
+        Self { exclude: List::default(), retention: Duration::from_secs(30 * DAY), durable: true }
     }
 }
 

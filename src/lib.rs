@@ -182,6 +182,7 @@ impl App {
             webhooks.clone(),
             metrics.clone(),
             &config.audit.exclude.0,
+            config.audit.durable,
         ));
         keys.set_audit(audit.clone());
         for record in configured {

@@ -185,6 +185,8 @@ pub struct Audit {
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Event types not written (the operator's choice, for volume).
     excluded: Vec<String>,
+    /// Requests wait until their records are stored.
+    durable: bool,
 }
 
 impl Audit {
@@ -195,6 +197,7 @@ impl Audit {
         webhooks: Arc<Webhooks>,
         metrics: Arc<Metrics>,
         excluded: &[String],
+        durable: bool,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(65_536);
         let writer = tokio::spawn(write_batches(storage.clone(), receiver));
@@ -212,6 +215,7 @@ impl Audit {
             counted,
             writer: Mutex::new(Some(writer)),
             excluded,
+            durable,
         }
     }
 
@@ -236,7 +240,7 @@ impl Audit {
         }
         // Inside a request, the request answers once the record is stored (see
         // `request::AUDIT_RECEIPT`); elsewhere (background jobs) nothing waits for it.
-        let in_request = crate::request::AUDIT_RECEIPT.try_with(|_| ()).is_ok();
+        let in_request = self.durable && crate::request::AUDIT_RECEIPT.try_with(|_| ()).is_ok();
         let (stored, receipt) = if in_request {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))

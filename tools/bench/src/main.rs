@@ -926,7 +926,11 @@ async fn run(
         let open: Vec<&str> =
             args.open_scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
         if args.mixed {
-            eprintln!("{}: open loop at {rate}/s each, at once, {} s", open.join(", "), args.duration);
+            eprintln!(
+                "{}: open loop at {rate}/s each, at once, {} s",
+                open.join(", "),
+                args.duration
+            );
             let runs = open.iter().map(|scenario| open_loop(args, &fixture, &http, scenario, rate));
             rows.extend(futures::future::join_all(runs).await);
         } else {
