@@ -5,12 +5,12 @@
 # requests of those 10 s (from its own latency histogram). Writes the samples as CSV and a
 # plot; docs/reliability.md has a run's figures.
 #   bash scripts/soak.sh [SECONDS] [RATE_PER_SCENARIO] [OUT_DIR]
-#   defaults: 1800 s, 400/s each (1,600/s in all: about half of what this server does on
+#   defaults: 1800 s, 600/s each (2,400/s in all: about half of what this server does on
 #   PostgreSQL on a 2-core machine), target/soak
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-1800}
-rate=${2:-400}
+rate=${2:-600}
 out=${3:-target/soak}
 mkdir -p "$out"
 bin=target/release/atoms-auth
