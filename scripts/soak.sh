@@ -30,7 +30,9 @@ cleanup() {
   psql "$base_url" -qc "DROP SCHEMA $schema CASCADE" || true
 }
 trap cleanup EXIT
-ATOMS_AUTH_DATABASE_URL=$database ATOMS_AUTH_LISTEN=127.0.0.1:$port ATOMS_AUTH_LOG=warn \
+# The load's access tokens are made once, at the start: they must outlive the run.
+ATOMS_AUTH_ACCESS_TOKEN_TTL_SECS=$((seconds + 600)) \
+  ATOMS_AUTH_DATABASE_URL=$database ATOMS_AUTH_LISTEN=127.0.0.1:$port ATOMS_AUTH_LOG=warn \
   ATOMS_AUTH_RATE_LIMIT_CLIENT_PER_SEC=0 ATOMS_AUTH_RATE_LIMIT_IP_PER_SEC=0 \
   "$bin" serve >"$out/server.log" 2>&1 &
 pids+=($!)

@@ -371,8 +371,9 @@ async fn the_database_goes_away_and_comes_back(db: Arc<dyn Database>) {
     for (_, s) in &seen {
         assert!(s.status != 0, "a request got no answer: {s:?}");
         assert!(s.status != 500, "a 500 during the outage: {s:?}");
-        // The storage timeout bounds each wait for the database; a request makes a few.
-        assert!(s.took <= Duration::from_secs(STORAGE_TIMEOUT_SECS * 2 + 1), "too slow: {s:?}");
+        // The storage timeout bounds each wait for the database (a request makes a few), and
+        // the request timeout bounds the whole answer, however busy the machine is.
+        assert!(s.took <= Duration::from_secs(REQUEST_TIMEOUT_SECS + 1), "too slow: {s:?}");
         if s.status == 503 {
             let oauth = s.error == "temporarily_unavailable"
                 && s.content_type.starts_with("application/json");
