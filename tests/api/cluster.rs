@@ -39,10 +39,14 @@ struct Cluster {
 /// The user `carol` (password [`PASSWORD`]) and a client of every grant that may introspect
 /// every token, in `db` (migrated first).
 pub(crate) async fn seed(db: &TestDb) -> TestClient {
-    let storage = db.storage().await;
+    seed_storage(db.storage().await.as_ref()).await
+}
+
+/// [`seed`] on a migrated storage.
+pub(crate) async fn seed_storage(storage: &dyn atoms_auth::storage::Storage) -> TestClient {
     let now = SystemClock.now_ms();
     let user = NewUser { username: "carol".into(), password: PASSWORD.into(), role: Role::Member };
-    accounts::create_user(storage.as_ref(), user, now).await.expect("user");
+    accounts::create_user(storage, user, now).await.expect("user");
     let new = NewClient {
         client_id: None,
         name: "cluster client".into(),
@@ -54,8 +58,7 @@ pub(crate) async fn seed(db: &TestDb) -> TestClient {
         redirect_uris: vec![],
         skip_consent: false,
     };
-    let (client, secret, _) =
-        accounts::create_client(storage.as_ref(), new, now).await.expect("client");
+    let (client, secret, _) = accounts::create_client(storage, new, now).await.expect("client");
     TestClient { id: client.client_id, secret: secret.map(|s| s.expose().to_owned()) }
 }
 

@@ -9,10 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atoms_auth::clock::{Clock, SystemClock};
-use atoms_auth::domain::accounts::{self, NewClient, NewUser};
-use atoms_auth::domain::roles::Role;
-
+use crate::cluster::PASSWORD;
 use crate::helpers::{TestClient, free_port};
 
 /// How long the database stays away.
@@ -20,7 +17,6 @@ const OUTAGE: Duration = Duration::from_secs(10);
 /// The server's storage timeout and request timeout here.
 const STORAGE_TIMEOUT_SECS: u64 = 2;
 const REQUEST_TIMEOUT_SECS: u64 = 5;
-const PASSWORD: &str = "outage test password";
 
 /// A database server the test starts, stops and starts again.
 trait Database: Send + Sync {
@@ -235,23 +231,7 @@ async fn the_database_goes_away_and_comes_back(db: Arc<dyn Database>) {
     config.storage.redis_key_prefix = "outage".into();
     let storage = atoms_auth::open_storage(&config).await.expect("storage");
     storage.migrate_up().await.expect("migrate");
-    let now = SystemClock.now_ms();
-    let user = NewUser { username: "dana".into(), password: PASSWORD.into(), role: Role::Member };
-    accounts::create_user(storage.as_ref(), user, now).await.expect("user");
-    let new = NewClient {
-        client_id: None,
-        name: "outage client".into(),
-        public: false,
-        grant_types: ["password", "refresh_token"].map(String::from).into(),
-        scopes: vec!["read".into()],
-        resource_server: true,
-        created_by: None,
-        redirect_uris: vec![],
-        skip_consent: false,
-    };
-    let (client, secret, _) =
-        accounts::create_client(storage.as_ref(), new, now).await.expect("client");
-    let client = TestClient { id: client.client_id, secret: secret.map(|s| s.expose().to_owned()) };
+    let client = crate::cluster::seed_storage(storage.as_ref()).await;
     drop(storage);
 
     let port = free_port();
@@ -281,7 +261,7 @@ async fn the_database_goes_away_and_comes_back(db: Arc<dyn Database>) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let login = [("grant_type", "password"), ("username", "dana"), ("password", PASSWORD)];
+        let login = [("grant_type", "password"), ("username", "carol"), ("password", PASSWORD)];
         let (seen, body) = post(&http, &base, &client, "/auth/token", &login).await;
         assert_eq!(seen.status, 200, "{body}");
         let (http, base, client, log, stop) =

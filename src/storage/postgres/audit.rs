@@ -4,7 +4,8 @@
 //! Requests wait for their batch to be stored before they answer, so a batch's latency is
 //! theirs. `COPY`, cheaper per row, is sent as two writes (the data, then its end), and with
 //! Nagle's algorithm on (the driver's default) the second waits for the server's delayed
-//! acknowledgement of the first: about 40 ms a batch. One statement is one write.
+//! acknowledgement of the first (docs/benchmarks.md, "Durable audit records"). One
+//! statement is one write.
 
 use std::sync::Arc;
 

@@ -53,7 +53,7 @@ struct Scripts {
 
 /// How a Redis connection waits: `timeout` for a connection and for each answer. While
 /// Redis is away, a command waits for one short round of reconnection attempts (the
-/// library's default of six, doubling from 100 ms, would hold each request for six seconds)
+/// library's default round held each request for seconds; docs/reliability.md, section 3)
 /// and fails; the next command tries again.
 pub(crate) fn manager_config(
     timeout: std::time::Duration,
